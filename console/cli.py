@@ -1,0 +1,175 @@
+"""The ``lookalike`` command line: a thin layer over the ``engine`` and ``ingest`` APIs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from engine import Database, EncoderConfig, SearchConfig, Searcher, create_encoder, evaluate, list_encoders, list_rerankers
+from engine.evaluation import load_split
+from engine.store import default_db_path
+from ingest import IngestConfig, IngestProgress, ingest_folder, scan_folder
+
+console = Console(stderr=True)
+
+
+def _print_frame(frame: pl.DataFrame) -> None:
+    with pl.Config(tbl_rows=max(frame.height, 1), tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=200):
+        print(frame)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    db = Database(args.db)
+    encoder = create_encoder(EncoderConfig(name=args.model, weights=args.weights, device=args.device, batch_size=args.batch_size))
+    config = IngestConfig(
+        labels_csv=args.labels, split=args.split, holdout=args.holdout, holdout_split=args.holdout_split,
+        seed=args.seed, decode_workers=args.workers,
+    )
+    with Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("ingest", total=None, detail="")
+
+        def show(state: IngestProgress) -> None:
+            detail = f"{state.encoded} new, {state.skipped} known, {state.errors} errors, {state.images_per_second:.1f} img/s"
+            bar.update(task, total=state.total, completed=state.done, detail=detail)
+
+        report = ingest_folder(db, args.folder, config, encoder=encoder, progress=show)
+    print(
+        f"ingested {args.folder}: {report.total} files, {report.encoded} encoded, {report.skipped} already known, "
+        f"{report.errors} errors in {report.seconds:.1f}s -> model {report.model_id}, database {db.uri}"
+    )
+    if report.errors:
+        print("see the errors with: lookalike errors" + (f" --db {args.db}" if args.db else ""))
+    return 0
+
+
+def _searcher(args: argparse.Namespace) -> Searcher:
+    config = SearchConfig(k=args.k, reranker=args.reranker)
+    return Searcher(Database(args.db), args.model, config)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    searcher = _searcher(args)
+    columns = [c for c in (args.columns or "").split(",") if c]
+    if args.id:
+        results = searcher.search_ids(args.id, where=args.where, columns=columns)
+        vectors = searcher.vectors_of(args.id)
+    else:
+        if not args.queries:
+            raise SystemExit("give query image files or --id IMAGE_ID")
+        files = [p for q in args.queries for p in (scan_folder(Path(q)) if Path(q).is_dir() else [Path(q)])]
+        paths = [f.path if hasattr(f, "path") else f for f in files]
+        vectors = searcher.encode_files(paths)
+        results = searcher.search_vectors(vectors, where=args.where, columns=columns)
+        results = results.with_columns(pl.Series("query_path", [str(paths[q]) for q in results["query"]], pl.String))
+    _print_frame(results)
+    if args.predict:
+        _print_frame(searcher.predict(vectors, where=args.where))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    searcher = _searcher(args)
+    catalogue, catalogue_labels = load_split(searcher.table, f"split = '{args.catalogue_split}'")
+    if args.query_dir:
+        files = [f for f in scan_folder(Path(args.query_dir)) if f.labels]
+        queries, query_labels = searcher.encode_files([f.path for f in files]), [f.labels[0] for f in files]
+    else:
+        queries, query_labels = load_split(searcher.table, f"split = '{args.query_split}'")
+    result = evaluate(queries, query_labels, catalogue, catalogue_labels, vote_neighbours=searcher.config.vote_neighbours)
+    print(f"model {searcher.model.id}: {result.queries} queries against {result.catalogue} catalogue images")
+    _print_frame(result.as_frame())
+    if args.per_class:
+        _print_frame(result.per_class)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    db = Database(args.db)
+    print(f"database {db.uri}")
+    _print_frame(db.summary())
+    models = db.models_frame()
+    if models.height:
+        _print_frame(models.select("id", "encoder", "architecture", "dim", "weights_sha256", "created_at"))
+    images = db.images_frame(columns=["split", "label"])
+    if images.height:
+        _print_frame(images.group_by("split", "label").len().sort("split", "label"))
+    return 0
+
+
+def cmd_errors(args: argparse.Namespace) -> int:
+    _print_frame(Database(args.db).errors_frame())
+    return 0
+
+
+def cmd_encoders(args: argparse.Namespace) -> int:
+    print("\n".join(list_encoders()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lookalike", description="Embedded image-retrieval database.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=None, help=f"database folder (default: $LOOKALIKE_DB or {default_db_path()})")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ingest = sub.add_parser("ingest", parents=[common], help="scan a folder and add its images")
+    ingest.add_argument("folder", type=Path)
+    ingest.add_argument("--labels", type=Path, help="CSV: image file name, space-separated class ids")
+    ingest.add_argument("--model", default="efficientnet_lite0", help=f"encoder: one of {list_encoders()} or any timm architecture")
+    ingest.add_argument("--weights", help="local weights file for the encoder")
+    ingest.add_argument("--split", help="split name for these images (e.g. train)")
+    ingest.add_argument("--holdout", type=float, help="move this fraction of each class to --holdout-split (stratified)")
+    ingest.add_argument("--holdout-split", default="val")
+    ingest.add_argument("--seed", type=int, default=0)
+    ingest.add_argument("--batch-size", type=int, default=32)
+    ingest.add_argument("--workers", type=int, default=2, help="decode threads")
+    ingest.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    ingest.set_defaults(func=cmd_ingest)
+
+    search_opts = argparse.ArgumentParser(add_help=False, parents=[common])
+    search_opts.add_argument("--model", help="model id or encoder name (default: the newest model)")
+    search_opts.add_argument("-k", type=int, default=10)
+    search_opts.add_argument("--reranker", default="faiss", choices=list_rerankers())
+
+    search = sub.add_parser("search", parents=[search_opts], help="find the catalogue images nearest to query images")
+    search.add_argument("queries", nargs="*", help="query image files or folders")
+    search.add_argument("--id", action="append", help="search with a stored image id (repeatable)")
+    search.add_argument("--where", help="SQL filter over image metadata, e.g. \"label = 'coast' AND width >= 256\"")
+    search.add_argument("--columns", help="extra columns to show, comma-separated (e.g. split,width)")
+    search.add_argument("--predict", action="store_true", help="also print the top-5 classes by k-NN voting")
+    search.set_defaults(func=cmd_search)
+
+    evaluation = sub.add_parser("eval", parents=[search_opts], help="P@1, P@5, mAP@5 and mAP of a model")
+    evaluation.add_argument("--catalogue-split", default="train")
+    evaluation.add_argument("--query-split", default="val")
+    evaluation.add_argument("--query-dir", help="labelled query folder instead of --query-split")
+    evaluation.add_argument("--per-class", action="store_true")
+    evaluation.set_defaults(func=cmd_eval)
+
+    sub.add_parser("info", parents=[common], help="tables, models and label counts").set_defaults(func=cmd_info)
+    sub.add_parser("errors", parents=[common], help="files that could not be ingested").set_defaults(func=cmd_errors)
+    sub.add_parser("encoders", help="registered encoders").set_defaults(func=cmd_encoders)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, LookupError, FileNotFoundError, NotADirectoryError, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Search: LanceDB candidates under a ``where`` filter, exact FAISS re-ranking, k-NN class voting."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from engine.encoders import Encoder, EncoderConfig, create_encoder
+from engine.index import DISTANCE, has_vector_index
+from engine.rerank import Candidates, create_reranker
+from engine.store import Database, EncoderMismatchError, ModelRecord, sql_quote
+from engine.voting import vote_classes
+from ingest.decode import decode_image
+
+logger = logging.getLogger(__name__)
+
+RESULT_COLUMNS = ["image_id", "path", "label"]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How to search: result count, candidate pool for re-ranking, ANN parameters, re-ranker."""
+
+    k: int = 10
+    candidate_factor: int = 4  # candidates per query = k * factor (at least min_candidates)
+    min_candidates: int = 50
+    nprobes: int = 20  # IVF partitions probed once an index exists
+    refine_factor: int = 10  # LanceDB re-reads refine_factor x limit rows exactly (PQ needs it for recall)
+    reranker: str = "faiss"
+    vote_neighbours: int = 10  # neighbours that vote on the class of a query
+
+
+class Searcher:
+    """Queries one model version's embeddings.
+
+    The encoder for image queries is built from the model record and its fingerprint checked, so a
+    table is never searched with vectors from another encoder.
+    """
+
+    def __init__(self, db: Database, model: str | ModelRecord | None = None, config: SearchConfig = SearchConfig(), encoder: Encoder | None = None) -> None:
+        self.db = db
+        self.model = model if isinstance(model, ModelRecord) else db.resolve_model(model)
+        self.config = config
+        self.table = db.embeddings(self.model)
+        self.reranker = create_reranker(config.reranker)
+        self._encoder = encoder
+        if encoder is not None:
+            self._check_encoder(encoder)
+
+    def _check_encoder(self, encoder: Encoder) -> None:
+        if encoder.fingerprint != self.model.fingerprint or encoder.dim != self.model.dim:
+            raise EncoderMismatchError(
+                f"encoder {encoder.model_id} (dim {encoder.dim}) cannot query model {self.model.id} "
+                f"(dim {self.model.dim}): vectors from different encoders are not comparable"
+            )
+
+    @property
+    def encoder(self) -> Encoder:
+        """The model's encoder, built on first use from its recorded name and weights."""
+        if self._encoder is None:
+            weights = self.model.weights_source if Path(self.model.weights_source).is_file() else None
+            encoder = create_encoder(EncoderConfig(name=self.model.encoder, weights=weights))
+            self._check_encoder(encoder)
+            self._encoder = encoder
+        return self._encoder
+
+    # ---- queries --------------------------------------------------------------------------------
+
+    def encode_files(self, paths: Sequence[Path | str]) -> np.ndarray:
+        """Query image files to vectors, decoded exactly as ingest decodes catalogue images."""
+        images = [decode_image(Path(p).read_bytes()).image for p in paths]
+        return self.encoder.encode_images(images)
+
+    def vectors_of(self, image_ids: Sequence[str]) -> np.ndarray:
+        """Stored vectors of catalogue images, in the order asked for."""
+        if not image_ids:
+            return np.zeros((0, self.model.dim), np.float32)
+        where = "image_id IN (" + ", ".join(sql_quote(i) for i in image_ids) + ")"
+        found = self.table.search().where(where).select(["image_id", "vector"]).limit(None).to_arrow()
+        by_id = dict(zip(found.column("image_id").to_pylist(), _vectors(found)))
+        missing = [i for i in image_ids if i not in by_id]
+        if missing:
+            raise KeyError(f"no vectors of model {self.model.id} for image ids {missing}")
+        return np.stack([by_id[i] for i in image_ids])
+
+    def search_vectors(self, vectors: np.ndarray, k: int | None = None, where: str | None = None, columns: Sequence[str] = ()) -> pl.DataFrame:
+        """Nearest catalogue images of each query vector, all queries in one LanceDB call.
+
+        Returns one row per (query, rank): query, rank, image_id, path, label, distance (cosine),
+        plus ``columns``. Every query gets ``k`` rows whenever ``k`` rows match ``where``.
+        """
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if vectors.shape[1] != self.model.dim:
+            raise EncoderMismatchError(f"query vectors have dim {vectors.shape[1]}, model {self.model.id} has {self.model.dim}")
+        k = k or self.config.k
+        wanted = list(dict.fromkeys([*RESULT_COLUMNS, *columns, "vector"]))
+        limit = max(k * self.config.candidate_factor, self.config.min_candidates)
+        query = self.table.search(vectors).distance_type(DISTANCE).limit(limit).select([*wanted, "_distance"])
+        if where:
+            query = query.where(where, prefilter=True)
+        if has_vector_index(self.table):
+            query = query.nprobes(self.config.nprobes).refine_factor(self.config.refine_factor)
+        try:
+            found = query.to_arrow()
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ValueError(f"search failed (check the where filter {where!r}): {exc}") from exc
+        return self._rerank(vectors, found, k, [c for c in wanted if c != "vector"])
+
+    def _rerank(self, vectors: np.ndarray, found: pa.Table, k: int, columns: list[str]) -> pl.DataFrame:
+        if "query_index" not in found.column_names:  # a single query comes back without it
+            found = found.append_column("query_index", pa.array(np.zeros(found.num_rows, np.int32)))
+        query_index = found.column("query_index").to_numpy()
+        distances = found.column("_distance").to_numpy().astype(np.float32)
+        candidate_vectors = _vectors(found)
+        pieces = []
+        for q in range(len(vectors)):
+            rows = np.flatnonzero(query_index == q)
+            best_rows, best_distances = self.reranker.rerank(vectors[q], Candidates(rows, candidate_vectors[rows], distances[rows]), k)
+            taken = found.take(pa.array(best_rows, pa.int64())).select(columns)
+            piece = pl.from_arrow(taken).with_columns(
+                pl.lit(q, pl.Int32).alias("query"),
+                pl.Series("rank", np.arange(1, len(best_rows) + 1, dtype=np.int32)),
+                pl.Series("distance", best_distances, pl.Float32),
+            )
+            pieces.append(piece)
+        ordered = ["query", "rank", *RESULT_COLUMNS, "distance", *[c for c in columns if c not in RESULT_COLUMNS]]
+        if not pieces:
+            return pl.DataFrame(schema={"query": pl.Int32, "rank": pl.Int32})
+        return pl.concat(pieces, how="vertical_relaxed").select(ordered)
+
+    def search_files(self, paths: Sequence[Path | str], k: int | None = None, where: str | None = None, columns: Sequence[str] = ()) -> pl.DataFrame:
+        """Nearest catalogue images of query image files (one batched call); adds a ``query_path`` column."""
+        results = self.search_vectors(self.encode_files(paths), k, where, columns)
+        return results.with_columns(pl.Series("query_path", [str(paths[q]) for q in results["query"]], pl.String))
+
+    def search_ids(self, image_ids: Sequence[str], k: int | None = None, where: str | None = None, columns: Sequence[str] = ()) -> pl.DataFrame:
+        """Nearest catalogue images of stored images (the image itself comes first, at distance 0)."""
+        return self.search_vectors(self.vectors_of(image_ids), k, where, columns)
+
+    def predict(self, vectors: np.ndarray, where: str | None = None, top: int = 5) -> pl.DataFrame:
+        """Top classes of each query by similarity-weighted k-NN voting: query, rank, label, score."""
+        neighbours = self.search_vectors(vectors, self.config.vote_neighbours, where)
+        rows = []
+        for q in range(len(np.atleast_2d(vectors))):
+            mine = neighbours.filter(pl.col("query") == q)
+            for rank, (label, score) in enumerate(vote_classes(mine["label"].to_list(), mine["distance"].to_numpy(), top), start=1):
+                rows.append({"query": q, "rank": rank, "label": label, "score": score})
+        return pl.DataFrame(rows, schema={"query": pl.Int32, "rank": pl.Int32, "label": pl.String, "score": pl.Float64})
+
+
+def _vectors(table: pa.Table) -> np.ndarray:
+    column = table.column("vector").combine_chunks()
+    dim = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+

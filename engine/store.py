@@ -1,0 +1,252 @@
+"""The embedded database: LanceDB tables on disk, opened and checked against ``schemas``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+import schemas
+from engine.encoders import Encoder
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DB_ENV = "LOOKALIKE_DB"
+DEFAULT_DB_PATH = Path("data") / "lookalike.lancedb"
+
+
+class ModelNotFoundError(LookupError):
+    """No model version matches the name asked for."""
+
+
+class EncoderMismatchError(ValueError):
+    """Vectors of one encoder were about to meet a table made by another."""
+
+
+def default_db_path() -> str:
+    """``$LOOKALIKE_DB`` if set, else ``data/lookalike.lancedb`` under the working directory."""
+    return os.environ.get(DEFAULT_DB_ENV) or str(DEFAULT_DB_PATH)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def sql_quote(value: str) -> str:
+    """A string literal for a LanceDB filter."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One row of the ``models`` table."""
+
+    id: str
+    encoder: str
+    architecture: str
+    weights_source: str
+    weights_sha256: str
+    dim: int
+    preprocessing: str
+    fingerprint: str
+    embeddings_table: str
+    created_at: datetime
+    parent: str | None = None
+    notes: str | None = None
+
+
+class Database:
+    """A Lookalike database: a LanceDB directory holding the tables described in ``schemas``.
+
+    Opening checks every known table's schema version; an incompatible table raises
+    :class:`schemas.SchemaMismatchError` before anything is read or written.
+    """
+
+    def __init__(self, uri: str | os.PathLike[str] | None = None) -> None:
+        self.uri = str(uri or default_db_path())
+        self._db = lancedb.connect(self.uri)
+        self._check_schemas()
+
+    # ---- tables ---------------------------------------------------------------------------------
+
+    def table_names(self) -> list[str]:
+        names: list[str] = []
+        page_token = None
+        while True:
+            listing = self._db.list_tables(page_token=page_token)
+            names.extend(listing.tables)
+            page_token = listing.page_token
+            if not page_token:
+                return sorted(names)
+
+    def _check_schemas(self) -> None:
+        fixed = {
+            schemas.IMAGES_TABLE: schemas.IMAGES_SCHEMA,
+            schemas.MODELS_TABLE: schemas.MODELS_SCHEMA,
+            schemas.ERRORS_TABLE: schemas.ERRORS_SCHEMA,
+        }
+        for name in self.table_names():
+            if name in fixed:
+                schemas.check_compatible(name, self._db.open_table(name).schema, fixed[name])
+            elif name.startswith(schemas.EMBEDDINGS_PREFIX):
+                on_disk = self._db.open_table(name).schema
+                dim = on_disk.field("vector").type.list_size if "vector" in on_disk.names else 1
+                schemas.check_compatible(name, on_disk, schemas.embeddings_schema(dim, "", ""))
+
+    def _table(self, name: str, schema: pa.Schema) -> lancedb.table.Table:
+        return self._db.create_table(name, schema=schema, exist_ok=True)
+
+    @property
+    def images(self) -> lancedb.table.Table:
+        return self._table(schemas.IMAGES_TABLE, schemas.IMAGES_SCHEMA)
+
+    @property
+    def models(self) -> lancedb.table.Table:
+        return self._table(schemas.MODELS_TABLE, schemas.MODELS_SCHEMA)
+
+    @property
+    def errors(self) -> lancedb.table.Table:
+        return self._table(schemas.ERRORS_TABLE, schemas.ERRORS_SCHEMA)
+
+    def embeddings(self, model: ModelRecord) -> lancedb.table.Table:
+        """The embeddings table of a model version (created on first use)."""
+        schema = schemas.embeddings_schema(model.dim, model.id, model.fingerprint)
+        table = self._table(model.embeddings_table, schema)
+        recorded = (table.schema.metadata or {}).get(schemas.ENCODER_FINGERPRINT_KEY, b"").decode()
+        if recorded != model.fingerprint:
+            raise EncoderMismatchError(
+                f"table {model.embeddings_table} holds vectors of encoder fingerprint {recorded}, "
+                f"not {model.fingerprint}"
+            )
+        return table
+
+    # ---- models ---------------------------------------------------------------------------------
+
+    def register_model(self, encoder: Encoder, notes: str | None = None) -> ModelRecord:
+        """The model version of ``encoder``, added to ``models`` on first use."""
+        existing = self.find_models(model_id=encoder.model_id)
+        if existing:
+            return existing[0]
+        record = ModelRecord(
+            id=encoder.model_id,
+            encoder=encoder.name,
+            architecture=encoder.architecture,
+            weights_source=encoder.weights_source,
+            weights_sha256=encoder.weights_sha256,
+            dim=encoder.dim,
+            preprocessing=encoder.preprocessing,
+            fingerprint=encoder.fingerprint,
+            embeddings_table=schemas.embeddings_table_name(encoder.model_id),
+            created_at=utc_now(),
+            notes=notes,
+        )
+        row = pa.Table.from_pylist([record.__dict__], schema=schemas.MODELS_SCHEMA)
+        self.models.merge_insert("id").when_not_matched_insert_all().execute(row)
+        logger.info("registered model %s", record.id)
+        return record
+
+    def find_models(self, model_id: str | None = None, encoder: str | None = None) -> list[ModelRecord]:
+        """Model versions, newest first, optionally by id or by encoder name."""
+        table = self.models
+        clauses = []
+        if model_id:
+            clauses.append(f"id = {sql_quote(model_id)}")
+        if encoder:
+            clauses.append(f"encoder = {sql_quote(encoder)}")
+        query = table.search().where(" AND ".join(clauses)) if clauses else table.search()
+        rows = query.limit(None).to_arrow().to_pylist() if clauses else table.to_arrow().to_pylist()
+        rows.sort(key=lambda r: r["created_at"], reverse=True)
+        return [ModelRecord(**row) for row in rows]
+
+    def resolve_model(self, name: str | None = None) -> ModelRecord:
+        """A model version by id or encoder name; with no name, the newest one."""
+        candidates = (self.find_models(model_id=name) or self.find_models(encoder=name)) if name else self.find_models()
+        if not candidates:
+            known = [m.id for m in self.find_models()]
+            wanted = f"model {name!r}" if name else "any model"
+            raise ModelNotFoundError(
+                f"no {wanted} in database {self.uri}; models here: {known or 'none (run lookalike ingest first)'}"
+            )
+        return candidates[0]
+
+    def models_frame(self) -> pl.DataFrame:
+        frame = pl.from_arrow(self.models.to_arrow())
+        return frame.sort("created_at", descending=True) if frame.height else frame
+
+    # ---- writes ---------------------------------------------------------------------------------
+
+    def known_image_ids(self, model: ModelRecord) -> set[str]:
+        """Ids of images that already have a vector from ``model``."""
+        column = self.embeddings(model).search().select(["image_id"]).limit(None).to_arrow().column("image_id")
+        return set(column.to_pylist())
+
+    def write_embedded(self, model: ModelRecord, image_rows: Sequence[dict], vectors: np.ndarray) -> None:
+        """Upsert images and their vectors, keyed by content hash (idempotent, resumable).
+
+        Images are written before their vectors: a crash in between leaves an image without a
+        vector, which the next ingest encodes again; never a vector without its image.
+        """
+        if not image_rows:
+            return
+        if vectors.shape != (len(image_rows), model.dim):
+            raise EncoderMismatchError(f"expected {len(image_rows)} vectors of dim {model.dim}, got {vectors.shape}")
+        images = pa.Table.from_pylist(list(image_rows), schema=schemas.IMAGES_SCHEMA)
+        self.images.merge_insert("id").when_not_matched_insert_all().execute(images)
+        schema = schemas.embeddings_schema(model.dim, model.id, model.fingerprint)
+        columns = {name: images.column(name) for name in schemas.IMAGE_METADATA_COLUMNS}
+        embedded = pa.table(
+            {
+                "image_id": images.column("id"),
+                "model_id": pa.array([model.id] * len(image_rows), pa.string()),
+                "vector": pa.FixedSizeListArray.from_arrays(
+                    pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel()), model.dim
+                ),
+                **columns,
+            },
+            schema=schema,
+        )
+        self.embeddings(model).merge_insert("image_id").when_not_matched_insert_all().execute(embedded)
+        self.clear_errors([row["path"] for row in image_rows])
+
+    def record_errors(self, rows: Iterable[dict]) -> None:
+        """Upsert ``ingest_errors`` rows (path, reason, source, when), keyed by path."""
+        rows = list(rows)
+        if rows:
+            table = pa.Table.from_pylist(rows, schema=schemas.ERRORS_SCHEMA)
+            self.errors.merge_insert("path").when_matched_update_all().when_not_matched_insert_all().execute(table)
+
+    def clear_errors(self, paths: Sequence[str]) -> None:
+        """Forget past errors of files that have now been ingested."""
+        errors = self.errors
+        if paths and errors.count_rows():
+            errors.delete("path IN (" + ", ".join(sql_quote(p) for p in paths) + ")")
+
+    # ---- reads ----------------------------------------------------------------------------------
+
+    def images_frame(self, where: str | None = None, columns: Sequence[str] | None = None) -> pl.DataFrame:
+        """The ``images`` table (optionally filtered) as a polars DataFrame."""
+        query = self.images.search().limit(None)
+        if where:
+            query = query.where(where)
+        if columns:
+            query = query.select(list(columns))
+        return pl.from_arrow(query.to_arrow())
+
+    def errors_frame(self) -> pl.DataFrame:
+        return pl.from_arrow(self.errors.to_arrow()).sort("path")
+
+    def summary(self) -> pl.DataFrame:
+        """Row counts of every table."""
+        names = self.table_names()
+        return pl.DataFrame(
+            {"table": names, "rows": [self._db.open_table(n).count_rows() for n in names]},
+            schema={"table": pl.String, "rows": pl.Int64},
+        )

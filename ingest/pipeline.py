@@ -1,0 +1,237 @@
+"""Ingest runner: reader -> mapper -> encoder -> writer, streamed with bounded memory.
+
+* reader: :func:`ingest.scan.scan_folder` lists files in a deterministic order;
+* mapper: a thread pool reads, hashes, decodes and preprocesses files (Pillow and the tensor
+  transforms release the GIL), running ahead of the encoder by a bounded window;
+* encoder: batches of preprocessed tensors go through the model on the main thread;
+* writer: one background thread upserts finished batches, keyed by content hash.
+
+Files whose content already has a vector from the model are skipped after hashing, so re-running
+an ingest is cheap and an interrupted one resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.encoders import Encoder, EncoderConfig, create_encoder
+from engine.index import IndexConfig, ensure_index
+from engine.store import Database, ModelRecord, utc_now
+from ingest.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_image
+from ingest.scan import SourceFile, scan_folder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """How to ingest a folder."""
+
+    labels_csv: Path | None = None
+    split: str | None = None
+    holdout: float | None = None  # fraction of each class moved to ``holdout_split``
+    holdout_split: str = "val"
+    seed: int = 0
+    decode_workers: int = 2
+    prefetch_batches: int = 2  # how far decoding may run ahead of encoding, in batches
+    write_every: int = 256  # rows per upsert: fewer, larger commits
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    index: IndexConfig = field(default_factory=IndexConfig)
+    optimize: bool = True
+
+
+@dataclass
+class IngestProgress:
+    """Counts so far, passed to the progress callback after every batch."""
+
+    total: int
+    done: int = 0
+    encoded: int = 0
+    skipped: int = 0
+    errors: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def images_per_second(self) -> float:
+        return self.encoded / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What an ingest did."""
+
+    model_id: str
+    total: int
+    encoded: int
+    skipped: int
+    errors: int
+    seconds: float
+
+
+ProgressCallback = Callable[[IngestProgress], None]
+
+
+@dataclass
+class _Mapped:
+    """A file after the mapper: ready to encode, already known, or failed."""
+
+    source: SourceFile
+    row: dict | None = None
+    tensor: torch.Tensor | None = None
+    skipped: bool = False
+    error: str | None = None
+
+
+def _map_file(source: SourceFile, root: Path, encoder: Encoder, known: set[str], max_pixels: int) -> _Mapped:
+    try:
+        data = source.path.read_bytes()
+    except OSError as exc:
+        return _Mapped(source, error=f"cannot read file: {exc.strerror or exc}")
+    image_id = content_id(data)
+    if image_id in known:
+        return _Mapped(source, skipped=True)
+    try:
+        decoded = decode_image(data, max_pixels=max_pixels)
+        tensor = encoder.preprocess(decoded.image)
+    except DecodeError as exc:
+        return _Mapped(source, error=str(exc))
+    row = {
+        "id": image_id,
+        "path": str(source.path),
+        "label": source.labels[0] if source.labels else None,
+        "labels": list(source.labels),
+        "split": source.split,
+        "width": decoded.width,
+        "height": decoded.height,
+        "channels": decoded.channels,
+        "mode": decoded.mode,
+        "format": decoded.format,
+        "bytes": len(data),
+        "source": str(root),
+        "ingested_at": utc_now(),
+    }
+    return _Mapped(source, row=row, tensor=tensor)
+
+
+def _ordered_map(func: Callable[[SourceFile], _Mapped], items: list[SourceFile], workers: int, window: int) -> Iterator[_Mapped]:
+    """``map`` over a thread pool, in input order, with at most ``window`` items in flight."""
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
+        pending: deque[Future[_Mapped]] = deque()
+        for item in items:
+            pending.append(pool.submit(func, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+class _Writer:
+    """Upserts batches on one background thread, in order; at most one batch waits."""
+
+    def __init__(self, db: Database, model: ModelRecord) -> None:
+        self._db, self._model = db, model
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        self._last: Future[None] | None = None
+
+    def submit(self, rows: list[dict], vectors: np.ndarray, errors: list[dict]) -> None:
+        self.wait()  # keeps memory bounded and commits ordered
+        self._last = self._pool.submit(self._write, rows, vectors, errors)
+
+    def _write(self, rows: list[dict], vectors: np.ndarray, errors: list[dict]) -> None:
+        self._db.write_embedded(self._model, rows, vectors)
+        self._db.record_errors(errors)
+
+    def wait(self) -> None:
+        if self._last is not None:
+            self._last.result()
+            self._last = None
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def ingest_folder(
+    db: Database,
+    root: Path | str,
+    config: IngestConfig = IngestConfig(),
+    encoder: Encoder | None = None,
+    progress: ProgressCallback | None = None,
+) -> IngestReport:
+    """Ingest every image under ``root`` into ``db`` with ``encoder`` (default: the default encoder)."""
+    root = Path(root).resolve()
+    encoder = encoder or create_encoder(EncoderConfig())
+    model = db.register_model(encoder)
+    files = scan_folder(root, config.labels_csv, config.split, config.holdout, config.holdout_split, config.seed)
+    known = db.known_image_ids(model)
+    state = IngestProgress(total=len(files))
+    writer = _Writer(db, model)
+    pending_rows: list[dict] = []
+    pending_vectors: list[np.ndarray] = []
+    pending_errors: list[dict] = []
+    batch: list[_Mapped] = []
+
+    def encode_batch() -> None:
+        if batch:
+            vectors = encoder.encode_tensors(torch.stack([item.tensor for item in batch]))
+            pending_rows.extend(item.row for item in batch)
+            pending_vectors.append(vectors)
+            state.encoded += len(batch)
+            batch.clear()
+
+    def flush() -> None:
+        if pending_rows or pending_errors:
+            vectors = np.concatenate(pending_vectors) if pending_vectors else np.zeros((0, model.dim), np.float32)
+            writer.submit(list(pending_rows), vectors, list(pending_errors))
+            pending_rows.clear(), pending_vectors.clear(), pending_errors.clear()
+
+    mapper = lambda source: _map_file(source, root, encoder, known, config.max_pixels)  # noqa: E731
+    window = max(1, config.prefetch_batches) * encoder.batch_size
+    seen_in_run: set[str] = set()
+    try:
+        for mapped in _ordered_map(mapper, files, config.decode_workers, window):
+            state.done += 1
+            if mapped.error is not None:
+                state.errors += 1
+                logger.warning("skipping %s: %s", mapped.source.path, mapped.error)
+                pending_errors.append({"path": str(mapped.source.path), "reason": mapped.error, "source": str(root), "when": utc_now()})
+            elif mapped.skipped or mapped.row["id"] in seen_in_run:
+                state.skipped += 1  # already embedded, or a duplicate of a file earlier in this run
+            else:
+                seen_in_run.add(mapped.row["id"])
+                batch.append(mapped)
+                if len(batch) >= encoder.batch_size:
+                    encode_batch()
+                    if progress:
+                        progress(state)
+            if len(pending_rows) + len(pending_errors) >= config.write_every:
+                flush()
+        encode_batch()
+        flush()
+    finally:
+        writer.close()
+    if progress:
+        progress(state)
+    table = db.embeddings(model)
+    ensure_index(table, config.index)
+    if config.optimize and state.encoded:
+        for maintained in (db.images, table, db.errors):
+            maintained.optimize()
+    report = IngestReport(model.id, state.total, state.encoded, state.skipped, state.errors, state.elapsed)
+    logger.info("ingest done: %s", report)
+    return report

@@ -1,0 +1,145 @@
+"""Arrow schemas of every Lookalike table: the one source of truth.
+
+Tables in a Lookalike database (a LanceDB directory):
+
+``images``
+    One row per distinct image *content* (``id`` is the BLAKE2b-128 hash of the file bytes), with the
+    metadata read while decoding it.
+``models``
+    One row per encoder version: architecture, weights and their checksum, dimension, preprocessing.
+``embeddings__<model id>``
+    One table per model version. Each version has its own vector width and its own ANN index, and
+    dropping a version drops one table. The table repeats the filterable image metadata next to the
+    vector because LanceDB evaluates ``where`` filters on the searched table only: keeping the
+    columns there lets the filter run *inside* the index scan (prefilter) instead of as a join that
+    would lose rows or force a second pass.
+``ingest_errors``
+    Files that could not be ingested, with the reason, keyed by path.
+
+The schema version is written into each table's Arrow metadata; opening a database written with
+another major version fails with :class:`SchemaMismatchError`.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+SCHEMA_VERSION_KEY = b"lookalike.schema_version"
+TABLE_KIND_KEY = b"lookalike.table"
+MODEL_ID_KEY = b"lookalike.model_id"
+ENCODER_FINGERPRINT_KEY = b"lookalike.encoder_fingerprint"
+
+IMAGES_TABLE = "images"
+MODELS_TABLE = "models"
+ERRORS_TABLE = "ingest_errors"
+EMBEDDINGS_PREFIX = "embeddings__"
+
+
+class SchemaMismatchError(RuntimeError):
+    """A table on disk was written with a schema this version of Lookalike cannot read."""
+
+
+def _with_metadata(schema: pa.Schema, kind: str, extra: dict[bytes, bytes] | None = None) -> pa.Schema:
+    metadata = {SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode(), TABLE_KIND_KEY: kind.encode()}
+    metadata.update(extra or {})
+    return schema.with_metadata(metadata)
+
+
+# Metadata of an image that search filters may use; repeated in every embeddings table.
+IMAGE_METADATA_FIELDS: list[pa.Field] = [
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("label", pa.string()),  # the single (or first) class; null when unlabelled
+    pa.field("labels", pa.list_(pa.string())),  # every class for multi-label sets
+    pa.field("split", pa.string()),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("channels", pa.int8(), nullable=False),
+    pa.field("mode", pa.string(), nullable=False),  # Pillow mode before conversion to RGB
+    pa.field("format", pa.string()),
+    pa.field("bytes", pa.int64(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),  # the folder the ingest was pointed at
+    pa.field("ingested_at", pa.timestamp("us", tz="UTC"), nullable=False),
+]
+IMAGE_METADATA_COLUMNS = [f.name for f in IMAGE_METADATA_FIELDS]
+
+IMAGES_SCHEMA = _with_metadata(
+    pa.schema([pa.field("id", pa.string(), nullable=False), *IMAGE_METADATA_FIELDS]), IMAGES_TABLE
+)
+
+MODELS_SCHEMA = _with_metadata(
+    pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("encoder", pa.string(), nullable=False),  # registry name, e.g. efficientnet_lite0
+            pa.field("architecture", pa.string(), nullable=False),  # timm architecture
+            pa.field("weights_source", pa.string(), nullable=False),
+            pa.field("weights_sha256", pa.string(), nullable=False),
+            pa.field("dim", pa.int32(), nullable=False),
+            pa.field("preprocessing", pa.string(), nullable=False),  # JSON of the timm data config
+            pa.field("fingerprint", pa.string(), nullable=False),
+            pa.field("embeddings_table", pa.string(), nullable=False),
+            pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+            pa.field("parent", pa.string()),
+            pa.field("notes", pa.string()),
+        ]
+    ),
+    MODELS_TABLE,
+)
+
+ERRORS_SCHEMA = _with_metadata(
+    pa.schema(
+        [
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("reason", pa.string(), nullable=False),
+            pa.field("source", pa.string(), nullable=False),
+            pa.field("when", pa.timestamp("us", tz="UTC"), nullable=False),
+        ]
+    ),
+    ERRORS_TABLE,
+)
+
+
+def embeddings_table_name(model_id: str) -> str:
+    """Name of the embeddings table of one model version."""
+    safe = "".join(ch if ch.isalnum() or ch in "_-." else "_" for ch in model_id)
+    return f"{EMBEDDINGS_PREFIX}{safe}"
+
+
+def embeddings_schema(dim: int, model_id: str, fingerprint: str) -> pa.Schema:
+    """Schema of the embeddings table of one model version, with its dimension fixed."""
+    if dim <= 0:
+        raise ValueError(f"embedding dimension must be positive, got {dim}")
+    schema = pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("model_id", pa.string(), nullable=False),
+            pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
+            *IMAGE_METADATA_FIELDS,
+        ]
+    )
+    return _with_metadata(
+        schema,
+        "embeddings",
+        {MODEL_ID_KEY: model_id.encode(), ENCODER_FINGERPRINT_KEY: fingerprint.encode()},
+    )
+
+
+def check_compatible(table_name: str, on_disk: pa.Schema, expected: pa.Schema) -> None:
+    """Raise :class:`SchemaMismatchError` unless ``on_disk`` can be read as ``expected``."""
+    metadata = on_disk.metadata or {}
+    version = metadata.get(SCHEMA_VERSION_KEY, b"<none>").decode()
+    if version != SCHEMA_VERSION:
+        raise SchemaMismatchError(
+            f"table {table_name!r} has schema version {version}, this Lookalike reads version "
+            f"{SCHEMA_VERSION}; re-ingest into a new database or use a matching Lookalike release"
+        )
+    missing = [f.name for f in expected if f.name not in on_disk.names]
+    changed = [
+        f.name for f in expected if f.name in on_disk.names and not on_disk.field(f.name).type.equals(f.type)
+    ]
+    if missing or changed:
+        raise SchemaMismatchError(
+            f"table {table_name!r} does not match schema version {SCHEMA_VERSION}: "
+            f"missing columns {missing}, columns of another type {changed}"
+        )
