@@ -148,10 +148,14 @@ class Database:
             created_at=utc_now(),
             notes=notes,
         )
-        row = pa.Table.from_pylist([record.__dict__], schema=schemas.MODELS_SCHEMA)
-        self.models.merge_insert("id").when_not_matched_insert_all().execute(row)
+        self.add_model(record)
         logger.info("registered model %s", record.id)
         return record
+
+    def add_model(self, record: ModelRecord) -> None:
+        """Insert a model version (no-op when its id exists)."""
+        row = pa.Table.from_pylist([record.__dict__], schema=schemas.MODELS_SCHEMA)
+        self.models.merge_insert("id").when_not_matched_insert_all().execute(row)
 
     def find_models(self, model_id: str | None = None, encoder: str | None = None) -> list[ModelRecord]:
         """Model versions, newest first, optionally by id or by encoder name."""
