@@ -4,18 +4,34 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from engine import Database, EncoderConfig, SearchConfig, Searcher, create_encoder, evaluate, list_encoders, list_rerankers
+from engine.detect import (
+    DEFAULT_CATALOGUE_WHERE,
+    Decision,
+    DistractorDetector,
+    calibrate_model,
+    calibrations_frame,
+    decide,
+    enqueue_for_review,
+    review_frame,
+    write_submission,
+)
+from engine.distractors import CalibrationConfig, list_scorers
 from engine.evaluation import load_split
 from engine.store import default_db_path
 from ingest import IngestConfig, IngestProgress, ingest_folder, scan_folder
+from ingest.decode import content_id
+from ingest.pipeline import add_to_catalogue
 
 console = Console(stderr=True)
 
@@ -54,23 +70,89 @@ def _searcher(args: argparse.Namespace) -> Searcher:
     return Searcher(Database(args.db), args.model, config)
 
 
+def _query_paths(queries: Sequence[str]) -> list[Path]:
+    """Query image files: files as given, folders scanned (sorted, recursive)."""
+    paths = [f.path for q in queries for f in (scan_folder(Path(q)) if Path(q).is_dir() else [None]) if f] + [
+        Path(q) for q in queries if not Path(q).is_dir()
+    ]
+    if not paths:
+        raise ValueError("no query images: give image files or folders")
+    return paths
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     searcher = _searcher(args)
     columns = [c for c in (args.columns or "").split(",") if c]
     if args.id:
-        results = searcher.search_ids(args.id, where=args.where, columns=columns)
         vectors = searcher.vectors_of(args.id)
+        results = searcher.search_vectors(vectors, where=args.where, columns=columns)
     else:
         if not args.queries:
-            raise SystemExit("give query image files or --id IMAGE_ID")
-        files = [p for q in args.queries for p in (scan_folder(Path(q)) if Path(q).is_dir() else [Path(q)])]
-        paths = [f.path if hasattr(f, "path") else f for f in files]
+            raise ValueError("give query image files or --id IMAGE_ID")
+        paths = _query_paths(args.queries)
         vectors = searcher.encode_files(paths)
         results = searcher.search_vectors(vectors, where=args.where, columns=columns)
         results = results.with_columns(pl.Series("query_path", [str(paths[q]) for q in results["query"]], pl.String))
+    detector = DistractorDetector.for_searcher(searcher)
+    if detector is not None:
+        results = detector.annotate(results, vectors)
     _print_frame(results)
     if args.predict:
         _print_frame(searcher.predict(vectors, where=args.where))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    db = Database(args.db)
+    model = db.resolve_model(args.model)
+    config = CalibrationConfig(scorer=args.scorer, objective=args.objective, target_fpr=args.target_fpr, folds=args.folds, seed=args.seed)
+    stored = calibrate_model(db, model, config, catalogue_where=args.catalogue_where)
+    folds = stored.details["data"]["folds"]
+    print(
+        f"calibrated model {model.id}: scorer {stored.scorer}, objective {stored.objective}, threshold {stored.threshold:.4f}\n"
+        f"on {stored.details['data']['catalogue_images']} catalogue images of {stored.details['data']['classes']} classes, "
+        f"{len(folds)} folds holding out {[f['held_out_classes'] for f in folds]}\n"
+        f"simulated AUROC {stored.auroc:.3f}, MAP@5 with -1 {stored.map5:.3f} (calibration {stored.id}, now active)"
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    searcher = _searcher(args)
+    detector = DistractorDetector.for_searcher(searcher)
+    if detector is None:
+        raise LookupError(f"model {searcher.model.id} has no distractor calibration: run lookalike calibrate first")
+    paths = _query_paths([args.queries])
+    vectors = searcher.encode_files(paths)
+    predictions = detector.predict(vectors)
+    write_submission(Path(args.out), [p.name for p in paths], predictions)
+    queued = 0
+    if not args.no_review:
+        ids = [content_id(p.read_bytes()) for p in paths]
+        queued = enqueue_for_review(searcher.db, searcher.model, ids, [str(p.resolve()) for p in paths], predictions, detector.calibration.threshold)
+    flagged = int(predictions["is_distractor"].sum())
+    print(f"{len(paths)} queries, {flagged} flagged as distractors (threshold {detector.calibration.threshold:.4f}); wrote {args.out}; {queued} queued for review")
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    db = Database(args.db)
+    if args.review_id is None:
+        frame = review_frame(db, None if args.status == "all" else args.status)
+        _print_frame(frame.select("id", "path", "score", "suggested", "status", "label", "decided_by", "decided_at") if frame.height else frame)
+        return 0
+    if not (args.confirm or args.assign or args.add):
+        raise ValueError("to decide a review item give --confirm, --assign CLASS or --add CLASS")
+    status, label = ("distractor", None) if args.confirm else ("assigned", args.assign) if args.assign else ("added", args.add)
+    searcher = Searcher(db, args.model)
+    join = lambda path, name: add_to_catalogue(db, path, name, searcher.encoder)  # noqa: E731
+    row = decide(db, Decision(args.review_id, status, label, args.by), join_catalogue=join)
+    print(f"review {row['id']}: {row['status']}" + (f" as {row['label']}, joined the catalogue" if row["label"] else ""))
+    return 0
+
+
+def cmd_calibrations(args: argparse.Namespace) -> int:
+    _print_frame(calibrations_frame(Database(args.db)))
     return 0
 
 
@@ -154,6 +236,35 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--per-class", action="store_true")
     evaluation.set_defaults(func=cmd_eval)
 
+    calibrate = sub.add_parser("calibrate", parents=[common], help="calibrate the distractor threshold on the catalogue")
+    calibrate.add_argument("--model", help="model id or encoder name (default: the newest model)")
+    calibrate.add_argument("--scorer", default=CalibrationConfig.scorer, choices=list(list_scorers()))
+    calibrate.add_argument("--objective", default=CalibrationConfig.objective, choices=["map5", "fpr", "roc"],
+                           help="map5: best MAP@5 with -1; fpr: flag at most --target-fpr of known images; roc: nearest the top-left corner")
+    calibrate.add_argument("--target-fpr", type=float, default=CalibrationConfig.target_fpr)
+    calibrate.add_argument("--folds", type=int, default=CalibrationConfig.folds)
+    calibrate.add_argument("--seed", type=int, default=0)
+    calibrate.add_argument("--catalogue-where", default=DEFAULT_CATALOGUE_WHERE, help="which rows are the catalogue")
+    calibrate.set_defaults(func=cmd_calibrate)
+    sub.add_parser("calibrations", parents=[common], help="stored calibrations, newest first").set_defaults(func=cmd_calibrations)
+
+    predict = sub.add_parser("predict", parents=[search_opts], help="top-5 classes with -1 for distractors, as a Kaggle CSV")
+    predict.add_argument("queries", help="query folder (or one image)")
+    predict.add_argument("--out", default="submission.csv")
+    predict.add_argument("--no-review", action="store_true", help="do not queue flagged queries for review")
+    predict.set_defaults(func=cmd_predict)
+
+    review = sub.add_parser("review", parents=[common], help="the distractor review queue; with an id, decide it")
+    review.add_argument("review_id", nargs="?")
+    review.add_argument("--status", default="pending", help="pending, distractor, assigned, added or all")
+    review.add_argument("--model", help="model whose encoder adds images to the catalogue")
+    decision = review.add_mutually_exclusive_group()
+    decision.add_argument("--confirm", action="store_true", help="confirm it is a distractor")
+    decision.add_argument("--assign", metavar="CLASS", help="it belongs to this known class (joins the catalogue)")
+    decision.add_argument("--add", metavar="CLASS", help="it is a new class (joins the catalogue)")
+    review.add_argument("--by", default=os.environ.get("USER", "unknown"), help="who decides")
+    review.set_defaults(func=cmd_review)
+
     sub.add_parser("info", parents=[common], help="tables, models and label counts").set_defaults(func=cmd_info)
     sub.add_parser("errors", parents=[common], help="files that could not be ingested").set_defaults(func=cmd_errors)
     sub.add_parser("encoders", help="registered encoders").set_defaults(func=cmd_encoders)
@@ -167,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, LookupError, FileNotFoundError, NotADirectoryError, RuntimeError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         return 2
 
 

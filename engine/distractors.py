@@ -144,12 +144,34 @@ def voted_classes(hood: Neighbourhood, top: int = 5) -> list[list[str]]:
     return result
 
 
+def distractor_ap_pairs(classes: list[list[str]], truth: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, AP@5 when flagged (``-1`` first) and when not (``-1`` at rank 2)."""
+    flagged = np.array([average_precision_at_k(insert_distractor(c, True), t, 5) for c, t in zip(classes, truth)])
+    unflagged = np.array([average_precision_at_k(insert_distractor(c, False), t, 5) for c, t in zip(classes, truth)])
+    return flagged, unflagged
+
+
 def map5_with_distractors(classes: list[list[str]], scores: np.ndarray, threshold: float, truth: Sequence[str]) -> float:
     """MAP@5 of the predictions with ``-1`` placed by ``threshold`` (truth ``-1`` for distractors)."""
-    values = [
-        average_precision_at_k(insert_distractor(c, s > threshold), t, 5) for c, s, t in zip(classes, scores, truth)
-    ]
-    return float(np.mean(values)) if values else 0.0
+    flagged, unflagged = distractor_ap_pairs(classes, truth)
+    return float(np.where(np.asarray(scores) > threshold, flagged, unflagged).mean()) if len(flagged) else 0.0
+
+
+def map5_curve(scores: np.ndarray, ap_flagged: np.ndarray, ap_unflagged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MAP@5 at every distinct threshold at once: (thresholds, map5), flagging ``score > threshold``.
+
+    Thresholds are midpoints between consecutive distinct scores plus one below and one above all.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    distinct = np.unique(sorted_scores)
+    thresholds = np.r_[distinct[0] - 1e-6, (distinct[:-1] + distinct[1:]) / 2, distinct[-1] + 1e-6]
+    # queries at or below a threshold are unflagged: their count at each threshold
+    unflagged_count = np.searchsorted(sorted_scores, thresholds, side="right")
+    gain = np.r_[0.0, np.cumsum(ap_unflagged[order] - ap_flagged[order])]  # switching the lowest n to unflagged
+    total = ap_flagged.sum() + gain[unflagged_count]
+    return thresholds, total / len(scores)
 
 
 # ---- metrics over scores --------------------------------------------------------------------------
@@ -178,8 +200,9 @@ def roc_curve(scores: np.ndarray, is_distractor: np.ndarray) -> tuple[np.ndarray
     scores = np.asarray(scores, dtype=np.float64)
     positive = np.asarray(is_distractor, dtype=bool)
     thresholds = np.r_[-np.inf, np.unique(scores)]
-    tpr = np.array([(scores[positive] > t).mean() for t in thresholds])
-    fpr = np.array([(scores[~positive] > t).mean() for t in thresholds])
+    positives, negatives = np.sort(scores[positive]), np.sort(scores[~positive])
+    tpr = 1.0 - np.searchsorted(positives, thresholds, side="right") / max(len(positives), 1)
+    fpr = 1.0 - np.searchsorted(negatives, thresholds, side="right") / max(len(negatives), 1)
     return thresholds, tpr, fpr
 
 
@@ -198,7 +221,7 @@ def flag_precision_recall(scores: np.ndarray, is_distractor: np.ndarray, thresho
 class CalibrationConfig:
     """How to calibrate: the scorer, the objective, and how to simulate distractors from the catalogue."""
 
-    scorer: str = "nearest"
+    scorer: str = "centroid"  # the best on MIT scenes (AUROC 0.918 vs 0.881 knn_mean, 0.843 nearest)
     objective: str = "map5"  # map5 | fpr | roc
     target_fpr: float = 0.05  # with objective fpr: the share of known queries allowed to be flagged
     holdout_class_fraction: float = 0.25  # share of classes playing distractors in each fold
@@ -234,10 +257,8 @@ class Calibration:
 
 def _choose_threshold(objective: str, scores: np.ndarray, positive: np.ndarray, classes: list[list[str]], truth: list[str], target_fpr: float) -> tuple[float, dict]:
     thresholds, tpr, fpr = roc_curve(scores, positive)
-    # candidate thresholds: midpoints between consecutive distinct scores, plus both ends
+    candidates, map5 = map5_curve(scores, *distractor_ap_pairs(classes, truth))
     distinct = np.unique(scores)
-    candidates = np.r_[distinct[0] - 1e-6, (distinct[:-1] + distinct[1:]) / 2, distinct[-1] + 1e-6]
-    map5 = np.array([map5_with_distractors(classes, scores, t, truth) for t in candidates])
     curve = {"thresholds": thresholds[1:].tolist(), "tpr": tpr[1:].tolist(), "fpr": fpr[1:].tolist(),
              "map5_thresholds": candidates.tolist(), "map5": map5.tolist()}
     if objective == "map5":
@@ -327,9 +348,7 @@ def evaluate_distractors(hood: Neighbourhood, truth: Sequence[str], calibration:
     truth = list(truth)
     positive = np.array([t == DISTRACTOR_LABEL for t in truth])
     classes = voted_classes(hood)
-    distinct = np.unique(scores)
-    candidates = np.r_[distinct[0] - 1e-6, (distinct[:-1] + distinct[1:]) / 2, distinct[-1] + 1e-6]
-    map5 = [map5_with_distractors(classes, scores, t, truth) for t in candidates]
+    candidates, map5 = map5_curve(scores, *distractor_ap_pairs(classes, truth))
     best = int(np.argmax(map5))
     precision, recall = flag_precision_recall(scores, positive, calibration.threshold)
     return DistractorEvaluation(

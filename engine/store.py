@@ -92,6 +92,8 @@ class Database:
             schemas.IMAGES_TABLE: schemas.IMAGES_SCHEMA,
             schemas.MODELS_TABLE: schemas.MODELS_SCHEMA,
             schemas.ERRORS_TABLE: schemas.ERRORS_SCHEMA,
+            schemas.CALIBRATIONS_TABLE: schemas.CALIBRATIONS_SCHEMA,
+            schemas.REVIEW_TABLE: schemas.REVIEW_SCHEMA,
         }
         for name in self.table_names():
             if name in fixed:
@@ -115,6 +117,14 @@ class Database:
     @property
     def errors(self) -> lancedb.table.Table:
         return self._table(schemas.ERRORS_TABLE, schemas.ERRORS_SCHEMA)
+
+    @property
+    def calibrations(self) -> lancedb.table.Table:
+        return self._table(schemas.CALIBRATIONS_TABLE, schemas.CALIBRATIONS_SCHEMA)
+
+    @property
+    def review(self) -> lancedb.table.Table:
+        return self._table(schemas.REVIEW_TABLE, schemas.REVIEW_SCHEMA)
 
     def embeddings(self, model: ModelRecord) -> lancedb.table.Table:
         """The embeddings table of a model version (created on first use)."""
@@ -219,6 +229,15 @@ class Database:
         )
         self.embeddings(model).merge_insert("image_id").when_not_matched_insert_all().execute(embedded)
         self.clear_errors([row["path"] for row in image_rows])
+
+    def relabel(self, image_id: str, label: str, split: str | None) -> None:
+        """Give a stored image a class and split, in ``images`` and every embeddings table."""
+        values = {"label": label, "labels": [label], "split": split}
+        where = f"id = {sql_quote(image_id)}"
+        self.images.update(where=where, values=values)
+        for name in self.table_names():
+            if name.startswith(schemas.EMBEDDINGS_PREFIX):
+                self._db.open_table(name).update(where=f"image_id = {sql_quote(image_id)}", values=values)
 
     def record_errors(self, rows: Iterable[dict]) -> None:
         """Upsert ``ingest_errors`` rows (path, reason, source, when), keyed by path."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
 
 from engine.encoders import Encoder, EncoderConfig, create_encoder
@@ -175,9 +176,22 @@ def ingest_folder(
 ) -> IngestReport:
     """Ingest every image under ``root`` into ``db`` with ``encoder`` (default: the default encoder)."""
     root = Path(root).resolve()
+    files = scan_folder(root, config.labels_csv, config.split, config.holdout, config.holdout_split, config.seed)
+    return ingest_files(db, files, root, config, encoder, progress)
+
+
+def ingest_files(
+    db: Database,
+    files: list[SourceFile],
+    root: Path | str,
+    config: IngestConfig = IngestConfig(),
+    encoder: Encoder | None = None,
+    progress: ProgressCallback | None = None,
+) -> IngestReport:
+    """Ingest the given files (in the given order); ``root`` is recorded as their source folder."""
+    root = Path(root).resolve()
     encoder = encoder or create_encoder(EncoderConfig())
     model = db.register_model(encoder)
-    files = scan_folder(root, config.labels_csv, config.split, config.holdout, config.holdout_split, config.seed)
     known = db.known_image_ids(model)
     state = IngestProgress(total=len(files))
     writer = _Writer(db, model)
@@ -235,3 +249,14 @@ def ingest_folder(
     report = IngestReport(model.id, state.total, state.encoded, state.skipped, state.errors, state.elapsed)
     logger.info("ingest done: %s", report)
     return report
+
+
+def add_to_catalogue(db: Database, path: Path | str, label: str, encoder: Encoder, split: str = "train") -> str:
+    """Add one image to the catalogue with ``label`` (relabelling it if it is already stored); returns its id."""
+    path = Path(path).resolve()
+    report = ingest_files(db, [SourceFile(path, (label,), split)], path.parent, IngestConfig(optimize=False), encoder)
+    if report.errors:
+        raise DecodeError(f"{path} could not join the catalogue: {db.errors_frame().filter(pl.col('path') == str(path))['reason'].to_list()}")
+    image_id = content_id(path.read_bytes())
+    db.relabel(image_id, label, split)
+    return image_id

@@ -15,6 +15,13 @@ Tables in a Lookalike database (a LanceDB directory):
     would lose rows or force a second pass.
 ``ingest_errors``
     Files that could not be ingested, with the reason, keyed by path.
+``calibrations``
+    Distractor thresholds per model version: scorer, objective, threshold, the catalogue it was fitted
+    on, its curve, and the class centroids the ``centroid`` scorer needs at query time. The newest row
+    of a model is the one search and predict use.
+``review``
+    Queries flagged as distractors awaiting a decision (confirm, assign a known class, or add as a new
+    class), with who decided and when. Keyed by the query's content hash and model.
 
 The schema version is written into each table's Arrow metadata; opening a database written with
 another major version fails with :class:`SchemaMismatchError`.
@@ -33,6 +40,8 @@ ENCODER_FINGERPRINT_KEY = b"lookalike.encoder_fingerprint"
 IMAGES_TABLE = "images"
 MODELS_TABLE = "models"
 ERRORS_TABLE = "ingest_errors"
+CALIBRATIONS_TABLE = "calibrations"
+REVIEW_TABLE = "review"
 EMBEDDINGS_PREFIX = "embeddings__"
 
 
@@ -97,6 +106,49 @@ ERRORS_SCHEMA = _with_metadata(
         ]
     ),
     ERRORS_TABLE,
+)
+
+
+CALIBRATIONS_SCHEMA = _with_metadata(
+    pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("model_id", pa.string(), nullable=False),
+            pa.field("scorer", pa.string(), nullable=False),
+            pa.field("objective", pa.string(), nullable=False),
+            pa.field("threshold", pa.float64(), nullable=False),
+            pa.field("catalogue_where", pa.string(), nullable=False),
+            pa.field("neighbours", pa.int32(), nullable=False),
+            pa.field("auroc", pa.float64(), nullable=False),
+            pa.field("map5", pa.float64(), nullable=False),
+            pa.field("details", pa.string(), nullable=False),  # JSON: config, data, curve
+            pa.field("classes", pa.list_(pa.string()), nullable=False),
+            pa.field("centroids", pa.list_(pa.list_(pa.float32())), nullable=False),
+            pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        ]
+    ),
+    CALIBRATIONS_TABLE,
+)
+
+REVIEW_STATUSES = ("pending", "distractor", "assigned", "added")
+
+REVIEW_SCHEMA = _with_metadata(
+    pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),  # content hash of the query image
+            pa.field("model_id", pa.string(), nullable=False),
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("score", pa.float64(), nullable=False),
+            pa.field("threshold", pa.float64(), nullable=False),
+            pa.field("suggested", pa.list_(pa.string()), nullable=False),  # top classes, best first
+            pa.field("status", pa.string(), nullable=False),  # one of REVIEW_STATUSES
+            pa.field("label", pa.string()),  # the class given by the decision
+            pa.field("decided_by", pa.string()),
+            pa.field("decided_at", pa.timestamp("us", tz="UTC")),
+            pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        ]
+    ),
+    REVIEW_TABLE,
 )
 
 

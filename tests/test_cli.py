@@ -58,3 +58,30 @@ def test_default_encoder_retrieves_the_right_garments(tmp_path, capsys):
     assert metric("P@1") >= 0.45 and metric("mAP@5") >= 0.75, out
     assert main(["search", str(next(QUERIES.glob("sandal_*.png"))), "--db", db, "-k", "1"]) == 0
     assert "sandal/" in capsys.readouterr().out
+
+
+def test_cli_calibrate_predict_review(tmp_path, tiny_weights, capsys):
+    db = str(tmp_path / "db")
+    assert main(["ingest", str(SAMPLES), "--db", db, "--split", "train", "--model", "test_efficientnet", "--weights", str(tiny_weights)]) == 0
+    assert main(["predict", str(QUERIES), "--db", db]) == 2
+    assert "run lookalike calibrate first" in capsys.readouterr().err
+    assert main(["calibrate", "--db", db, "--objective", "fpr", "--target-fpr", "0.2"]) == 0
+    assert "objective fpr" in capsys.readouterr().out
+    out_csv = tmp_path / "submission.csv"
+    assert main(["predict", str(QUERIES), "--db", db, "--out", str(out_csv)]) == 0
+    flagged = int(re.search(r"(\d+) flagged", capsys.readouterr().out).group(1))
+    lines = out_csv.read_text().splitlines()
+    assert lines[0] == "Image,Id" and len(lines) == 11
+    assert sum(line.split(",")[1].startswith("-1 ") for line in lines[1:]) == flagged
+    assert main(["search", str(next(QUERIES.glob("bag_*.png"))), "--db", db, "-k", "2"]) == 0
+    assert "is_distractor" in capsys.readouterr().out
+    assert main(["review", "--db", db]) == 0
+    queue = capsys.readouterr().out
+    if flagged:
+        first_id = re.search(r"│ ([0-9a-f]{32}) ", queue).group(1)
+        assert main(["review", first_id, "--confirm", "--by", "tester", "--db", db]) == 0
+        assert "distractor" in capsys.readouterr().out
+        assert main(["review", "--status", "distractor", "--db", db]) == 0
+        assert "tester" in capsys.readouterr().out
+    assert main(["review", "0" * 32, "--db", db]) == 2
+    assert "give --confirm" in capsys.readouterr().err
