@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -28,6 +29,8 @@ from engine.detect import (
 )
 from engine.distractors import CalibrationConfig, list_scorers
 from engine.evaluation import load_split
+from engine.heads import HeadConfig
+from engine.training import TrainConfig, TrainEvent, list_methods, train_head
 from engine.store import default_db_path
 from ingest import IngestConfig, IngestProgress, ingest_folder, scan_folder
 from ingest.decode import content_id
@@ -172,6 +175,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    db = Database(args.db)
+    parent = db.resolve_model(args.parent)
+    head = HeadConfig(kind=args.head, out_dim=args.dim, hidden_dim=args.hidden, dropout=args.dropout)
+    config = TrainConfig(method=args.method, head=head, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         patience=args.patience, catalogue_where=args.catalogue_where, seed=args.seed, device=args.device)
+
+    def show(event: TrainEvent) -> None:
+        print(f"epoch {event.epoch:3d}/{event.epochs}  loss {event.loss:.4f}  val mAP@5 {event.val_map5:.4f}  "
+              f"val P@1 {event.val_p1:.4f}  best {event.best_map5:.4f}  {event.seconds:.1f}s", flush=True)
+
+    result = train_head(db, parent, config, progress=show)
+    print(f"trained {result.model.id} from {parent.id}: {result.epochs_run} epochs, best val mAP@5 {result.val_map5:.4f} "
+          f"at epoch {result.best_epoch}, {result.seconds:.1f}s")
+    if args.activate:
+        db.activate_model(result.model.id)
+        print(f"{result.model.id} is now the active model")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    db = Database(args.db)
+    if args.activate:
+        print(f"{db.activate_model(args.activate).id} is now the active model")
+        return 0
+    frame = db.models_frame()
+    if not frame.height:
+        print("no models yet: run lookalike ingest")
+        return 0
+    active = db.active_model_id() or frame["id"][0]
+    val = [json.loads(n).get("val_map5") if n else None for n in frame["notes"]]
+    _print_frame(frame.with_columns(pl.Series("val_map5", val, pl.Float64), (pl.col("id") == active).alias("active"))
+                 .select("id", "active", "parent", "architecture", "dim", "val_map5", "created_at"))
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     db = Database(args.db)
     print(f"database {db.uri}")
@@ -264,6 +303,27 @@ def build_parser() -> argparse.ArgumentParser:
     decision.add_argument("--add", metavar="CLASS", help="it is a new class (joins the catalogue)")
     review.add_argument("--by", default=os.environ.get("USER", "unknown"), help="who decides")
     review.set_defaults(func=cmd_review)
+
+    train = sub.add_parser("train", parents=[common], help="train a metric-learning head on the catalogue's stored features")
+    train.add_argument("--method", default="arcface", choices=list(list_methods()))
+    train.add_argument("--parent", help="model whose features to train on (default: the active model)")
+    train.add_argument("--head", default="mlp", choices=["mlp", "linear"])
+    train.add_argument("--dim", type=int, default=512)
+    train.add_argument("--hidden", type=int, default=1024)
+    train.add_argument("--dropout", type=float, default=0.2)
+    train.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    train.add_argument("--lr", type=float, default=TrainConfig.lr)
+    train.add_argument("--patience", type=int, default=TrainConfig.patience)
+    train.add_argument("--catalogue-where", default=TrainConfig.catalogue_where)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device")
+    train.add_argument("--activate", action="store_true", help="make the new model the default")
+    train.set_defaults(func=cmd_train)
+
+    models = sub.add_parser("models", parents=[common], help="model versions; --activate ID picks the default")
+    models.add_argument("--activate", metavar="MODEL_ID")
+    models.set_defaults(func=cmd_models)
 
     sub.add_parser("info", parents=[common], help="tables, models and label counts").set_defaults(func=cmd_info)
     sub.add_parser("errors", parents=[common], help="files that could not be ingested").set_defaults(func=cmd_errors)

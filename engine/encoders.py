@@ -71,10 +71,7 @@ class Encoder:
     @property
     def fingerprint(self) -> str:
         """Identity of the vectors this encoder makes: same fingerprint, comparable vectors."""
-        blob = json.dumps(
-            [self.architecture, self.weights_sha256, self.dim, self.preprocessing], sort_keys=True
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return encoder_fingerprint(self.architecture, self.weights_sha256, self.dim, self.preprocessing)
 
     @property
     def model_id(self) -> str:
@@ -104,6 +101,12 @@ class Encoder:
             tensors = torch.stack([self.preprocess(im) for im in images[start : start + self.batch_size]])
             chunks.append(self.encode_tensors(tensors))
         return np.concatenate(chunks)
+
+
+def encoder_fingerprint(architecture: str, weights_sha256: str, dim: int, preprocessing: str) -> str:
+    """Hash of everything that decides what vectors an encoder makes."""
+    blob = json.dumps([architecture, weights_sha256, dim, preprocessing], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------------

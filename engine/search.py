@@ -11,7 +11,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from engine.encoders import Encoder, EncoderConfig, create_encoder
+from engine.encoders import Encoder
+from engine.heads import encoder_for_model
 from engine.index import DISTANCE, has_vector_index
 from engine.rerank import Candidates, create_reranker
 from engine.store import Database, EncoderMismatchError, ModelRecord, sql_quote
@@ -64,8 +65,7 @@ class Searcher:
     def encoder(self) -> Encoder:
         """The model's encoder, built on first use from its recorded name and weights."""
         if self._encoder is None:
-            weights = self.model.weights_source if Path(self.model.weights_source).is_file() else None
-            encoder = create_encoder(EncoderConfig(name=self.model.encoder, weights=weights))
+            encoder = encoder_for_model(self.db, self.model)
             self._check_encoder(encoder)
             self._encoder = encoder
         return self._encoder

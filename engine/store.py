@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DB_ENV = "LOOKALIKE_DB"
 DEFAULT_DB_PATH = Path("data") / "lookalike.lancedb"
+ACTIVE_MODEL_KEY = "active_model"
 
 
 class ModelNotFoundError(LookupError):
@@ -94,6 +95,7 @@ class Database:
             schemas.ERRORS_TABLE: schemas.ERRORS_SCHEMA,
             schemas.CALIBRATIONS_TABLE: schemas.CALIBRATIONS_SCHEMA,
             schemas.REVIEW_TABLE: schemas.REVIEW_SCHEMA,
+            schemas.SETTINGS_TABLE: schemas.SETTINGS_SCHEMA,
         }
         for name in self.table_names():
             if name in fixed:
@@ -121,6 +123,18 @@ class Database:
     @property
     def calibrations(self) -> lancedb.table.Table:
         return self._table(schemas.CALIBRATIONS_TABLE, schemas.CALIBRATIONS_SCHEMA)
+
+    @property
+    def settings(self) -> lancedb.table.Table:
+        return self._table(schemas.SETTINGS_TABLE, schemas.SETTINGS_SCHEMA)
+
+    def get_setting(self, key: str) -> str | None:
+        rows = self.settings.search().where(f"key = {sql_quote(key)}").limit(None).to_arrow().to_pylist()
+        return rows[0]["value"] if rows else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        row = pa.Table.from_pylist([{"key": key, "value": value, "updated_at": utc_now()}], schema=schemas.SETTINGS_SCHEMA)
+        self.settings.merge_insert("key").when_matched_update_all().when_not_matched_insert_all().execute(row)
 
     @property
     def review(self) -> lancedb.table.Table:
@@ -166,6 +180,8 @@ class Database:
         """Insert a model version (no-op when its id exists)."""
         row = pa.Table.from_pylist([record.__dict__], schema=schemas.MODELS_SCHEMA)
         self.models.merge_insert("id").when_not_matched_insert_all().execute(row)
+        if self.active_model_id() is None:
+            self.set_setting(ACTIVE_MODEL_KEY, record.id)  # the first model is the default until another is activated
 
     def find_models(self, model_id: str | None = None, encoder: str | None = None) -> list[ModelRecord]:
         """Model versions, newest first, optionally by id or by encoder name."""
@@ -180,8 +196,18 @@ class Database:
         rows.sort(key=lambda r: r["created_at"], reverse=True)
         return [ModelRecord(**row) for row in rows]
 
+    def activate_model(self, model_id: str) -> ModelRecord:
+        """Make a model version the default of search, eval and predict."""
+        record = self.resolve_model(model_id)
+        self.set_setting(ACTIVE_MODEL_KEY, record.id)
+        return record
+
+    def active_model_id(self) -> str | None:
+        return self.get_setting(ACTIVE_MODEL_KEY)
+
     def resolve_model(self, name: str | None = None) -> ModelRecord:
-        """A model version by id or encoder name; with no name, the newest one."""
+        """A model version by id or encoder name; with no name, the active one (else the newest)."""
+        name = name or self.active_model_id()
         candidates = (self.find_models(model_id=name) or self.find_models(encoder=name)) if name else self.find_models()
         if not candidates:
             known = [m.id for m in self.find_models()]
@@ -214,21 +240,22 @@ class Database:
             raise EncoderMismatchError(f"expected {len(image_rows)} vectors of dim {model.dim}, got {vectors.shape}")
         images = pa.Table.from_pylist(list(image_rows), schema=schemas.IMAGES_SCHEMA)
         self.images.merge_insert("id").when_not_matched_insert_all().execute(images)
+        self.write_vectors(model, images.column("id"), images, vectors)
+        self.clear_errors([row["path"] for row in image_rows])
+
+    def write_vectors(self, model: ModelRecord, image_ids: pa.Array, metadata: pa.Table, vectors: np.ndarray) -> None:
+        """Upsert vectors of already-stored images; ``metadata`` holds their image metadata columns."""
         schema = schemas.embeddings_schema(model.dim, model.id, model.fingerprint)
-        columns = {name: images.column(name) for name in schemas.IMAGE_METADATA_COLUMNS}
         embedded = pa.table(
             {
-                "image_id": images.column("id"),
-                "model_id": pa.array([model.id] * len(image_rows), pa.string()),
-                "vector": pa.FixedSizeListArray.from_arrays(
-                    pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel()), model.dim
-                ),
-                **columns,
+                "image_id": image_ids,
+                "model_id": pa.array([model.id] * len(image_ids), pa.string()),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel()), model.dim),
+                **{name: metadata.column(name) for name in schemas.IMAGE_METADATA_COLUMNS},
             },
             schema=schema,
         )
         self.embeddings(model).merge_insert("image_id").when_not_matched_insert_all().execute(embedded)
-        self.clear_errors([row["path"] for row in image_rows])
 
     def relabel(self, image_id: str, label: str, split: str | None) -> None:
         """Give a stored image a class and split, in ``images`` and every embeddings table."""

@@ -19,6 +19,8 @@ Tables in a Lookalike database (a LanceDB directory):
     Distractor thresholds per model version: scorer, objective, threshold, the catalogue it was fitted
     on, its curve, and the class centroids the ``centroid`` scorer needs at query time. The newest row
     of a model is the one search and predict use.
+``settings``
+    Key/value settings of the database, such as the active model version.
 ``review``
     Queries flagged as distractors awaiting a decision (confirm, assign a known class, or add as a new
     class), with who decided and when. Keyed by the query's content hash and model.
@@ -41,6 +43,7 @@ IMAGES_TABLE = "images"
 MODELS_TABLE = "models"
 ERRORS_TABLE = "ingest_errors"
 CALIBRATIONS_TABLE = "calibrations"
+SETTINGS_TABLE = "settings"
 REVIEW_TABLE = "review"
 EMBEDDINGS_PREFIX = "embeddings__"
 
@@ -128,6 +131,17 @@ CALIBRATIONS_SCHEMA = _with_metadata(
         ]
     ),
     CALIBRATIONS_TABLE,
+)
+
+SETTINGS_SCHEMA = _with_metadata(
+    pa.schema(
+        [
+            pa.field("key", pa.string(), nullable=False),  # e.g. active_model
+            pa.field("value", pa.string(), nullable=False),
+            pa.field("updated_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        ]
+    ),
+    SETTINGS_TABLE,
 )
 
 REVIEW_STATUSES = ("pending", "distractor", "assigned", "added")
