@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -37,6 +38,11 @@ from ingest.decode import content_id
 from ingest.pipeline import add_to_catalogue
 
 console = Console(stderr=True)
+
+# Feature areas keep their sub-commands in their own module (``console/cli_<feature>.py``), each exposing
+# ``add_commands(sub, *, common, search_opts)``; heavy imports stay inside the command functions so that
+# ``lookalike --help`` stays fast.
+FEATURE_COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _print_frame(frame: pl.DataFrame) -> None:
@@ -328,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", parents=[common], help="tables, models and label counts").set_defaults(func=cmd_info)
     sub.add_parser("errors", parents=[common], help="files that could not be ingested").set_defaults(func=cmd_errors)
     sub.add_parser("encoders", help="registered encoders").set_defaults(func=cmd_encoders)
+    for module_name in FEATURE_COMMAND_MODULES:
+        importlib.import_module(module_name).add_commands(sub, common=common, search_opts=search_opts)
     return parser
 
 
