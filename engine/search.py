@@ -14,6 +14,7 @@ import pyarrow as pa
 from engine.encoders import Encoder
 from engine.heads import encoder_for_model
 from engine.index import DISTANCE, has_vector_index
+from engine.memory_index import MemoryIndex, MemoryIndexConfig, create_memory_index, load_table, table_bytes
 from engine.rerank import Candidates, create_reranker
 from engine.store import Database, EncoderMismatchError, ModelRecord, sql_quote
 from engine.voting import vote_classes
@@ -33,11 +34,14 @@ class SearchConfig:
     min_candidates: int = 50
     nprobes: int = 20  # IVF partitions probed once an index exists
     refine_factor: int = 10  # LanceDB re-reads refine_factor x limit rows exactly (PQ needs it for recall)
-    reranker: str = "faiss"
+    reranker: str = "faiss"  # a name of engine.rerank.list_rerankers(), or quality stages chained with "+"
+    reranker_configs: dict | None = None  # typed configs of the re-ranker (stage name -> config)
     vote_neighbours: int = 10  # neighbours that vote on the class of a query
     # A filter matching at most this many rows is answered by an exact scan of those rows: with an IVF
     # index, a selective prefilter leaves few matches in the probed partitions and recall drops.
     exact_filter_rows: int = 100_000
+    # Unfiltered queries are answered from vectors held in RAM when they fit (engine.memory_index).
+    memory_index: MemoryIndexConfig = MemoryIndexConfig()
 
 
 class Searcher:
@@ -52,8 +56,9 @@ class Searcher:
         self.model = model if isinstance(model, ModelRecord) else db.resolve_model(model)
         self.config = config
         self.table = db.embeddings(self.model)
-        self.reranker = create_reranker(config.reranker)
+        self.reranker = create_reranker(config.reranker, configs=config.reranker_configs)
         self._encoder = encoder
+        self._memory: MemoryIndex | None = None
         if encoder is not None:
             self._check_encoder(encoder)
 
@@ -102,8 +107,15 @@ class Searcher:
         if vectors.shape[1] != self.model.dim:
             raise EncoderMismatchError(f"query vectors have dim {vectors.shape[1]}, model {self.model.id} has {self.model.dim}")
         k = k or self.config.k
+        # Another writer (an ingest, a review decision) may have committed since the last query: every
+        # search reads the latest version (about 0.2 ms), as a database user expects.
+        self.table.checkout_latest()
         wanted = list(dict.fromkeys([*RESULT_COLUMNS, *columns, "vector"]))
-        limit = max(k * self.config.candidate_factor, self.config.min_candidates)
+        # quality re-rankers look at their ``depth`` nearest candidates: fetch at least that many
+        limit = max(k * self.config.candidate_factor, self.config.min_candidates, getattr(self.reranker, "depth", 0))
+        memory = None if where else self.memory_index()
+        if memory is not None:
+            return self._search_memory(memory, vectors, k, limit, [c for c in wanted if c != "vector"])
         query = self.table.search(vectors).distance_type(DISTANCE).limit(limit).select([*wanted, "_distance"])
         if where:
             query = query.where(where, prefilter=True)
@@ -124,6 +136,42 @@ class Searcher:
         except (ValueError, RuntimeError, OSError) as exc:
             raise ValueError(f"search failed (check the where filter {where!r}): {exc}") from exc
 
+    def memory_index(self) -> MemoryIndex | None:
+        """The in-memory index for unfiltered queries (built or refreshed for the table's current
+        version), or None when the configuration or the memory budget leaves them to LanceDB."""
+        config = self.config.memory_index
+        version = self.table.version
+        if self._memory is not None and self._memory.version == version:
+            return self._memory
+        kind = config.kind
+        if kind == "off":
+            return None
+        if kind == "auto":
+            if has_vector_index(self.table):
+                return None
+            kind = "flat"
+        rows = self.table.count_rows()
+        if table_bytes(rows, self.model.dim) > config.max_bytes:
+            logger.info("%d vectors of dim %d exceed the memory budget of %d bytes: searching on disk", rows, self.model.dim, config.max_bytes)
+            return None
+        cache_file = None
+        if config.persist and "://" not in self.db.uri:
+            cache_file = Path(self.db.uri) / "_faiss" / self.model.embeddings_table / f"v{version}-{kind}{config.hnsw_m}.faiss"
+        self._memory = create_memory_index(kind, load_table(self.table, version), config, cache_file)
+        return self._memory
+
+    def _search_memory(self, memory: MemoryIndex, vectors: np.ndarray, k: int, limit: int, columns: list[str]) -> pl.DataFrame:
+        missing = [c for c in columns if c not in memory.loaded.metadata.columns]
+        if missing:
+            raise ValueError(f"unknown columns {missing}; the table has {memory.loaded.metadata.columns}")
+        positions, distances = memory.search(vectors, limit)
+        groups = []
+        for q in range(len(vectors)):
+            valid = positions[q] >= 0
+            rows = positions[q][valid]
+            groups.append(Candidates(rows, memory.loaded.vectors[rows], distances[q][valid]))
+        return self._rerank_groups(vectors, groups, k, lambda taken: memory.loaded.metadata[taken].select(columns), columns)
+
     def _rerank(self, vectors: np.ndarray, found: pa.Table, k: int, columns: list[str]) -> pl.DataFrame:
         if "query_index" not in found.column_names:  # a single query comes back without it
             found = found.append_column("query_index", pa.array(np.zeros(found.num_rows, np.int32)))
@@ -133,15 +181,22 @@ class Searcher:
         # candidates arrive grouped by query: slice each group, re-rank it, then take all winners at once
         order = np.argsort(query_index, kind="stable")
         bounds = np.searchsorted(query_index[order], np.arange(len(vectors) + 1))
-        rows_taken, query_of, ranks, best = [], [], [], []
+        groups = []
         for q in range(len(vectors)):
             rows = order[bounds[q] : bounds[q + 1]]
-            best_rows, best_distances = self.reranker.rerank(vectors[q], Candidates(rows, candidate_vectors[rows], distances[rows]), k)
+            groups.append(Candidates(rows, candidate_vectors[rows], distances[rows]))
+        return self._rerank_groups(vectors, groups, k, lambda taken: pl.from_arrow(found.take(pa.array(taken, pa.int64())).select(columns)), columns)
+
+    def _rerank_groups(self, vectors: np.ndarray, groups: list[Candidates], k: int, take, columns: list[str]) -> pl.DataFrame:
+        """Re-rank each query's candidates, then fetch every winner's columns with one ``take``."""
+        rows_taken, query_of, ranks, best = [], [], [], []
+        for q, candidates in enumerate(groups):
+            best_rows, best_distances = self.reranker.rerank(vectors[q], candidates, k)
             rows_taken.append(best_rows)
             query_of.append(np.full(len(best_rows), q, np.int32))
             ranks.append(np.arange(1, len(best_rows) + 1, dtype=np.int32))
             best.append(best_distances)
-        taken = pl.from_arrow(found.take(pa.array(np.concatenate(rows_taken) if rows_taken else [], pa.int64())).select(columns))
+        taken = take(np.concatenate(rows_taken).astype(np.int64) if rows_taken else np.zeros(0, np.int64))
         ordered = ["query", "rank", *RESULT_COLUMNS, "distance", *[c for c in columns if c not in RESULT_COLUMNS]]
         return taken.with_columns(
             pl.Series("query", np.concatenate(query_of) if query_of else [], pl.Int32),
