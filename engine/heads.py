@@ -1,8 +1,9 @@
 """Projection heads on top of a backbone, and the encoders of model versions that carry one.
 
-A trained model version stores only its head (a small state dict file beside the database); its
-encoder is the parent's encoder with the head appended, so queries are embedded exactly as the
-catalogue was.
+A version trained on frozen features stores only its head (a small state dict file beside the database);
+its encoder is the parent's encoder with the head appended. A fine-tuned version stores its whole network
+(backbone state dict, LoRA adapters merged, and head) in one file under ``<db>/finetuned``. Either way
+queries are embedded exactly as the catalogue was.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import timm
 import torch
+from timm.data import resolve_model_data_config
 from torch import nn
 
-from engine.encoders import Encoder, EncoderConfig, create_encoder, file_sha256
+from engine.encoders import Encoder, EncoderConfig, create_encoder, file_sha256, resolve_device
 from engine.store import Database, EncoderMismatchError, ModelRecord
 
 
@@ -76,10 +79,49 @@ def save_head(head: ProjectionHead, path: Path) -> str:
 
 
 def load_head(path: Path) -> ProjectionHead:
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return _head_from_saved(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def _head_from_saved(saved: dict) -> ProjectionHead:
     head = ProjectionHead(saved["in_dim"], HeadConfig(**saved["config"]))
     head.load_state_dict(saved["state_dict"])
     return head.eval()
+
+
+FINETUNED_FORMAT = "lookalike.finetuned/1"
+
+
+def finetuned_dir(db: Database) -> Path:
+    return Path(db.uri) / "finetuned"
+
+
+def create_backbone(architecture: str) -> nn.Module:
+    """A timm architecture without its classifier (pooled features), random weights."""
+    model = timm.create_model(architecture, pretrained=False)
+    model.reset_classifier(0)
+    return model
+
+
+def save_finetuned(architecture: str, backbone: nn.Module, head: ProjectionHead, path: Path) -> str:
+    """Write a fine-tuned network (plain timm backbone state dict and head) to ``path``; returns its SHA-256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"format": FINETUNED_FORMAT, "architecture": architecture,
+                "backbone": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
+                "head": {"config": asdict(head.config), "in_dim": head.in_dim, "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()}}}, tmp)
+    tmp.replace(path)  # atomic: a reader never sees half a file
+    return file_sha256(path)
+
+
+def _finetuned_encoder(model: ModelRecord, saved: dict, path: Path, device: str | None) -> Encoder:
+    backbone = create_backbone(saved["architecture"])
+    backbone.load_state_dict(saved["backbone"], strict=True)
+    defaults = EncoderConfig()
+    return Encoder(
+        name=model.encoder, architecture=saved["architecture"], model=BackboneWithHead(backbone, _head_from_saved(saved["head"])),
+        weights_source=str(path), weights_sha256=file_sha256(path), data_config=dict(resolve_model_data_config(backbone)),
+        device=resolve_device(device), batch_size=defaults.batch_size, amp=defaults.amp,
+    )
 
 
 def head_weights_sha(parent: ModelRecord, head_sha: str) -> str:
@@ -97,17 +139,25 @@ def encoder_for_model(db: Database, model: ModelRecord, device: str | None = Non
         weights = model.weights_source if Path(model.weights_source).is_file() else None
         encoder = create_encoder(EncoderConfig(name=model.encoder, weights=weights, device=device))
     else:
-        parent = db.resolve_model(model.parent)
-        base = encoder_for_model(db, parent, device)
         head_path = Path(model.weights_source)
         if not head_path.is_file():
-            raise FileNotFoundError(f"head weights of model {model.id} not found at {head_path}")
-        head = load_head(head_path)
-        encoder = Encoder(
-            name=model.encoder, architecture=base.architecture, model=BackboneWithHead(base.model, head),
-            weights_source=str(head_path), weights_sha256=head_weights_sha(parent, file_sha256(head_path)),
-            data_config=base.data_config, device=base.device, batch_size=base.batch_size, amp=base.amp,
-        )
+            raise FileNotFoundError(f"weights of model {model.id} not found at {head_path}")
+        saved = torch.load(head_path, map_location="cpu", weights_only=True)
+        if saved.get("format") == FINETUNED_FORMAT:
+            encoder = _finetuned_encoder(model, saved, head_path, device)
+        else:
+            encoder = _headed_encoder(db, model, _head_from_saved(saved), head_path, device)
     if encoder.fingerprint != model.fingerprint:
         raise EncoderMismatchError(f"the encoder rebuilt for model {model.id} has fingerprint {encoder.fingerprint}, the table records {model.fingerprint}")
     return encoder
+
+
+def _headed_encoder(db: Database, model: ModelRecord, head: ProjectionHead, head_path: Path, device: str | None) -> Encoder:
+    """The parent's encoder with a head appended."""
+    parent = db.resolve_model(model.parent)
+    base = encoder_for_model(db, parent, device)
+    return Encoder(
+        name=model.encoder, architecture=base.architecture, model=BackboneWithHead(base.model, head),
+        weights_source=str(head_path), weights_sha256=head_weights_sha(parent, file_sha256(head_path)),
+        data_config=base.data_config, device=base.device, batch_size=base.batch_size, amp=base.amp,
+    )
