@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,7 @@ class SearchConfig:
     candidate_factor: int = 4  # candidates per query = k * factor (at least min_candidates)
     min_candidates: int = 50
     nprobes: int = 20  # IVF partitions probed once an index exists
-    refine_factor: int = 10  # LanceDB re-reads refine_factor x limit rows exactly (PQ needs it for recall)
+    refine_factor: int = 10  # LanceDB re-reads k x refine_factor rows exactly (PQ needs it for recall)
     reranker: str = "faiss"  # a name of engine.rerank.list_rerankers(), or quality stages chained with "+"
     reranker_configs: dict | None = None  # typed configs of the re-ranker (stage name -> config)
     vote_neighbours: int = 10  # neighbours that vote on the class of a query
@@ -42,6 +44,9 @@ class SearchConfig:
     exact_filter_rows: int = 100_000
     # Unfiltered queries are answered from vectors held in RAM when they fit (engine.memory_index).
     memory_index: MemoryIndexConfig = MemoryIndexConfig()
+    # A search sees every write committed more than this long ago (LanceDB's read consistency interval):
+    # checking the table's latest version costs two round trips (~0.4 ms), too much for every query.
+    consistency_interval_s: float = 0.1
 
 
 class Searcher:
@@ -59,6 +64,9 @@ class Searcher:
         self.reranker = create_reranker(config.reranker, configs=config.reranker_configs)
         self._encoder = encoder
         self._memory: MemoryIndex | None = None
+        self._checked_at = -math.inf
+        self._version = -1
+        self._indexed = False
         if encoder is not None:
             self._check_encoder(encoder)
 
@@ -107,9 +115,7 @@ class Searcher:
         if vectors.shape[1] != self.model.dim:
             raise EncoderMismatchError(f"query vectors have dim {vectors.shape[1]}, model {self.model.id} has {self.model.dim}")
         k = k or self.config.k
-        # Another writer (an ingest, a review decision) may have committed since the last query: every
-        # search reads the latest version (about 0.2 ms), as a database user expects.
-        self.table.checkout_latest()
+        self._refresh()
         wanted = list(dict.fromkeys([*RESULT_COLUMNS, *columns, "vector"]))
         # quality re-rankers look at their ``depth`` nearest candidates: fetch at least that many
         limit = max(k * self.config.candidate_factor, self.config.min_candidates, getattr(self.reranker, "depth", 0))
@@ -119,11 +125,14 @@ class Searcher:
         query = self.table.search(vectors).distance_type(DISTANCE).limit(limit).select([*wanted, "_distance"])
         if where:
             query = query.where(where, prefilter=True)
-        if has_vector_index(self.table):
+        if self._indexed:
             if where and self._matching_rows(where) <= self.config.exact_filter_rows:
                 query = query.bypass_vector_index()
             else:
-                query = query.nprobes(self.config.nprobes).refine_factor(self.config.refine_factor)
+                # LanceDB refines limit x factor rows; the pool stays k x refine_factor, as LanceDB alone
+                # would use, however many candidates the re-ranker asks for (re-reads dominate the cost).
+                refine = max(1, math.ceil(k * self.config.refine_factor / limit))
+                query = query.nprobes(self.config.nprobes).refine_factor(refine)
         try:
             found = query.to_arrow()
         except (ValueError, RuntimeError, OSError) as exc:
@@ -136,18 +145,31 @@ class Searcher:
         except (ValueError, RuntimeError, OSError) as exc:
             raise ValueError(f"search failed (check the where filter {where!r}): {exc}") from exc
 
+    def _refresh(self) -> None:
+        """Follow writes committed by others (an ingest, a review decision) since the last check."""
+        now = time.monotonic()
+        if now - self._checked_at < self.config.consistency_interval_s:
+            return
+        self.table.checkout_latest()
+        version = self.table.version
+        if version != self._version:
+            self._version = version
+            self._indexed = has_vector_index(self.table)
+        self._checked_at = now
+
     def memory_index(self) -> MemoryIndex | None:
         """The in-memory index for unfiltered queries (built or refreshed for the table's current
         version), or None when the configuration or the memory budget leaves them to LanceDB."""
+        self._refresh()
         config = self.config.memory_index
-        version = self.table.version
+        version = self._version
         if self._memory is not None and self._memory.version == version:
             return self._memory
         kind = config.kind
         if kind == "off":
             return None
         if kind == "auto":
-            if has_vector_index(self.table):
+            if self._indexed:
                 return None
             kind = "flat"
         rows = self.table.count_rows()
@@ -170,7 +192,8 @@ class Searcher:
             valid = positions[q] >= 0
             rows = positions[q][valid]
             groups.append(Candidates(rows, memory.loaded.vectors[rows], distances[q][valid]))
-        return self._rerank_groups(vectors, groups, k, lambda taken: memory.loaded.metadata[taken].select(columns), columns)
+        metadata = memory.loaded.metadata
+        return self._rerank_groups(vectors, groups, k, lambda taken: metadata[taken, columns], columns)
 
     def _rerank(self, vectors: np.ndarray, found: pa.Table, k: int, columns: list[str]) -> pl.DataFrame:
         if "query_index" not in found.column_names:  # a single query comes back without it
@@ -197,12 +220,14 @@ class Searcher:
             ranks.append(np.arange(1, len(best_rows) + 1, dtype=np.int32))
             best.append(best_distances)
         taken = take(np.concatenate(rows_taken).astype(np.int64) if rows_taken else np.zeros(0, np.int64))
-        ordered = ["query", "rank", *RESULT_COLUMNS, "distance", *[c for c in columns if c not in RESULT_COLUMNS]]
-        return taken.with_columns(
+        # built column by column in the final order: no lazy frame to plan per query
+        return pl.DataFrame([
             pl.Series("query", np.concatenate(query_of) if query_of else [], pl.Int32),
             pl.Series("rank", np.concatenate(ranks) if ranks else [], pl.Int32),
+            *(taken.get_column(c) for c in RESULT_COLUMNS),
             pl.Series("distance", np.concatenate(best) if best else [], pl.Float32),
-        ).select(ordered)
+            *(taken.get_column(c) for c in columns if c not in RESULT_COLUMNS),
+        ])
 
     def search_files(self, paths: Sequence[Path | str], k: int | None = None, where: str | None = None, columns: Sequence[str] = ()) -> pl.DataFrame:
         """Nearest catalogue images of query image files (one batched call); adds a ``query_path`` column."""

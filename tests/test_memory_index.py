@@ -65,7 +65,7 @@ def test_hnsw_recall_and_graph_saved_then_reused(seeded, tmp_path):
 @pytest.mark.parametrize("kind", ["off", "flat", "hnsw"])
 def test_new_rows_are_found_after_a_write(seeded, kind):
     db, model, rows, vectors = seeded
-    searcher = Searcher(db, model, config(kind))
+    searcher = Searcher(db, model, dataclasses.replace(config(kind), consistency_interval_s=0.0))
     probe = clustered_vectors(1, 32, clusters=3, seed=1234)
     before = searcher.search_vectors(probe, k=1)
     assert before["distance"][0] > 1e-4

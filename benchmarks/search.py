@@ -3,7 +3,9 @@
 * exact brute force (FAISS flat, inner product on normalised vectors): the ground truth;
 * LanceDB alone (IVF-PQ index, no refinement), LanceDB with ``refine_factor``;
 * FAISS HNSW alone;
-* Lookalike's search (LanceDB IVF-PQ candidates with refinement, exact FAISS re-ranking).
+* Lookalike's search on disk (LanceDB IVF-PQ candidates with refinement, exact FAISS re-ranking; what a
+  searcher does when the vectors exceed its memory budget) and in memory (``MemoryIndexConfig(kind=...)``:
+  an HNSW graph or exact flat vectors in RAM, the same FAISS re-ranking and metadata columns).
 
 Vectors are seeded, clustered and L2-normalised, dim 1280 (the default encoder); the ``width`` column
 holds ``row % 1000`` so that ``width < 500 / 50 / 5`` select 50%, 5% and 0.5% of the rows. Prints
@@ -11,12 +13,14 @@ recall@10 against exact, p50/p99 latency of single queries, throughput of one ba
 build time and index size; then, per selectivity, how many of the k results each filtered query gets
 and its recall@10 against the exact filtered answer. Writes benchmarks/results/search_<rows>.csv.
 
-    python benchmarks/search_recall.py --rows 100000
+    python benchmarks/search.py --rows 100000
+    python benchmarks/search.py --quick          # a smoke run (make test runs it; never asserts timings)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
@@ -29,6 +33,7 @@ import numpy as np
 import polars as pl
 
 from engine.index import DISTANCE, IndexConfig, ensure_index
+from engine.memory_index import MemoryIndexConfig
 from engine.search import SearchConfig, Searcher
 from engine.store import Database, ModelRecord, utc_now
 import schemas
@@ -78,7 +83,7 @@ def dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=1280)
@@ -89,7 +94,10 @@ def main() -> None:
     parser.add_argument("--nprobes", type=int, default=20)
     parser.add_argument("--refine", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="2,000 rows x 64, 50 queries: checks that everything runs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rows, args.dim, args.clusters, args.queries, args.single = 2000, 64, 20, 50, 10
     k = args.k
 
     vectors, centres = clustered(args.rows, args.dim, args.clusters, seed=0)
@@ -144,22 +152,33 @@ def main() -> None:
         record(name, build_s, index_bytes, lambda q, r=refine: lance(q, r), lambda r=refine: lance(queries, r), found)
 
     start = time.perf_counter()
-    hnsw = faiss.IndexHNSWFlat(args.dim, 32, faiss.METRIC_INNER_PRODUCT)
-    hnsw.hnsw.efSearch = 64
+    memory_defaults = MemoryIndexConfig()  # the same graph parameters Lookalike's in-memory HNSW uses
+    hnsw = faiss.IndexHNSWFlat(args.dim, memory_defaults.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = memory_defaults.hnsw_ef_construction
     hnsw.add(vectors)
+    hnsw.hnsw.efSearch = memory_defaults.hnsw_ef_search
     hnsw_build = time.perf_counter() - start
     _, hnsw_found = hnsw.search(queries, k)
-    record("FAISS HNSW32 alone (efSearch 64)", hnsw_build, faiss.serialize_index(hnsw).nbytes, lambda q: hnsw.search(q[None], k),
+    record(f"FAISS HNSW{memory_defaults.hnsw_m} alone (efSearch {memory_defaults.hnsw_ef_search})", hnsw_build, faiss.serialize_index(hnsw).nbytes, lambda q: hnsw.search(q[None], k),
            lambda: hnsw.search(queries, k), hnsw_found.tolist())
-
-    searcher = Searcher(db, model, SearchConfig(k=k, nprobes=args.nprobes, refine_factor=args.refine))
 
     def lookalike_ids(frame: pl.DataFrame) -> list[list[int]]:
         grouped = frame.group_by("query", maintain_order=True).agg(pl.col("image_id")).sort("query")
         return [[int(i) for i in g] for g in grouped["image_id"]]
 
-    record("Lookalike (IVF-PQ + refine + FAISS re-rank)", build_s, index_bytes, lambda q: searcher.search_vectors(q, k),
+    base = SearchConfig(k=k, nprobes=args.nprobes, refine_factor=args.refine)
+    searcher = Searcher(db, model, dataclasses.replace(base, memory_index=MemoryIndexConfig(kind="off")))
+    record("Lookalike on disk (IVF-PQ + refine + FAISS re-rank)", build_s, index_bytes, lambda q: searcher.search_vectors(q, k),
            lambda: searcher.search_vectors(queries, k), lookalike_ids(searcher.search_vectors(queries, k)))
+    for kind in ("hnsw", "flat"):
+        in_memory = Searcher(db, model, dataclasses.replace(base, memory_index=MemoryIndexConfig(kind=kind, persist=False)))
+        start = time.perf_counter()
+        memory = in_memory.memory_index()  # loads the vectors from LanceDB and builds the FAISS index
+        memory_build = time.perf_counter() - start
+        size = faiss.serialize_index(memory.index).nbytes if kind == "hnsw" else memory.loaded.vectors.nbytes
+        record(f"Lookalike in memory ({kind} + FAISS re-rank)", memory_build, size, lambda q, s=in_memory: s.search_vectors(q, k),
+               lambda s=in_memory: s.search_vectors(queries, k), lookalike_ids(in_memory.search_vectors(queries, k)))
+    searcher = Searcher(db, model, base)
 
     frame = pl.DataFrame(rows)
     filtered_rows = []
@@ -168,15 +187,16 @@ def main() -> None:
         subset = np.flatnonzero(mask)
         sub = faiss.IndexFlatIP(args.dim)
         sub.add(vectors[subset])
-        _, local = sub.search(queries[:200], k)
+        filtered_queries = queries[:200]
+        _, local = sub.search(filtered_queries, k)
         truth = subset[local]
-        result = searcher.search_vectors(queries[:200], k, where=where)
+        result = searcher.search_vectors(filtered_queries, k, where=where)
         counts = result.group_by("query").len()["len"]
         found = lookalike_ids(result)
         filtered_rows.append({"selectivity": label, "where": where, "matching_rows": int(mask.sum()),
-                              "queries_with_k_results": f"{int((counts == k).sum())}/200", "recall@10": round(recall_at_k(found, truth, k), 4)})
+                              "queries_with_k_results": f"{int((counts == k).sum())}/{len(filtered_queries)}", "recall@10": round(recall_at_k(found, truth, k), 4)})
         print(filtered_rows[-1], flush=True)
-    out = args.out or Path(f"benchmarks/results/search_{args.rows}.csv")
+    out = args.out or Path(f"benchmarks/results/search_{'quick' if args.quick else args.rows}.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.with_columns(pl.lit(args.rows).alias("rows"), pl.lit(args.dim).alias("dim"), pl.lit(platform.machine()).alias("machine"),
                        pl.lit(os.cpu_count()).alias("cpus")).write_csv(out)
@@ -185,6 +205,7 @@ def main() -> None:
         print(f"{args.rows} rows x {args.dim}, {args.queries} queries, k={k}, nprobes {args.nprobes}; loading into LanceDB took {load_s:.1f}s")
         print(frame)
         print(pl.DataFrame(filtered_rows))
+    return frame, pl.DataFrame(filtered_rows)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
 Prints medians over --repeats and the ratios (pipeline / forward is the efficiency; the target on a
 2-core machine is >= 0.85); writes benchmarks/results/ingest.csv.
 
-    python benchmarks/ingest_throughput.py --images ../shared/datasets/mit_scenes/train --limit 400
+    python benchmarks/ingest_pipeline.py --images ../shared/datasets/mit_scenes/train --limit 400
 """
 
 from __future__ import annotations
