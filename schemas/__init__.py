@@ -45,6 +45,8 @@ ERRORS_TABLE = "ingest_errors"
 CALIBRATIONS_TABLE = "calibrations"
 SETTINGS_TABLE = "settings"
 REVIEW_TABLE = "review"
+MASKERS_TABLE = "maskers"
+FOREGROUND_TABLE = "foreground"
 EMBEDDINGS_PREFIX = "embeddings__"
 
 
@@ -163,6 +165,44 @@ REVIEW_SCHEMA = _with_metadata(
         ]
     ),
     REVIEW_TABLE,
+)
+
+
+# Foreground maskers (U-Nets): one row per trained version; its weights live in a file beside the database.
+MASKERS_SCHEMA = _with_metadata(
+    pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("architecture", pa.string(), nullable=False),  # smp architecture, e.g. Unet
+            pa.field("encoder", pa.string(), nullable=False),  # encoder registry name or timm architecture
+            pa.field("encoder_weights_sha256", pa.string(), nullable=False),  # the weights its encoder started from
+            pa.field("weights_path", pa.string(), nullable=False),
+            pa.field("weights_sha256", pa.string(), nullable=False),
+            pa.field("image_size", pa.int32(), nullable=False),
+            pa.field("threshold", pa.float64(), nullable=False),
+            pa.field("val_iou", pa.float64()),  # mean IoU on the held-out masks; null without a holdout
+            pa.field("train_images", pa.int32(), nullable=False),
+            pa.field("val_images", pa.int32(), nullable=False),
+            pa.field("details", pa.string(), nullable=False),  # JSON: config, data source, history
+            pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        ]
+    ),
+    MASKERS_TABLE,
+)
+
+# Foreground fraction of each image embedded by a masked model version, keyed by (image_id, model_id).
+FOREGROUND_SCHEMA = _with_metadata(
+    pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("model_id", pa.string(), nullable=False),
+            pa.field("masker_id", pa.string(), nullable=False),
+            pa.field("mode", pa.string(), nullable=False),  # zero | blur | crop
+            pa.field("fraction", pa.float64(), nullable=False),  # foreground pixels / all pixels
+            pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        ]
+    ),
+    FOREGROUND_TABLE,
 )
 
 

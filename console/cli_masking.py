@@ -1,0 +1,116 @@
+"""``lookalike train-masker``, ``maskers`` and ``mask-preview``: foreground maskers from the command line.
+
+Masked ingest and search are options of ``ingest``/``search`` (``--mask MASKER --mask-mode MODE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from engine.masker import list_mask_modes
+
+MASK_MODES = sorted(list_mask_modes())
+
+
+def add_mask_options(parser: argparse.ArgumentParser, help_mask: str) -> None:
+    """``--mask`` and ``--mask-mode`` of ingest and search."""
+    parser.add_argument("--mask", metavar="MASKER", help=help_mask)
+    parser.add_argument("--mask-mode", choices=MASK_MODES, help="how the background is removed (default zero, or the catalogue's)")
+
+
+def cmd_train_masker(args: argparse.Namespace) -> int:
+    from engine.masker import MaskerConfig, MaskerEvent, MaskerTrainConfig, pair_images_with_masks, read_masks, train_masker
+    from engine.store import Database
+
+    db = Database(args.db)
+    masks = read_masks(args.masks, args.format)
+    paths = pair_images_with_masks(args.images, masks)
+    if args.limit:
+        paths = paths[: args.limit]
+    masker = MaskerConfig(encoder=args.encoder, encoder_weights=args.weights, image_size=args.size)
+    config = MaskerTrainConfig(masker=masker, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                               holdout=args.holdout, seed=args.seed, device=args.device)
+    print(f"training a U-Net ({args.encoder}) on {len(paths)} images with {masks.kind} masks from {args.masks}", flush=True)
+
+    def show(event: MaskerEvent) -> None:
+        iou = f"{event.val_iou:.4f}" if event.val_iou is not None else "n/a"
+        print(f"epoch {event.epoch:3d}/{event.epochs}  loss {event.loss:.4f}  held-out IoU {iou}  {event.seconds:.1f}s", flush=True)
+
+    record = train_masker(db, paths, masks, config, progress=show)
+    iou = f"{record.val_iou:.4f}" if record.val_iou is not None else "n/a (no holdout)"
+    print(f"stored masker {record.id}: held-out IoU {iou} on {record.val_images} images, trained on {record.train_images}")
+    return 0
+
+
+def cmd_maskers(args: argparse.Namespace) -> int:
+    from console.cli import _print_frame
+    from engine.masker import maskers_frame
+    from engine.store import Database
+
+    frame = maskers_frame(Database(args.db))
+    if not frame.height:
+        print("no maskers yet: run lookalike train-masker")
+        return 0
+    import polars as pl
+
+    epochs = [json.loads(d).get("best_epoch") for d in frame["details"]]
+    _print_frame(frame.with_columns(pl.Series("best_epoch", epochs, pl.Int64))
+                 .select("id", "encoder", "image_size", "val_iou", "train_images", "val_images", "best_epoch", "created_at"))
+    return 0
+
+
+def cmd_mask_preview(args: argparse.Namespace) -> int:
+    from engine.masker import foreground_fraction, load_masker, mask_preview, read_masks
+    from engine.store import Database
+    from ingest.decode import decode_image
+    from ingest.scan import iter_image_files
+
+    paths = [p for given in args.images for p in (sorted(iter_image_files(Path(given))) if Path(given).is_dir() else [Path(given)])]
+    if not paths:
+        raise ValueError("give image files or folders to preview")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = [decode_image(p.read_bytes()).image for p in paths]
+    if args.masks:
+        truth = read_masks(args.masks, args.format)
+        masks, source = [truth.mask(p.name) for p in paths], str(args.masks)
+    else:
+        masker = load_masker(Database(args.db), args.masker, args.device)
+        masks, source = masker.predict(images), masker.id
+    for path, image, mask in zip(paths, images, masks):
+        target = out / f"{path.stem}.mask.png"
+        mask_preview(image, mask, args.mode).save(target)
+        print(f"{target}  foreground {foreground_fraction(mask):.3f}  ({source})")
+    return 0
+
+
+def add_commands(sub, *, common: argparse.ArgumentParser, search_opts: argparse.ArgumentParser) -> None:
+    train = sub.add_parser("train-masker", parents=[common], help="train a U-Net foreground masker from masks (RLE CSV or mask folder)")
+    train.add_argument("images", type=Path, help="folder of the images the masks belong to")
+    train.add_argument("--masks", type=Path, required=True, help="RLE CSV (ImageId, EncodedPixels, Height, Width, ClassId) or folder of mask PNGs")
+    train.add_argument("--format", default="auto", help="auto, rle-csv or png-folder")
+    train.add_argument("--encoder", default="efficientnet_lite0", help="encoder whose offline weights start the U-Net")
+    train.add_argument("--weights", help="local weights file for --encoder")
+    train.add_argument("--size", type=int, default=128, help="side the masker resizes images to (multiple of 32)")
+    train.add_argument("--epochs", type=int, default=8)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--holdout", type=float, default=0.2, help="share of the masks held out to measure IoU")
+    train.add_argument("--limit", type=int, help="train on the first N paired images only")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device")
+    train.set_defaults(func=cmd_train_masker)
+
+    sub.add_parser("maskers", parents=[common], help="stored foreground maskers, newest first").set_defaults(func=cmd_maskers)
+
+    preview = sub.add_parser("mask-preview", parents=[common], help="write PNGs of images with their mask overlaid")
+    preview.add_argument("images", nargs="+", help="image files or folders")
+    preview.add_argument("--masker", help="stored masker id (default: the newest)")
+    preview.add_argument("--masks", type=Path, help="show these given masks (RLE CSV or folder) instead of a masker's")
+    preview.add_argument("--format", default="auto")
+    preview.add_argument("--mode", choices=MASK_MODES, help="also show the image masked in this mode, side by side")
+    preview.add_argument("--out", default="mask-previews", help="folder for the PNGs")
+    preview.add_argument("--device")
+    preview.set_defaults(func=cmd_mask_preview)
