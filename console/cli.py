@@ -31,7 +31,7 @@ from engine.detect import (
 from engine.distractors import CalibrationConfig, list_scorers
 from engine.evaluation import load_split
 from engine.heads import HeadConfig
-from engine.training import TrainConfig, TrainEvent, list_methods, train_head
+from engine.training import FinetuneConfig, TrainConfig, TrainEvent, list_methods, list_regimes, train
 from engine.store import default_db_path
 from ingest import IngestConfig, IngestProgress, ingest_folder, scan_folder
 from ingest.decode import content_id
@@ -185,20 +185,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     db = Database(args.db)
     parent = db.resolve_model(args.parent)
     head = HeadConfig(kind=args.head, out_dim=args.dim, hidden_dim=args.hidden, dropout=args.dropout)
-    config = TrainConfig(method=args.method, head=head, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         patience=args.patience, catalogue_where=args.catalogue_where, seed=args.seed, device=args.device)
+    finetune = FinetuneConfig(unfreeze_blocks=args.unfreeze_blocks, backbone_lr=args.backbone_lr, lora=args.lora, lora_rank=args.lora_rank,
+                              image_size=args.image_size, unlabelled_dir=args.unlabelled, unlabelled_where=args.unlabelled_where,
+                              consistency_weight=args.consistency_weight, workers=args.workers)
+    epochs, batch_size = _REGIME_DEFAULTS.get(args.regime, (TrainConfig.epochs, TrainConfig.batch_size))
+    config = TrainConfig(method=args.method, head=head, epochs=args.epochs or epochs, batch_size=args.batch_size or batch_size, lr=args.lr,
+                         patience=args.patience, catalogue_where=args.catalogue_where, seed=args.seed, device=args.device,
+                         regime=args.regime, finetune=finetune)
 
     def show(event: TrainEvent) -> None:
         print(f"epoch {event.epoch:3d}/{event.epochs}  loss {event.loss:.4f}  val mAP@5 {event.val_map5:.4f}  "
               f"val P@1 {event.val_p1:.4f}  best {event.best_map5:.4f}  {event.seconds:.1f}s", flush=True)
 
-    result = train_head(db, parent, config, progress=show)
+    result = train(db, parent, config, progress=show)
     print(f"trained {result.model.id} from {parent.id}: {result.epochs_run} epochs, best val mAP@5 {result.val_map5:.4f} "
           f"at epoch {result.best_epoch}, {result.seconds:.1f}s")
     if args.activate:
         db.activate_model(result.model.id)
         print(f"{result.model.id} is now the active model")
     return 0
+
+
+# epochs and batch size of each regime when not given: fine-tuning decodes images, and runs on CPU too
+_REGIME_DEFAULTS = {"head": (TrainConfig.epochs, TrainConfig.batch_size), "finetune": (10, 32)}
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -310,21 +319,34 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--by", default=os.environ.get("USER", "unknown"), help="who decides")
     review.set_defaults(func=cmd_review)
 
-    train = sub.add_parser("train", parents=[common], help="train a metric-learning head on the catalogue's stored features")
-    train.add_argument("--method", default="arcface", choices=list(list_methods()))
+    train = sub.add_parser("train", parents=[common], help="train a head on stored features, or fine-tune the backbone on the images")
+    train.add_argument("--regime", default="head", choices=list_regimes(),
+                       help="head: a head on the parent's stored features (fast); finetune: last backbone blocks (or LoRA) and a head on augmented images")
+    train.add_argument("--method", default="arcface", choices=list(list_methods()), help="simsiam and rotation need no labels (finetune regime)")
     train.add_argument("--parent", help="model whose features to train on (default: the active model)")
     train.add_argument("--head", default="mlp", choices=["mlp", "linear"])
     train.add_argument("--dim", type=int, default=512)
     train.add_argument("--hidden", type=int, default=1024)
     train.add_argument("--dropout", type=float, default=0.2)
-    train.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    train.add_argument("--epochs", type=int, help="default: 40 (head), 10 (finetune)")
+    train.add_argument("--batch-size", type=int, help="default: 128 (head), 32 (finetune)")
     train.add_argument("--lr", type=float, default=TrainConfig.lr)
     train.add_argument("--patience", type=int, default=TrainConfig.patience)
     train.add_argument("--catalogue-where", default=TrainConfig.catalogue_where)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device")
     train.add_argument("--activate", action="store_true", help="make the new model the default")
+    tuning = train.add_argument_group("fine-tuning (--regime finetune)")
+    tuning.add_argument("--unfreeze-blocks", type=int, default=FinetuneConfig.unfreeze_blocks, help="the last N blocks of the backbone learn (0: head only)")
+    tuning.add_argument("--backbone-lr", type=float, default=FinetuneConfig.backbone_lr)
+    tuning.add_argument("--lora", action="store_true", help="LoRA adapters on the linear layers of those blocks instead (ViT backbones)")
+    tuning.add_argument("--lora-rank", type=int, default=FinetuneConfig.lora_rank)
+    tuning.add_argument("--image-size", type=int, help="training crop size (default: the model's; embedding keeps the model's)")
+    tuning.add_argument("--workers", type=int, default=FinetuneConfig.workers, help="image decoding processes")
+    unlabelled = tuning.add_mutually_exclusive_group()
+    unlabelled.add_argument("--unlabelled", metavar="DIR", help="unlabelled images for consistency regularisation")
+    unlabelled.add_argument("--unlabelled-where", metavar="SQL", help="stored images to use unlabelled, e.g. \"split = 'new'\"")
+    tuning.add_argument("--consistency-weight", type=float, default=0.0, help="weight of the weak/strong consistency term")
     train.set_defaults(func=cmd_train)
 
     models = sub.add_parser("models", parents=[common], help="model versions; --activate ID picks the default")

@@ -206,3 +206,17 @@ def test_augmentations_follow_the_model_data_config():
         create_augmentation("nope", data_config)
     turned = rotate_batch(torch.arange(8.0).reshape(2, 1, 2, 2), torch.tensor([0, 2]))
     assert torch.equal(turned[0], torch.arange(4.0).reshape(1, 2, 2)) and torch.equal(turned[1], torch.tensor([[[7.0, 6.0], [5.0, 4.0]]]))
+
+
+def test_cli_trains_both_regimes_and_names_wrong_combinations(sample_db, capsys):
+    from console.cli import main
+
+    db, parent = sample_db
+    tiny = ["--db", db.uri, "--dim", "16", "--hidden", "32", "--batch-size", "8"]
+    assert main(["train", *tiny, "--regime", "head", "--method", "simsiam", "--epochs", "1"]) == 2
+    assert "finetune" in capsys.readouterr().err
+    assert main(["train", *tiny, "--regime", "finetune", "--epochs", "1", "--unfreeze-blocks", "1", "--image-size", "64", "--workers", "0",
+                 "--unlabelled-where", "label = 'bag'", "--consistency-weight", "0.5", "--activate"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch   1/1" in out and "trained test_efficientnet+ft-arcface-" in out
+    assert db.resolve_model().id.startswith("test_efficientnet+ft-arcface-")
