@@ -92,9 +92,23 @@ def evaluate(
     """P@1, P@5, mAP@5 (of k-NN voted classes) and full-ranking mAP, overall and per class."""
     if len(query_vectors) == 0 or len(catalogue_vectors) == 0:
         raise ValueError(f"nothing to evaluate: {len(query_vectors)} queries, {len(catalogue_vectors)} catalogue images")
+    distances, indices = exact_ranking(query_vectors, catalogue_vectors)
+    return evaluate_ranking(distances, indices, query_labels, catalogue_labels, vote_neighbours)
+
+
+def evaluate_ranking(
+    distances: np.ndarray,
+    indices: np.ndarray,
+    query_labels: Sequence[str],
+    catalogue_labels: Sequence[str],
+    vote_neighbours: int = 10,
+) -> EvaluationResult:
+    """The metrics of :func:`evaluate` for a given ranking: per query, catalogue positions ``indices``
+    (the whole catalogue, nearest first) and their ``distances`` (used by the vote)."""
     truth = np.asarray(query_labels, dtype=object)
     labels = np.asarray(catalogue_labels, dtype=object)
-    distances, indices = exact_ranking(query_vectors, catalogue_vectors)
+    if len(truth) == 0 or indices.shape != (len(truth), len(labels)):
+        raise ValueError(f"a full ranking of {len(labels)} catalogue images per query is needed, got {indices.shape} for {len(truth)} queries")
     ranked = labels[indices]
     relevant = ranked == truth[:, None]
     ap = np.array([average_precision(row) for row in relevant])

@@ -135,6 +135,10 @@ def heads_dir(db: Database) -> Path:
 
 def encoder_for_model(db: Database, model: ModelRecord, device: str | None = None) -> Encoder:
     """The encoder that made ``model``'s vectors: a registered/timm encoder, or a parent plus head."""
+    from engine.derived import derived_encoder, is_derived  # late: derived versions build on this function
+
+    if is_derived(model):  # whitening, DBA, ensembles, TTA: their parents' encoders plus a transform
+        return derived_encoder(db, model, device)
     if model.parent is None:
         weights = model.weights_source if Path(model.weights_source).is_file() else None
         encoder = create_encoder(EncoderConfig(name=model.encoder, weights=weights, device=device))
