@@ -1,0 +1,59 @@
+"""What every console screen shares: access to the app's services and a guarded way to run blocking work."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from textual.screen import Screen
+from textual.widgets import Static
+
+if TYPE_CHECKING:
+    from console.app import LookalikeApp
+
+logger = logging.getLogger(__name__)
+
+# Errors the engine raises for bad input or missing things: shown to the operator as a message.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, OSError, RuntimeError)
+
+
+def short_error(exc: BaseException, limit: int = 400) -> str:
+    """One readable line for an exception (LanceDB errors can run to pages)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class ConsoleScreen(Screen):
+    """A console screen: reloads its data whenever it is shown, runs blocking work in thread workers."""
+
+    @property
+    def lookalike(self) -> "LookalikeApp":
+        return self.app  # type: ignore[return-value]
+
+    def on_screen_resume(self) -> None:
+        self.reload()
+
+    def reload(self) -> None:
+        """Re-read what this screen shows from the database (in a worker)."""
+
+    def ui(self, callback: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``callback`` on the UI thread from a worker thread and wait for it."""
+        return self.app.call_from_thread(callback, *args, **kwargs)
+
+    def say(self, widget_id: str, message: str, *, error: bool = False) -> None:
+        """Show a status message (red when it is an error) in the Static ``#widget_id``."""
+        target = self.query_one(f"#{widget_id}", Static)
+        target.update(message)
+        target.set_class(error, "error")
+
+    def guarded(self, widget_id: str, what: str, work: Callable[[], None]) -> None:
+        """Run ``work`` (in a worker thread) and show any failure in ``#widget_id`` instead of crashing."""
+        try:
+            work()
+        except EXPECTED_ERRORS as exc:
+            logger.info("%s failed: %s", what, exc)
+            self.ui(self.say, widget_id, f"{what} failed: {short_error(exc)}", error=True)
+        except Exception as exc:  # noqa: BLE001 - the console must outlive a bug in one action; it is logged
+            logger.exception("%s failed", what)
+            self.ui(self.say, widget_id, f"{what} failed ({type(exc).__name__}): {short_error(exc)}", error=True)

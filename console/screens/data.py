@@ -1,0 +1,131 @@
+"""Data: the ``images`` table through polars, filtered with the search ``where`` syntax, and an EDA summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+from rich.console import Group
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Button, DataTable, Footer, Header, Input, Static
+
+from console.screens.base import ConsoleScreen
+from console.widgets import bar_chart, fill_table
+
+SHOWN_ROWS = 500  # rows put in the table; the summary covers every matching row
+BROWSE_COLUMNS = ["id", "label", "split", "width", "height", "channels", "mode", "format", "bytes", "path"]
+SIZE_BUCKETS = [0, 64, 128, 256, 512, 1024, 2048]
+
+
+@dataclass(frozen=True)
+class DataView:
+    where: str | None
+    total: int
+    matching: pl.DataFrame
+
+
+def size_histogram(frame: pl.DataFrame) -> list[tuple[str, int]]:
+    """Images per bucket of their longer side, in pixels."""
+    longer = frame.select(pl.max_horizontal("width", "height").alias("side"))["side"]
+    edges = [*SIZE_BUCKETS, None]
+    counts = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (longer >= low) & (longer < high) if high is not None else longer >= low
+        counts.append((f"{low}-{high - 1}px" if high is not None else f">={low}px", int(inside.sum())))
+    return [(name, n) for name, n in counts if n]
+
+
+def eda_summary(frame: pl.DataFrame) -> Group:
+    """Sizes, modes, channels, formats and label counts of the images, as text charts."""
+    if not frame.height:
+        return Group(Text("no images match", style="dim"))
+
+    def counts(column: str, top: int = 15) -> list[tuple[str, int]]:
+        grouped = frame.group_by(column).len().sort(["len", column], descending=[True, False], nulls_last=True).head(top)
+        return [("(none)" if value is None else str(value), n) for value, n in grouped.iter_rows()]
+
+    stats = frame.select(
+        *(getattr(pl.col(c), f)().alias(f"{c}_{f}") for c in ("width", "height", "bytes") for f in ("min", "median", "max"))
+    ).row(0, named=True)
+    sizes = Text("Sizes\n", style="bold")
+    for column in ("width", "height", "bytes"):
+        sizes.append(f"  {column:<7} min {stats[column + '_min']:.0f}  median {stats[column + '_median']:.0f}  max {stats[column + '_max']:.0f}\n")
+    labels = frame["label"].n_unique()
+    return Group(
+        Text(f"{frame.height} images, {labels} labels\n", style="bold"),
+        sizes,
+        bar_chart(size_histogram(frame), title="Longer side"),
+        bar_chart(counts("label"), title=f"Labels (top {min(15, labels)})"),
+        bar_chart(counts("split"), title="Splits"),
+        bar_chart(counts("mode"), title="Modes"),
+        bar_chart(counts("channels"), title="Channels"),
+        bar_chart(counts("format"), title="Formats"),
+    )
+
+
+class DataScreen(ConsoleScreen):
+    """Browse and summarise the images; s searches with the highlighted image."""
+
+    BINDINGS = [
+        ("ctrl+r", "reload", "Reload"),
+        ("s", "search_selected", "Search with selected"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._view: DataView | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(classes="row"):
+            yield Input(placeholder="where, e.g. label = 'coat' AND width >= 28 (empty: every image)", id="data-where")
+            yield Button("Filter", id="data-filter", variant="primary")
+        yield Static("", id="data-message")
+        with Horizontal(id="data-body"):
+            yield DataTable(id="data-table", cursor_type="row", classes="panel")
+            with VerticalScroll(id="data-eda", classes="panel"):
+                yield Static("", id="data-summary")
+        yield Footer()
+
+    def action_reload(self) -> None:
+        self.reload()
+
+    def reload(self) -> None:
+        self.apply_filter()
+
+    @on(Button.Pressed, "#data-filter")
+    @on(Input.Submitted, "#data-where")
+    def apply_filter(self) -> None:
+        where = self.query_one("#data-where", Input).value.strip() or None
+        self.say("data-message", f"reading images{' where ' + where if where else ''}…")
+        self.load_images(where)
+
+    @work(thread=True, exclusive=True, group="data")
+    def load_images(self, where: str | None) -> None:
+        def read() -> None:
+            db = self.lookalike.db
+            try:
+                matching = db.images_frame(where=where)
+            except ValueError as exc:  # LanceDB's parse and schema errors of the filter
+                raise ValueError(f"bad where filter {where!r}: {exc}") from exc
+            view = DataView(where, db.images.count_rows(), matching)
+            self.ui(self._show, view, eda_summary(matching))
+
+        self.guarded("data-message", "filtering", read)
+
+    def _show(self, view: DataView, summary: Group) -> None:
+        self._view = view
+        shown = view.matching.head(SHOWN_ROWS).select(BROWSE_COLUMNS) if view.matching.height else view.matching
+        fill_table(self.query_one("#data-table", DataTable), shown, "no images match")
+        more = f" (first {SHOWN_ROWS} shown)" if view.matching.height > SHOWN_ROWS else ""
+        self.say("data-message", f"{view.matching.height} of {view.total} images match{' where ' + view.where if view.where else ''}{more}")
+        self.query_one("#data-summary", Static).update(summary)
+
+    def action_search_selected(self) -> None:
+        table = self.query_one("#data-table", DataTable)
+        if self._view is None or not self._view.matching.height or table.cursor_row < 0:
+            return
+        self.lookalike.search_for_image(self._view.matching["id"][min(table.cursor_row, self._view.matching.height - 1, SHOWN_ROWS - 1)])
