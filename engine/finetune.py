@@ -146,9 +146,27 @@ def _view_presets(objective: Objective, config: FinetuneConfig) -> list[str]:
     return [roles.get(view, view) for view in objective.views]
 
 
+class EpochBatches:
+    """A batch sampler whose batches the loop sets each epoch: the loaders (and their worker processes)
+    live for the whole run, while the loop still decides every epoch's order."""
+
+    def __init__(self) -> None:
+        self.blocks: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.blocks)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+
 class ImageData(TrainingData):
     """Regime ``finetune``: catalogue images with the objective's augmented views, unlabelled images with
-    weak and strong views, and the eval preprocessing for validation."""
+    weak and strong views, and the eval preprocessing for validation.
+
+    Decoding runs in ``workers`` processes started once per run (forked before any database write of the
+    run is in flight); their augmentation seeds derive from the run's seed.
+    """
 
     def __init__(self, paths: list[str], labels: np.ndarray, objective: Objective, data_config: dict, config: TrainConfig,
                  device: torch.device, amp: bool, unlabelled_paths: list[str]) -> None:
@@ -161,25 +179,30 @@ class ImageData(TrainingData):
         self.eval_set = ImageViews(paths, [create_augmentation("eval", data_config)])
         pair = [create_augmentation(ft.weak_augment, data_config, ft.image_size), create_augmentation(ft.strong_augment, data_config, ft.image_size)]
         self.unlabelled_set = ImageViews(unlabelled_paths, pair) if unlabelled_paths else None
+        self._train_batches = EpochBatches()
+        self._loaders: dict[str, DataLoader] = {}
+        self._unlabelled_stream: Iterator[list[torch.Tensor]] | None = None
 
-    def _loader(self, dataset: Dataset, epoch: int, **options) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)  # seeds the workers' augmentations
-        workers = self.config.finetune.workers
-        return DataLoader(dataset, num_workers=workers, generator=generator, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False, prefetch_factor=4 if workers else None, **options)
+    def _loader(self, role: str, dataset: Dataset, **options) -> DataLoader:
+        if role not in self._loaders:
+            workers = self.config.finetune.workers
+            generator = torch.Generator().manual_seed(self.config.seed * 100_003 + len(self._loaders))  # seeds workers and shuffling
+            self._loaders[role] = DataLoader(dataset, num_workers=workers, generator=generator, pin_memory=self.device.type == "cuda",
+                                             persistent_workers=workers > 0, prefetch_factor=4 if workers else None, **options)
+        return self._loaders[role]
 
-    def _unlabelled(self, batch_size: int, epoch: int) -> Iterator[list[torch.Tensor]]:
-        cycle = 0
+    def _unlabelled(self, batch_size: int) -> Iterator[list[torch.Tensor]]:
+        loader = self._loader("unlabelled", self.unlabelled_set, batch_size=batch_size, shuffle=True, drop_last=len(self.unlabelled_set) > batch_size)
         while True:  # as many unlabelled batches as labelled ones, reshuffled each pass
-            loader = self._loader(self.unlabelled_set, epoch * 1000 + cycle, batch_size=batch_size, shuffle=True, drop_last=len(self.unlabelled_set) > batch_size)
             for views, _ in loader:
                 yield views
-            cycle += 1
 
     def batches(self, order: np.ndarray, batch_size: int, epoch: int) -> Iterable[Batch]:
-        blocks = [block.tolist() for start in range(0, len(order), batch_size) if len(block := order[start : start + batch_size]) >= 2]
-        unlabelled = self._unlabelled(batch_size, epoch) if self.unlabelled_set is not None else None
-        for views, index in self._loader(self.train_set, epoch, batch_sampler=blocks):
+        self._train_batches.blocks = [block.tolist() for start in range(0, len(order), batch_size) if len(block := order[start : start + batch_size]) >= 2]
+        if self.unlabelled_set is not None and self._unlabelled_stream is None:
+            self._unlabelled_stream = self._unlabelled(batch_size)
+        unlabelled = self._unlabelled_stream
+        for views, index in self._loader("train", self.train_set, batch_sampler=self._train_batches):
             pair = None
             if unlabelled is not None:
                 weak, strong = next(unlabelled)
@@ -190,7 +213,7 @@ class ImageData(TrainingData):
         """Embeddings of the labelled rows (the ones validation uses; unlabelled rows stay zero)."""
         labelled = [i for i, label in enumerate(self.labels) if label is not None]
         out = None
-        loader = self._loader(self.eval_set, 0, batch_size=self.config.finetune.embed_batch_size, sampler=labelled)
+        loader = self._loader("eval", self.eval_set, batch_size=self.config.finetune.embed_batch_size, sampler=labelled)
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.amp and self.device.type == "cuda"):
             for (images,), index in loader:
                 vectors = nn.functional.normalize(network(images.to(self.device, non_blocking=True)).float(), dim=1).cpu().numpy()
@@ -198,6 +221,11 @@ class ImageData(TrainingData):
                     out = np.zeros((len(self.labels), vectors.shape[1]), np.float32)
                 out[index.numpy()] = vectors
         return out
+
+    def close(self) -> None:
+        """End the decoding processes."""
+        self._unlabelled_stream = None
+        self._loaders.clear()  # persistent workers stop when their loaders' iterators are collected
 
 
 # ---- re-embedding the catalogue ------------------------------------------------------------------
@@ -325,7 +353,10 @@ def finetune(db: Database, parent: ModelRecord, config: TrainConfig = TrainConfi
                       consistency_weight=ft.consistency_weight, train_mode=keep_frozen_in_eval(train_mode_backbone))
     run_id = config.run_id(parent)
     logger.info("fine-tuning %s: %d images, %d classes, %d trainable backbone tensors, run %s", parent.id, len(paths), len(classes), len(backbone_params), run_id)
-    state = fit(db, run_id, config, parts, started, progress, should_stop)
+    try:
+        state = fit(db, run_id, config, parts, started, progress, should_stop)
+    finally:
+        data.close()
 
     plain = merged_backbone(network.backbone).cpu()
     head = network.head.cpu()
@@ -337,8 +368,8 @@ def finetune(db: Database, parent: ModelRecord, config: TrainConfig = TrainConfi
 
     def write_embeddings(record: ModelRecord) -> int:
         encoder = encoder_for_model(db, record, config.device)  # the encoder queries will get, rebuilt from the file
-        summary["reembedded"] = reembed_images(db, record, encoder, workers=max(1, ft.workers))
-        return summary["reembedded"]
+        logger.info("re-embedding the catalogue with %s", record.id)
+        return reembed_images(db, record, encoder, workers=max(1, ft.workers))
 
     model = publish_version(db, parent, name=name, config=config, run_id=run_id, state=state, data=summary,
                             architecture=architecture, weights_path=path, weights_sha=weights_sha, dim=config.head.out_dim,

@@ -24,7 +24,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -543,15 +543,15 @@ def publish_version(db: Database, parent: ModelRecord, *, name: str, config: Tra
     vectors; the ``models`` row comes last (the commit point), then the run's checkpoint goes."""
     fingerprint = encoder_fingerprint(architecture, weights_sha, dim, preprocessing)
     model_id = f"{name}-{fingerprint[:8]}"
-    notes = {"method": config.method, "regime": config.regime, "run_id": run_id, "config": asdict(config), "best_epoch": state["best_epoch"],
-             "val_map5": state["best_map5"], "history": state["history"], "data": data}
     record = ModelRecord(
         id=model_id, encoder=name, architecture=architecture, weights_source=str(weights_path), weights_sha256=weights_sha,
         dim=dim, preprocessing=preprocessing, fingerprint=fingerprint,
         embeddings_table=schemas.embeddings_table_name(model_id), created_at=utc_now(), parent=parent.id,
-        notes=json.dumps(notes, default=str),
     )
-    write_embeddings(record)
+    embedded = write_embeddings(record)
+    notes = {"method": config.method, "regime": config.regime, "run_id": run_id, "config": asdict(config), "best_epoch": state["best_epoch"],
+             "val_map5": state["best_map5"], "history": state["history"], "data": {**data, "embedded": embedded}}
+    record = replace(record, notes=json.dumps(notes, default=str))
     db.add_model(record)
     Path(state["checkpoint"]).unlink(missing_ok=True)
     logger.info("published model %s (parent %s)", record.id, parent.id)

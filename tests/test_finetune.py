@@ -87,7 +87,7 @@ def test_finetuning_moves_only_the_unfrozen_block_and_publishes_a_whole_version(
     # the whole catalogue is re-embedded by the new version, and queries meet it exactly
     assert db.embeddings(model).count_rows() == db.images.count_rows() == 12
     notes = json.loads(model.notes)
-    assert notes["regime"] == "finetune" and notes["data"]["trainable_backbone_parameters"] > 0
+    assert notes["regime"] == "finetune" and notes["data"]["trainable_backbone_parameters"] > 0 and notes["data"]["embedded"] == 12
     assert_queries_embed_like_catalogue(db, model)
 
 
@@ -157,9 +157,9 @@ def test_consistency_is_zero_when_weak_and_strong_views_agree(sample_db):
     embed = lambda x: network(x)  # noqa: E731
     weak, strong = first_pair("eval", "eval")
     assert torch.equal(weak, strong)
-    assert float(consistency_loss(embed, weak, strong)) == pytest.approx(0.0, abs=1e-6)
+    assert float(consistency_loss(embed, weak, strong).detach()) == pytest.approx(0.0, abs=1e-6)
     weak, strong = first_pair("weak", "strong")
-    assert float(consistency_loss(embed, weak, strong)) > 1e-3
+    assert float(consistency_loss(embed, weak, strong).detach()) > 1e-3
 
 
 def test_consistency_regularisation_trains_on_unlabelled_images(sample_db):
