@@ -9,6 +9,9 @@ Prints medians over --repeats and the ratios (pipeline / forward is the efficien
 2-core machine is >= 0.85); writes benchmarks/results/ingest.csv.
 
     python benchmarks/ingest_pipeline.py --images ../shared/datasets/mit_scenes/train --limit 400
+    python benchmarks/ingest_pipeline.py --quick      # a smoke run (make test runs it; never asserts timings)
+
+(Named ``ingest_pipeline.py``, not ``ingest.py``: run as a script, that name would shadow the ``ingest`` package.)
 """
 
 from __future__ import annotations
@@ -32,15 +35,22 @@ from ingest.pipeline import IngestConfig, ingest_folder
 from ingest.scan import iter_image_files
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> pl.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--images", type=Path)
     parser.add_argument("--limit", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ingest.csv"))
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="24 shipped samples, one run: checks that everything runs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.images = args.images or Path(__file__).resolve().parents[1] / "data" / "samples"
+        args.limit, args.repeats, args.batch_size = 24, 1, 8
+        args.out = args.out if argv and "--out" in argv else Path(tempfile.gettempdir()) / "lookalike-ingest-quick.csv"
+    if args.images is None:
+        parser.error("--images is required (or --quick)")
 
     files = list(iter_image_files(args.images))[: args.limit]
     work = Path(tempfile.mkdtemp(prefix="lookalike-bench-"))
@@ -106,6 +116,7 @@ def main() -> None:
     print(f"speed-up over the naive loop: {median['naive'] / median['pipeline']:.2f}x")
     print(f"re-ingest of the unchanged folder: {median['reingest'] / n * 10_000:.1f} s per 10k files")
     shutil.rmtree(work)
+    return frame
 
 
 if __name__ == "__main__":

@@ -1,0 +1,85 @@
+"""End-to-end latency of one image query, split into its parts (medians over --repeats, after a warm-up):
+
+read the file -> decode (Pillow, EXIF, to RGB) -> preprocess (the model's own transform) -> encode (one
+forward pass, batch of 1) -> search (top-k with the searcher's defaults) -> vote (top-5 classes).
+
+    python benchmarks/query_latency.py --db /tmp/mit --query ../shared/datasets/mit_scenes/test/coast_0001.jpg
+    python benchmarks/query_latency.py --quick    # ingests the shipped samples into a temporary database first
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from engine.search import Searcher
+from engine.store import Database
+from ingest.decode import decode_image
+from ingest.pipeline import ingest_files
+from ingest.scan import scan_folder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> pl.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", type=Path)
+    parser.add_argument("--query", type=Path)
+    parser.add_argument("--model", help="model id or encoder name (default: the newest model)")
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/query_latency.csv"))
+    parser.add_argument("--quick", action="store_true", help="shipped samples in a temporary database, 5 repeats")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.db = Path(tempfile.mkdtemp(prefix="lookalike-latency-")) / "db"
+        samples = REPO / "data" / "samples"
+        ingest_files(Database(args.db), scan_folder(samples, split="train")[::6], samples)  # 20 images, every class
+        args.query = args.query or REPO / "data" / "queries" / "sandal_test_00008.png"
+        args.repeats = 5
+        args.out = Path(tempfile.gettempdir()) / "lookalike-latency-quick.csv"
+    if args.db is None or args.query is None:
+        parser.error("--db and --query are required (or --quick)")
+
+    searcher = Searcher(Database(args.db), args.model)
+    encoder = searcher.encoder
+    timings: dict[str, list[float]] = {part: [] for part in ("read", "decode", "preprocess", "encode", "search", "vote", "total")}
+    for repeat in range(args.repeats + 1):  # the first run warms up caches and the in-memory index
+        marks = [time.perf_counter()]
+        data = args.query.read_bytes()
+        marks.append(time.perf_counter())
+        image = decode_image(data).image
+        marks.append(time.perf_counter())
+        tensor = encoder.preprocess(image).unsqueeze(0)
+        marks.append(time.perf_counter())
+        vector = encoder.encode_tensors(tensor)
+        marks.append(time.perf_counter())
+        searcher.search_vectors(vector, args.k)
+        marks.append(time.perf_counter())
+        searcher.predict(vector)
+        marks.append(time.perf_counter())
+        if repeat == 0:
+            continue
+        for part, start, end in zip(timings, marks, marks[1:]):
+            timings[part].append(end - start)
+        timings["total"].append(marks[-1] - marks[0])
+    rows = [{"part": part, "median_ms": round(1000 * statistics.median(values), 2)} for part, values in timings.items()]
+    total = rows[-1]["median_ms"]
+    frame = pl.DataFrame(rows).with_columns((pl.col("median_ms") / total).round(3).alias("share_of_total"))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    frame.with_columns(pl.lit(searcher.model.id).alias("model"), pl.lit(searcher.table.count_rows()).alias("catalogue_rows"),
+                       pl.lit(torch.get_num_threads()).alias("threads"), pl.lit(platform.machine()).alias("machine")).write_csv(args.out)
+    print(f"{args.query} against {searcher.model.id} ({searcher.table.count_rows()} rows), {args.repeats} repeats, {torch.get_num_threads()} threads")
+    print(frame)
+    return frame
+
+
+if __name__ == "__main__":
+    main()
