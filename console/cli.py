@@ -367,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, LookupError, FileNotFoundError, NotADirectoryError, RuntimeError) as exc:
+    except (ValueError, LookupError, OSError, RuntimeError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         return 2
 
