@@ -222,7 +222,9 @@ def decide(db: Database, decision: Decision, join_catalogue: Callable[[Path, str
     if decision.status in ("assigned", "added"):
         if not decision.label or decision.label == DISTRACTOR_LABEL:
             raise ValueError(f"decision {decision.status!r} needs a class label")
-        known = set(db.images_frame(where="label IS NOT NULL", columns=["label"])["label"].unique())
+        # This image's own row is left out: a decision cut off after the image joined the catalogue
+        # (crash, kill) must be possible to make again, and its label then already exists through it.
+        known = set(db.images_frame(where=f"label IS NOT NULL AND id != {sql_quote(row['id'])}", columns=["label"])["label"].unique())
         if decision.status == "assigned" and decision.label not in known:
             raise ValueError(f"class {decision.label!r} is not in the catalogue; decide 'added' (--add) to create it (known: {sorted(known)[:20]})")
         if decision.status == "added" and decision.label in known:

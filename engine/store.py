@@ -16,6 +16,7 @@ import pyarrow as pa
 
 import schemas
 from engine.encoders import Encoder
+from engine.faults import fault_point
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +241,9 @@ class Database:
             raise EncoderMismatchError(f"expected {len(image_rows)} vectors of dim {model.dim}, got {vectors.shape}")
         images = pa.Table.from_pylist(list(image_rows), schema=schemas.IMAGES_SCHEMA)
         self.images.merge_insert("id").when_not_matched_insert_all().execute(images)
+        fault_point("store.images_written")
         self.write_vectors(model, images.column("id"), images, vectors)
+        fault_point("store.vectors_written")
         self.clear_errors([row["path"] for row in image_rows])
 
     def write_vectors(self, model: ModelRecord, image_ids: pa.Array, metadata: pa.Table, vectors: np.ndarray) -> None:

@@ -15,6 +15,8 @@ logger = logging.getLogger(__name__)
 
 # Pillow's own default (~89 Mpx); larger images are refused as potential decompression bombs.
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# ISO-BMFF brands of HEIF images (HEVC-coded HEIC and its sequences); Pillow reads them only with a plugin.
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
 # Background for transparent pixels: a catalogue photo on white is the common case.
 TRANSPARENT_BACKGROUND = (255, 255, 255)
 
@@ -90,6 +92,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecodeError(f"decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
+        brand = data[8:12] if data[4:8] == b"ftyp" else b""
+        if brand in HEIF_BRANDS:
+            raise DecodeError(f"HEIF/HEIC image (brand {brand.decode('ascii', 'replace')!r}): this Pillow build cannot decode it") from exc
         raise DecodeError("not an image Pillow can identify") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # Pillow reports truncated data, bad CRCs and broken headers through these.

@@ -13,24 +13,37 @@ an ingest is cheap and an interrupted one resumes where it stopped.
 from __future__ import annotations
 
 import logging
+import stat
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import polars as pl
 import torch
+from PIL import Image
 
 from engine.encoders import Encoder, EncoderConfig, create_encoder
+from engine.faults import fault_point
 from engine.index import IndexConfig, ensure_index
+from engine.lock import DatabaseNotWritableError, writer_lock
 from engine.store import Database, ModelRecord, utc_now
 from ingest.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_image
 from ingest.scan import SourceFile, scan_folder
 
 logger = logging.getLogger(__name__)
+
+
+class ImageHook(Protocol):
+    """Replaces the encoder's preprocessing in the mapper and stores what it measured per image (e.g. masking)."""
+
+    def preprocess_measured(self, image: Image.Image) -> tuple[torch.Tensor, dict]: ...
+
+    def store_measured(self, db: Database, model: ModelRecord, rows: list[dict]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,7 @@ class IngestConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     index: IndexConfig = field(default_factory=IndexConfig)
     optimize: bool = True
+    image_hook: ImageHook | None = None  # e.g. engine.masker.MaskedEncoder: masks images, stores foreground fractions
 
 
 @dataclass
@@ -96,24 +110,33 @@ class _Mapped:
     error: str | None = None
 
 
-def _map_file(source: SourceFile, root: Path, encoder: Encoder, known: set[str], max_pixels: int) -> _Mapped:
+def storable_text(text: str) -> str:
+    """Text the tables can hold: bytes of a non-UTF-8 file name (surrogate escapes) become ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _map_file(source: SourceFile, root: Path, encoder: Encoder, known: set[str], max_pixels: int, hook: ImageHook | None = None) -> _Mapped:
     try:
+        if not stat.S_ISREG(source.path.stat().st_mode):
+            # a named pipe or device with an image suffix would block the reader or never end
+            return _Mapped(source, error="not a regular file (pipe, socket or device)")
         data = source.path.read_bytes()
     except OSError as exc:
         return _Mapped(source, error=f"cannot read file: {exc.strerror or exc}")
     image_id = content_id(data)
     if image_id in known:
         return _Mapped(source, skipped=True)
+    fault_point("ingest.decode")
     try:
         decoded = decode_image(data, max_pixels=max_pixels)
-        tensor = encoder.preprocess(decoded.image)
+        tensor, measured = hook.preprocess_measured(decoded.image) if hook else (encoder.preprocess(decoded.image), None)
     except DecodeError as exc:
         return _Mapped(source, error=str(exc))
     row = {
         "id": image_id,
-        "path": str(source.path),
-        "label": source.labels[0] if source.labels else None,
-        "labels": list(source.labels),
+        "path": storable_text(str(source.path)),
+        "label": storable_text(source.labels[0]) if source.labels else None,
+        "labels": [storable_text(label) for label in source.labels],
         "split": source.split,
         "width": decoded.width,
         "height": decoded.height,
@@ -121,9 +144,11 @@ def _map_file(source: SourceFile, root: Path, encoder: Encoder, known: set[str],
         "mode": decoded.mode,
         "format": decoded.format,
         "bytes": len(data),
-        "source": str(root),
+        "source": storable_text(str(root)),
         "ingested_at": utc_now(),
     }
+    if measured:
+        row["measured"] = measured  # for the hook's store; the tables' schemas leave the key out
     return _Mapped(source, row=row, tensor=tensor)
 
 
@@ -142,8 +167,8 @@ def _ordered_map(func: Callable[[SourceFile], _Mapped], items: list[SourceFile],
 class _Writer:
     """Upserts batches on one background thread, in order; at most one batch waits."""
 
-    def __init__(self, db: Database, model: ModelRecord) -> None:
-        self._db, self._model = db, model
+    def __init__(self, db: Database, model: ModelRecord, hook: ImageHook | None = None) -> None:
+        self._db, self._model, self._hook = db, model, hook
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
         self._last: Future[None] | None = None
 
@@ -152,8 +177,18 @@ class _Writer:
         self._last = self._pool.submit(self._write, rows, vectors, errors)
 
     def _write(self, rows: list[dict], vectors: np.ndarray, errors: list[dict]) -> None:
-        self._db.write_embedded(self._model, rows, vectors)
-        self._db.record_errors(errors)
+        try:
+            fault_point("ingest.write")
+            self._db.write_embedded(self._model, rows, vectors)
+            if self._hook:
+                self._hook.store_measured(self._db, self._model, rows)
+            fault_point("ingest.errors")
+            self._db.record_errors(errors)
+        except OSError as exc:
+            raise DatabaseNotWritableError(
+                f"writing to database {self._db.uri} failed: {exc.strerror or exc}. Batches committed before "
+                f"this one are kept; free space or fix permissions, then run the same ingest again to resume"
+            ) from exc
 
     def wait(self) -> None:
         if self._last is not None:
@@ -191,10 +226,15 @@ def ingest_files(
     """Ingest the given files (in the given order); ``root`` is recorded as their source folder."""
     root = Path(root).resolve()
     encoder = encoder or create_encoder(EncoderConfig())
+    with writer_lock(db.uri, f"ingest {storable_text(str(root))}"):
+        return _ingest_locked(db, files, root, config, encoder, progress)
+
+
+def _ingest_locked(db: Database, files: list[SourceFile], root: Path, config: IngestConfig, encoder: Encoder, progress: ProgressCallback | None) -> IngestReport:
     model = db.register_model(encoder)
     known = db.known_image_ids(model)
     state = IngestProgress(total=len(files))
-    writer = _Writer(db, model)
+    writer = _Writer(db, model, config.image_hook)
     pending_rows: list[dict] = []
     pending_vectors: list[np.ndarray] = []
     pending_errors: list[dict] = []
@@ -202,6 +242,7 @@ def ingest_files(
 
     def encode_batch() -> None:
         if batch:
+            fault_point("ingest.encode")
             vectors = encoder.encode_tensors(torch.stack([item.tensor for item in batch]))
             pending_rows.extend(item.row for item in batch)
             pending_vectors.append(vectors)
@@ -214,7 +255,7 @@ def ingest_files(
             writer.submit(list(pending_rows), vectors, list(pending_errors))
             pending_rows.clear(), pending_vectors.clear(), pending_errors.clear()
 
-    mapper = lambda source: _map_file(source, root, encoder, known, config.max_pixels)  # noqa: E731
+    mapper = lambda source: _map_file(source, root, encoder, known, config.max_pixels, config.image_hook)  # noqa: E731
     window = max(1, config.prefetch_batches) * encoder.batch_size
     seen_in_run: set[str] = set()
     try:
@@ -223,7 +264,7 @@ def ingest_files(
             if mapped.error is not None:
                 state.errors += 1
                 logger.warning("skipping %s: %s", mapped.source.path, mapped.error)
-                pending_errors.append({"path": str(mapped.source.path), "reason": mapped.error, "source": str(root), "when": utc_now()})
+                pending_errors.append({"path": storable_text(str(mapped.source.path)), "reason": mapped.error, "source": storable_text(str(root)), "when": utc_now()})
             elif mapped.skipped or mapped.row["id"] in seen_in_run:
                 state.skipped += 1  # already embedded, or a duplicate of a file earlier in this run
             else:
@@ -242,10 +283,13 @@ def ingest_files(
     if progress:
         progress(state)
     table = db.embeddings(model)
+    fault_point("ingest.index")
     ensure_index(table, config.index)
     if config.optimize and state.encoded:
         for maintained in (db.images, table, db.errors):
+            fault_point("ingest.optimize")
             maintained.optimize()
+    fault_point("ingest.done")
     report = IngestReport(model.id, state.total, state.encoded, state.skipped, state.errors, state.elapsed)
     logger.info("ingest done: %s", report)
     return report

@@ -2,16 +2,21 @@
 
 Run from the repository root: python tests/data/make_corpus.py. The output is committed; this
 script records how each file was made. Sources are the Fashion-MNIST samples in data/samples.
+
+Kinds that git cannot hold or that depend on the file system (non-UTF-8 and very long names, symlink
+loops, permission 000, named pipes) are made at test time by :func:`filesystem_cases`.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, features
 
 ROOT = Path(__file__).resolve().parent / "corpus"
 SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
@@ -27,6 +32,111 @@ def sample(name: str, size: int = 64) -> Image.Image:
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def exif_bytes(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+def ycck_jpeg(image: Image.Image, quality: int = 95) -> bytes:
+    """A genuine Adobe YCCK JPEG (APP14 transform 2): CMY as YCbCr, K apart, as Photoshop writes them.
+
+    Pillow writes CMYK only, inverted (Adobe convention): the YCCK planes are built so that a
+    decoder's YCCK -> CMYK step gives back the inverted CMYK a CMYK file would hold, then the APP14
+    transform flag is set.
+    """
+    cmyk = np.asarray(image.convert("CMYK"), dtype=np.float64)
+    red, green, blue, black = (cmyk[..., i] for i in range(4))
+    luma = 0.299 * red + 0.587 * green + 0.114 * blue
+    cb = 128 - 0.168736 * red - 0.331264 * green + 0.5 * blue
+    cr = 128 + 0.5 * red - 0.418688 * green - 0.081312 * blue
+    planes = np.stack([255 - luma, 255 - cb, 255 - cr, black], axis=-1).round().clip(0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(planes, "CMYK").save(buffer, "JPEG", quality=quality)
+    data = bytearray(buffer.getvalue())
+    adobe = data.index(b"Adobe\x00")
+    data[adobe + 11] = 2  # transform: 0 = CMYK, 1 = YCbCr, 2 = YCCK
+    return bytes(data)
+
+
+def filesystem_cases(folder: Path, image: Path) -> dict[str, Path]:
+    """Make the file-system kinds in ``folder`` (with ``image`` as content); returns kind -> path made.
+
+    A kind the file system refuses (a non-UTF-8 name on a UTF-8-only mount) is left out. Each file
+    gets its own content (the kind's name after the image's end) so that each is stored as its own row.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    image_bytes = Path(image).read_bytes()
+    data = image_bytes
+    made: dict[str, Path] = {}
+
+    def attempt(kind: str, make) -> None:
+        nonlocal data
+        data = image_bytes + kind.encode()  # decoders ignore bytes after the image's end marker
+        try:
+            made[kind] = make()
+        except OSError:  # refused by this file system: the test reports the kind as not made
+            made.pop(kind, None)
+
+    def non_utf8_name() -> Path:
+        path = Path(os.fsdecode(os.fsencode(folder) + b"/caf\xe9_latin1.png"))
+        path.write_bytes(data)
+        return path
+
+    def non_utf8_folder() -> Path:
+        sub = Path(os.fsdecode(os.fsencode(folder) + b"/\xff\xfe_class"))
+        sub.mkdir(exist_ok=True)
+        (sub / "in_bad_folder.png").write_bytes(data)
+        return sub / "in_bad_folder.png"
+
+    def long_name() -> Path:
+        path = folder / ("long_" + "x" * (255 - len("long_.png")) + ".png")  # 255 bytes: the usual limit
+        path.write_bytes(data)
+        return path
+
+    def symlink_loop_file() -> Path:
+        a, b = folder / "loop_a.png", folder / "loop_b.png"
+        a.symlink_to(b.name)
+        b.symlink_to(a.name)
+        return a
+
+    def symlink_loop_folder() -> Path:
+        link = folder / "loop_dir"
+        link.symlink_to(".")
+        return link
+
+    def dangling() -> Path:
+        link = folder / "dangling.png"
+        link.symlink_to(folder / "does_not_exist.png")
+        return link
+
+    def unreadable() -> Path:
+        path = folder / "mode_000.png"
+        path.write_bytes(data)
+        path.chmod(0)
+        return path
+
+    def named_pipe() -> Path:
+        path = folder / "named_pipe.png"
+        os.mkfifo(path)
+        return path
+
+    def uppercase_suffix() -> Path:
+        path = folder / "UPPER.PNG"
+        path.write_bytes(data)
+        return path
+
+    for kind, make in [
+        ("non_utf8_name", non_utf8_name), ("non_utf8_folder", non_utf8_folder), ("long_name", long_name),
+        ("symlink_loop_file", symlink_loop_file), ("symlink_loop_folder", symlink_loop_folder),
+        ("dangling_symlink", dangling), ("permission_000", unreadable), ("named_pipe", named_pipe),
+        ("uppercase_suffix", uppercase_suffix),
+    ]:
+        attempt(kind, make)
+    return made
 
 
 def main() -> None:
@@ -64,6 +174,28 @@ def main() -> None:
     idat = png.index(b"IDAT")
     png[idat + 10] ^= 0xFF  # corrupt the compressed data; the stored CRC no longer matches
     (bad / "bad_crc.png").write_bytes(bytes(png))
+    # More kinds (issue 10): extreme shapes, more modes and formats, more broken headers.
+    strip = np.tile(np.asarray(shirt.convert("L").resize((20, 20)))[:, :1].T, (1, 1))  # 1 x 20 column of a garment
+    Image.fromarray(np.repeat(strip, 30000, axis=0).T.copy(), "L").save(good / "garments" / "wide_30000x20.png")
+    boot.resize((64, 32)).save(good / "garments" / "exif_rotated_180.jpg", exif=exif_bytes(3), quality=90)
+    boot.resize((64, 32)).save(good / "garments" / "exif_rotated_270.jpg", exif=exif_bytes(8), quality=90)
+    (good / "bags" / "ycck.jpg").write_bytes(ycck_jpeg(bag))
+    Image.fromarray(np.asarray(bag.convert("L"), dtype=np.float32) / 255.0, "F").save(good / "bags" / "float32.tif")
+    bag.convert("1").save(good / "bags" / "one_bit.png")
+    gray_alpha = bag.convert("LA")
+    gray_alpha.putalpha(Image.new("L", bag.size, 200))
+    gray_alpha.save(good / "bags" / "gray_alpha.png")
+    bag.save(good / "bags" / "progressive.jpg", quality=85, progressive=True)
+    bag.save(good / "bags" / "plain.bmp")
+    if features.check("webp"):
+        shirt.save(good / "garments" / "lossy.webp", quality=80)
+    if features.check("avif"):
+        shirt.save(good / "garments" / "photo.avif", quality=70)
+    # A HEIF container (ftyp brand heic) without HEVC payload: no Pillow build without a plugin reads it.
+    heic_ftyp = struct.pack(">I", 24) + b"ftypheic" + struct.pack(">I", 0) + b"mif1heic"
+    (bad / "heic_unsupported.heic").write_bytes(heic_ftyp + struct.pack(">I", 16) + b"meta" + b"\x00" * 8)
+    (bad / "png_signature_only.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (bad / "tiff_garbage.tif").write_bytes(b"II*\x00" + struct.pack("<I", 8) + b"\xff" * 64)
     header = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)  # 900 Mpx, 8-bit grayscale
     bomb = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + png_chunk(b"IEND", b"")
     (bad / "bomb.png").write_bytes(bomb)
