@@ -36,13 +36,15 @@ from engine.store import default_db_path
 from ingest import IngestConfig, IngestProgress, ingest_folder, scan_folder
 from ingest.decode import content_id
 from ingest.pipeline import add_to_catalogue
+from console.cli_masking import add_mask_options
+from engine.masker import MaskedEncoder, masked_encoder, query_encoder
 
 console = Console(stderr=True)
 
 # Feature areas keep their sub-commands in their own module (``console/cli_<feature>.py``), each exposing
 # ``add_commands(sub, *, common, search_opts)``; heavy imports stay inside the command functions so that
 # ``lookalike --help`` stays fast.
-FEATURE_COMMAND_MODULES: tuple[str, ...] = ("console.cli_reports",)
+FEATURE_COMMAND_MODULES: tuple[str, ...] = ("console.cli_masking", "console.cli_reports")
 
 
 def _print_frame(frame: pl.DataFrame) -> None:
@@ -53,9 +55,13 @@ def _print_frame(frame: pl.DataFrame) -> None:
 def cmd_ingest(args: argparse.Namespace) -> int:
     db = Database(args.db)
     encoder = create_encoder(EncoderConfig(name=args.model, weights=args.weights, device=args.device, batch_size=args.batch_size))
+    if args.mask_mode and not args.mask:
+        raise ValueError("--mask-mode needs --mask MASKER (see lookalike maskers)")
+    if args.mask:  # masked before encoding; the masking becomes part of the model version
+        encoder = masked_encoder(encoder, db, args.mask, args.mask_mode or "zero", args.device)
     config = IngestConfig(
         labels_csv=args.labels, split=args.split, holdout=args.holdout, holdout_split=args.holdout_split,
-        seed=args.seed, decode_workers=args.workers,
+        seed=args.seed, decode_workers=args.workers, image_hook=encoder if isinstance(encoder, MaskedEncoder) else None,
     )
     with Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("ingest", total=None, detail="")
@@ -76,7 +82,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def _searcher(args: argparse.Namespace) -> Searcher:
     config = SearchConfig(k=args.k, reranker=args.reranker)
-    return Searcher(Database(args.db), args.model, config)
+    db = Database(args.db)
+    model = db.resolve_model(args.model)
+    # queries are masked as the catalogue was; another --mask is refused
+    encoder = query_encoder(db, model, getattr(args, "mask", None), getattr(args, "mask_mode", None))
+    return Searcher(db, model, config, encoder=encoder)
 
 
 def _query_paths(queries: Sequence[str]) -> list[Path]:
@@ -268,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--batch-size", type=int, default=32)
     ingest.add_argument("--workers", type=int, default=2, help="decode threads")
     ingest.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    add_mask_options(ingest, "mask images with this stored masker before encoding (see lookalike maskers)")
     ingest.set_defaults(func=cmd_ingest)
 
     search_opts = argparse.ArgumentParser(add_help=False, parents=[common])
@@ -281,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--where", help="SQL filter over image metadata, e.g. \"label = 'coast' AND width >= 256\"")
     search.add_argument("--columns", help="extra columns to show, comma-separated (e.g. split,width)")
     search.add_argument("--predict", action="store_true", help="also print the top-5 classes by k-NN voting")
+    add_mask_options(search, "mask queries with this masker (default: as the model's catalogue was masked); another masking is refused")
     search.set_defaults(func=cmd_search)
 
     evaluation = sub.add_parser("eval", parents=[search_opts], help="P@1, P@5, mAP@5 and mAP of a model")
