@@ -220,3 +220,30 @@ def test_cli_trains_both_regimes_and_names_wrong_combinations(sample_db, capsys)
     out = capsys.readouterr().out
     assert "epoch   1/1" in out and "trained test_efficientnet+ft-arcface-" in out
     assert db.resolve_model().id.startswith("test_efficientnet+ft-arcface-")
+
+
+def test_reembedding_encodes_like_ingest_and_records_missing_or_changed_files(db, tiny_encoder, tmp_path):
+    import shutil
+
+    import schemas
+    from engine.evaluation import load_split
+    from engine.finetune import reembed_images
+
+    folder = tmp_path / "images"
+    files = []
+    for source in sample_files(per_class=2):
+        target = folder / source.labels[0] / source.path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source.path, target)
+        files.append(SourceFile(target, source.labels, "train"))
+    ingest_files(db, files, folder, IngestConfig(), encoder=tiny_encoder)
+    parent = db.resolve_model()
+    files[0].path.unlink()
+    files[1].path.write_bytes(files[1].path.read_bytes() + b"changed")
+    copy = replace(parent, id="copy-v1", embeddings_table=schemas.embeddings_table_name("copy-v1"))
+    assert reembed_images(db, copy, tiny_encoder, workers=1, chunk_rows=3) == 4
+    reasons = dict(zip(db.errors_frame()["path"], db.errors_frame()["reason"]))
+    assert "cannot read file" in reasons[str(files[0].path)] and "changed since" in reasons[str(files[1].path)]
+    original, _ = load_split(db.embeddings(parent), f"path = '{files[2].path}'")
+    again, _ = load_split(db.embeddings(copy), f"path = '{files[2].path}'")
+    np.testing.assert_allclose(again, original, atol=1e-5)
