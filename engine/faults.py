@@ -85,6 +85,14 @@ register_fault_action("erofs", "raise OSError(EROFS), as a read-only file system
 register_fault_action("eio", "raise OSError(EIO), as a failing device does")(_raise_errno(errno.EIO))
 
 
+@register_fault_action("lance_enospc", "raise RuntimeError the way LanceDB reports a full disk (as measured on a full tmpfs)")
+def _lance_enospc(point: str, argument: str | None) -> None:
+    raise RuntimeError(
+        "lance error: LanceError(IO): Generic LocalFileSystem error: Unable to copy data to file: "
+        f"No space left on device (os error {errno.ENOSPC}), fault injected at {point}"
+    )
+
+
 @register_fault_action("sleep", "pause this thread for the argument's seconds (default 1): holds the step open for concurrency tests")
 def _sleep(point: str, argument: str | None) -> None:
     time.sleep(float(argument or 1.0))

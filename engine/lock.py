@@ -15,6 +15,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,21 @@ class DatabaseBusyError(RuntimeError):
 
 class DatabaseNotWritableError(OSError):
     """The database folder cannot be written (read-only, permissions, full disk); the message says what to do."""
+
+
+# LanceDB reports storage failures as RuntimeError("lance error: LanceError(IO): ... <reason> (os error N), <source>")
+# (measured on a full tmpfs); the reason is the part before "(os error N)".
+_LANCE_IO = re.compile(r"LanceError\(IO\).*?(?:: )?([^:]*?\(os error \d+\))")
+
+
+def storage_failure(exc: BaseException) -> str | None:
+    """A short reason when ``exc`` is the storage failing (full disk, read-only, I/O error); else None."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    if isinstance(exc, RuntimeError) and "LanceError(IO)" in str(exc):
+        found = _LANCE_IO.search(str(exc))
+        return found.group(1).strip() if found else str(exc).split(", /")[0]
+    return None
 
 
 def lock_path(uri: str) -> Path | None:

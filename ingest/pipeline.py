@@ -30,7 +30,7 @@ from PIL import Image
 from engine.encoders import Encoder, EncoderConfig, create_encoder
 from engine.faults import fault_point
 from engine.index import IndexConfig, ensure_index
-from engine.lock import DatabaseNotWritableError, writer_lock
+from engine.lock import DatabaseNotWritableError, storage_failure, writer_lock
 from engine.store import Database, ModelRecord, utc_now
 from ingest.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_image
 from ingest.scan import SourceFile, scan_folder
@@ -177,18 +177,12 @@ class _Writer:
         self._last = self._pool.submit(self._write, rows, vectors, errors)
 
     def _write(self, rows: list[dict], vectors: np.ndarray, errors: list[dict]) -> None:
-        try:
-            fault_point("ingest.write")
-            self._db.write_embedded(self._model, rows, vectors)
-            if self._hook:
-                self._hook.store_measured(self._db, self._model, rows)
-            fault_point("ingest.errors")
-            self._db.record_errors(errors)
-        except OSError as exc:
-            raise DatabaseNotWritableError(
-                f"writing to database {self._db.uri} failed: {exc.strerror or exc}. Batches committed before "
-                f"this one are kept; free space or fix permissions, then run the same ingest again to resume"
-            ) from exc
+        fault_point("ingest.write")
+        self._db.write_embedded(self._model, rows, vectors)
+        if self._hook:
+            self._hook.store_measured(self._db, self._model, rows)
+        fault_point("ingest.errors")
+        self._db.record_errors(errors)
 
     def wait(self) -> None:
         if self._last is not None:
@@ -227,7 +221,16 @@ def ingest_files(
     root = Path(root).resolve()
     encoder = encoder or create_encoder(EncoderConfig())
     with writer_lock(db.uri, f"ingest {storable_text(str(root))}"):
-        return _ingest_locked(db, files, root, config, encoder, progress)
+        try:
+            return _ingest_locked(db, files, root, config, encoder, progress)
+        except (OSError, RuntimeError) as exc:
+            reason = None if isinstance(exc, DatabaseNotWritableError) else storage_failure(exc)
+            if reason is None:
+                raise
+            raise DatabaseNotWritableError(
+                f"writing to database {db.uri} failed: {reason}. Batches committed before the failure are kept; "
+                f"free space or fix permissions, then run the same ingest again to resume"
+            ) from exc
 
 
 def _ingest_locked(db: Database, files: list[SourceFile], root: Path, config: IngestConfig, encoder: Encoder, progress: ProgressCallback | None) -> IngestReport:

@@ -317,6 +317,7 @@ def test_kill_9_then_rerun_gives_exactly_the_clean_database(spec, zygote, fault_
 
 @pytest.mark.parametrize("fault,message", [
     ("store.images_written@2=enospc", "No space left on device"),
+    ("store.images_written@2=lance_enospc", r"No space left on device \(os error 28\)\. Batches committed before the failure are kept"),
     ("ingest.write@2=erofs", "Read-only file system"),
     ("store.vectors_written@2=eio", "Input/output error"),
 ])
