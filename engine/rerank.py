@@ -93,7 +93,8 @@ def create_reranker(name: str = "faiss", config: object | None = None, configs: 
     stages = [b for b in built if isinstance(b, StageReranker)]
     if len(stages) != len(built):
         raise ValueError(f"only quality stages {sorted(_CONFIGS)} chain with {CHAIN_SEPARATOR!r}, not {name!r}")
-    return StageReranker(name, [stage for b in stages for stage in b.stages], depth=max(b.depth for b in stages))
+    limits = [b.limit for b in stages if b.limit is not None]
+    return StageReranker(name, [stage for b in stages for stage in b.stages], limit=max(limits) if limits else None)
 
 
 def _build(name: str, config: object | None) -> Reranker:
@@ -234,15 +235,20 @@ class Stage(Protocol):
 
 
 class StageReranker:
-    """Exact cosine distances to all candidates, then ``stages`` on the ``depth`` nearest.
+    """Exact cosine distances to all candidates, then ``stages`` on the ``limit`` nearest (all when None).
 
-    The candidates beyond ``depth`` follow in exact order with their exact distances.
+    The candidates beyond ``limit`` follow in exact order with their exact distances.
     """
 
-    def __init__(self, name: str, stages: list[Stage], depth: int) -> None:
-        if depth < 1:
-            raise ValueError(f"re-ranking depth must be at least 1, got {depth}")
-        self.name, self.stages, self.depth = name, stages, depth
+    def __init__(self, name: str, stages: list[Stage], limit: int | None) -> None:
+        if limit is not None and limit < 1:
+            raise ValueError(f"re-ranking depth must be at least 1 (or None for all candidates), got {limit}")
+        self.name, self.stages, self.limit = name, stages, limit
+
+    @property
+    def depth(self) -> int:
+        """Candidates the Searcher must fetch at least (0: whatever its pool holds)."""
+        return self.limit or 0
 
     def rerank(self, query: np.ndarray, candidates: Candidates, k: int) -> tuple[np.ndarray, np.ndarray]:
         if len(candidates.rows) == 0:
@@ -251,7 +257,7 @@ class StageReranker:
         query = np.asarray(query, np.float32).ravel()
         exact = (1.0 - vectors @ query).astype(np.float32)
         order = np.argsort(exact, kind="stable")
-        head, tail = order[: self.depth], order[self.depth :]
+        head, tail = (order[: self.limit], order[self.limit :]) if self.limit else (order, order[:0])
         state = RankState(query, vectors[head], exact[head])
         for stage in self.stages:
             state = stage.refine(state)
@@ -267,7 +273,7 @@ class QueryExpansionConfig:
 
     neighbours: int = 10
     alpha: float = 3.0
-    depth: int = 100  # candidates re-scored with the expanded query
+    depth: int | None = None  # candidates re-scored with the expanded query (None: all, it is linear)
 
 
 @dataclass(frozen=True)
@@ -323,7 +329,7 @@ class _KReciprocal:
 
 @register_reranker("qe", QueryExpansionConfig)
 def _qe(config: QueryExpansionConfig) -> StageReranker:
-    """alpha-QE. Cost per query: a second pass over the ``depth`` candidates, O(depth x dim)."""
+    """alpha-QE. Cost per query: a second pass over the candidates, O(candidates x dim)."""
     return StageReranker("qe", [_QueryExpansion(config)], config.depth)
 
 

@@ -373,3 +373,19 @@ def test_derived_versions_embed_queries_exactly_like_the_catalogue(sample_db, ti
     np.savez(tampered.weights_source, mean=np.zeros(3), projection=np.zeros((3, 3)))
     with pytest.raises(EncoderMismatchError, match="changed"):
         encoder_for_model(db, tampered)
+
+
+def test_cli_derives_versions_and_compares_pipelines(sample_db, capsys):
+    from console.cli import main
+
+    uri = sample_db.uri
+    assert main(["whiten", "--db", uri, "--dim", "8", "--power", "0.25"]) == 0
+    whitened = capsys.readouterr().out.split("whiten version ")[1].split()[0]
+    assert main(["dba", "--db", uri, "--neighbours", "3"]) == 0
+    assert main(["refresh", "--db", uri]) == 0
+    assert main(["eval", "--db", uri, "--compare", f"base,qe,k-reciprocal,base@{whitened}", "-k", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "search_ms_per_query" in out and whitened in out and "k-reciprocal" in out
+    assert main(["eval", "--db", uri, "--compare", "bogus"]) == 2
+    assert "choose one of" in capsys.readouterr().err
+    assert main(["ensemble", "--db", uri, whitened]) == 2  # one member is not an ensemble
