@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from datetime import datetime
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +35,22 @@ def image_widget_class() -> type[Widget] | None:
     except Exception as exc:  # noqa: BLE001 - any failure to probe the terminal means text-only previews
         logger.info("image previews disabled: %s", exc)
         return None
+    finally:
+        discard_late_terminal_replies()
     return Image
+
+
+def discard_late_terminal_replies(wait: float = 0.3) -> None:
+    """Drop terminal replies that came after textual-image stopped waiting (0.1 s: a busy machine or tmux
+    is slower); Textual would otherwise read them as keys typed into the first input."""
+    if not (sys.stdin and sys.stdin.isatty()):
+        return
+    try:
+        import termios
+    except ImportError:  # not a POSIX terminal
+        return
+    time.sleep(wait)
+    termios.tcflush(sys.stdin.fileno(), termios.TCIFLUSH)
 
 
 def load_preview(path: str | Path, side: int = PREVIEW_SIDE) -> PILImage.Image | None:

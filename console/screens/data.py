@@ -55,7 +55,7 @@ def eda_summary(frame: pl.DataFrame) -> Group:
         sizes.append(f"  {column:<7} min {stats[column + '_min']:.0f}  median {stats[column + '_median']:.0f}  max {stats[column + '_max']:.0f}\n")
     labels = frame["label"].n_unique()
     return Group(
-        Text(f"{frame.height} images, {labels} labels\n", style="bold"),
+        Text(f"{frame.height} images, {labels} label{'' if labels == 1 else 's'}\n", style="bold"),
         sizes,
         bar_chart(size_histogram(frame), title="Longer side"),
         bar_chart(counts("label"), title=f"Labels (top {min(15, labels)})"),
@@ -68,6 +68,8 @@ def eda_summary(frame: pl.DataFrame) -> Group:
 
 class DataScreen(ConsoleScreen):
     """Browse and summarise the images; s searches with the highlighted image."""
+
+    AUTO_FOCUS = "#data-where"
 
     BINDINGS = [
         ("ctrl+r", "reload", "Reload"),

@@ -57,6 +57,8 @@ def read_library(app) -> LibrarySnapshot:
 class LibraryScreen(ConsoleScreen):
     """Tables and counts, ingest a folder, the ingest errors."""
 
+    AUTO_FOCUS = "#ingest-path"
+
     BINDINGS = [("ctrl+r", "reload", "Reload")]
 
     def __init__(self) -> None:

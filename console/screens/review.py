@@ -35,6 +35,8 @@ class ReviewItem:
 class ReviewScreen(ConsoleScreen):
     """c: confirm distractor · a or 1-5: assign a suggested class · s: skip · a new class name + Enter: add it."""
 
+    AUTO_FOCUS = "#review-table"
+
     BINDINGS = [
         Binding("c", "confirm", "Confirm distractor"),
         Binding("a", "assign(1)", "Assign top suggestion"),

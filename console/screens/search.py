@@ -62,6 +62,8 @@ def query_vectors(searcher, query: str) -> np.ndarray:
 class SearchScreen(ConsoleScreen):
     """Nearest catalogue images of a query, as a thumbnail grid and a table; the selected one large."""
 
+    AUTO_FOCUS = "#search-query"
+
     BINDINGS = [
         ("ctrl+r", "reload", "Reload models"),
         ("p", "pick_selected", "Query with selected"),

@@ -44,9 +44,12 @@ def models_table(db) -> pl.DataFrame:
 class TrainScreen(ConsoleScreen):
     """Start, watch, stop and resume training; choose the active model."""
 
+    AUTO_FOCUS = "#train-models"
+
     BINDINGS = [
         ("ctrl+r", "reload", "Reload models"),
         ("a", "activate", "Activate selected model"),
+        ("ctrl+t", "toggle", "Start/stop training"),
     ]
 
     def __init__(self) -> None:
@@ -60,25 +63,25 @@ class TrainScreen(ConsoleScreen):
         yield Header()
         with Grid(id="train-form"):
             yield Label("parent")
-            yield Select([], prompt="active model", id="train-parent")
+            yield Select([], prompt="active model", id="train-parent", compact=True)
             yield Label("regime")
-            yield Select([(r, r) for r in list_regimes()], value="head", allow_blank=False, id="train-regime")
+            yield Select([(r, r) for r in list_regimes()], value="head", allow_blank=False, id="train-regime", compact=True)
             yield Label("method")
-            yield Select(method_options("head"), value="arcface", allow_blank=False, id="train-method")
+            yield Select(method_options("head"), value="arcface", allow_blank=False, id="train-method", compact=True)
             yield Label("head")
-            yield Select([(k, k) for k in HEAD_KINDS], value="mlp", allow_blank=False, id="train-head")
+            yield Select([(k, k) for k in HEAD_KINDS], value="mlp", allow_blank=False, id="train-head", compact=True)
             yield Label("dim")
-            yield Input("128", id="train-dim", validators=[Integer(minimum=2, maximum=4096)])
+            yield Input("128", id="train-dim", compact=True, validators=[Integer(minimum=2, maximum=4096)])
             yield Label("epochs")
-            yield Input(str(TrainConfig.epochs), id="train-epochs", validators=[Integer(minimum=1, maximum=10_000)])
+            yield Input(str(TrainConfig.epochs), id="train-epochs", compact=True, validators=[Integer(minimum=1, maximum=10_000)])
             yield Label("batch")
-            yield Input(str(TrainConfig.batch_size), id="train-batch", validators=[Integer(minimum=2, maximum=65_536)])
+            yield Input(str(TrainConfig.batch_size), id="train-batch", compact=True, validators=[Integer(minimum=2, maximum=65_536)])
             yield Label("lr")
-            yield Input(str(TrainConfig.lr), id="train-lr", validators=[Number(minimum=1e-7, maximum=1.0)])
+            yield Input(str(TrainConfig.lr), id="train-lr", compact=True, validators=[Number(minimum=1e-7, maximum=1.0)])
             yield Label("patience")
-            yield Input(str(TrainConfig.patience), id="train-patience", validators=[Integer(minimum=1)])
+            yield Input(str(TrainConfig.patience), id="train-patience", compact=True, validators=[Integer(minimum=1)])
             yield Label("catalogue")
-            yield Input(TrainConfig.catalogue_where, id="train-where")
+            yield Input(TrainConfig.catalogue_where, id="train-where", compact=True)
         with Horizontal(classes="row"):
             yield Button("Start / resume", id="train-start", variant="primary")
             yield Button("Stop", id="train-stop", variant="error", disabled=True)
@@ -181,6 +184,12 @@ class TrainScreen(ConsoleScreen):
         self.query_one("#train-stop", Button).disabled = False
         self.say("train-status", f"training {config.method} on {parent if parent is not Select.NULL else 'the active model'}…")
         self.run_training(None if parent is Select.NULL else str(parent), config)
+
+    def action_toggle(self) -> None:
+        if self.query_one("#train-start", Button).disabled:
+            self.stop_training()
+        else:
+            self.start_training()
 
     @on(Button.Pressed, "#train-stop")
     def stop_training(self) -> None:
