@@ -44,7 +44,7 @@ console = Console(stderr=True)
 # Feature areas keep their sub-commands in their own module (``console/cli_<feature>.py``), each exposing
 # ``add_commands(sub, *, common, search_opts)``; heavy imports stay inside the command functions so that
 # ``lookalike --help`` stays fast.
-FEATURE_COMMAND_MODULES: tuple[str, ...] = ("console.cli_masking", "console.cli_reports")
+FEATURE_COMMAND_MODULES: tuple[str, ...] = ("console.cli_console", "console.cli_masking", "console.cli_reports")
 
 
 def _print_frame(frame: pl.DataFrame) -> None:
