@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 PLOT_NAMES = ("eda", "umap", "gallery", "pr", "curves", "distractors")  # the registered plots, for --help only
@@ -21,7 +22,7 @@ def add_commands(sub, *, common: argparse.ArgumentParser, search_opts: argparse.
     options.add_argument("--map-method", default="umap", help="embedding map projection: umap, tsne or pca")
     options.add_argument("--map-sample", type=int, default=2000, help="catalogue images on the map (seeded sample)")
     options.add_argument("--map-models", help="model versions to map, comma-separated, or 'all' (default: the model and its parent)")
-    options.add_argument("--duplicate-threshold", type=float, default=0.97, help="cosine similarity above which images are near-duplicates")
+    options.add_argument("--duplicate-threshold", type=float, default=0.95, help="cosine similarity above which images are near-duplicates")
     options.add_argument("--seed", type=int, default=0)
 
     report = sub.add_parser("report", parents=[options], help="every figure as PNG plus one self-contained HTML page")
@@ -65,11 +66,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     config = _config(args)
     create_projector(config.map.method)  # a bad name fails before any work
     db = Database(args.db)
+    started = time.perf_counter()
     report = build_report(db, args.model, config, progress=lambda name: print(f"drawing {name} ...", file=sys.stderr, flush=True))
     files = write_report(report, args.out, subtitle=f"database {db.uri}; catalogue {config.catalogue_where}; queries {config.query_where}")
     for section in report.sections:
         _print_section(section)
-    print(f"wrote {len(files) - 1} figures and {files[-1]} ({len(report.warnings)} warnings)")
+    print(f"wrote {len(files) - 1} figures and {files[-1]} ({len(report.warnings)} warnings) in {time.perf_counter() - started:.1f}s")
     return 0
 
 

@@ -17,10 +17,10 @@ from engine.detect import calibrate_model, latest_calibration
 from engine.distractors import CalibrationConfig, roc_auc
 from engine.evaluation import average_precision, evaluate, load_split
 from engine.heads import HeadConfig
-from engine.reports import MapConfig, ReportConfig, ReportContext, build_report, build_section, write_report
+from engine.reports import MapConfig, ReportConfig, ReportContext, build_report, build_section, plot_pngs, write_report
 from engine.reports.curves import calibration_scores
 from engine.reports.data import EmbeddingSet, load_embeddings
-from engine.reports.eda import SkewConfig, duplicate_warnings, near_duplicate_groups, split_skew_warnings
+from engine.reports.eda import SkewConfig, duplicate_warnings, near_duplicate_groups, skew_summary, split_skew_warnings
 from engine.reports.embedding_map import ProjectionCache, embedding_map, project
 from engine.reports.retrieval import RECALL_GRID, interpolated_precision
 from engine.store import Database
@@ -46,12 +46,24 @@ def test_planted_size_skew_fires_with_the_numbers_behind_it():
     # the test split ends with a block of 512x512 images (the distractors) that the train split barely has
     rows = image_rows(400, "train") + image_rows(4, "train", (512, 512)) + image_rows(150, "test") + image_rows(50, "test", (512, 512))
     warnings = split_skew_warnings(pl.DataFrame(rows))
-    sizes = [w for w in warnings if w.details["feature"] == "size" and w.details["value"] == "512x512"]
-    assert len(sizes) == 1
-    found = sizes[0].details
-    assert (found["split"], found["count"], found["total"], found["other_split"], found["other_count"], found["other_total"]) == ("test", 50, 200, "train", 4, 404)
+    assert [w.details["feature"] for w in warnings] == ["size"]
+    cells = warnings[0].details["cells"]
+    assert len(cells) == 1
+    found = cells[0]
+    assert (found["value"], found["split"], found["count"], found["total"], found["other_split"], found["other_count"], found["other_total"]) == ("512x512", "test", 50, 200, "train", 4, 404)
     assert found["share"] == pytest.approx(0.25) and found["p_value"] < 1e-10
-    assert "512x512" in sizes[0].message and "25.0%" in sizes[0].message and "(4/404)" in sizes[0].message
+    assert "512x512 is 25.0% of 'test' (50/200) but 1.0% of 'train' (4/404)" in warnings[0].message
+
+
+def test_a_leak_into_one_split_is_one_warning_per_property():
+    rows = image_rows(300, "train") + image_rows(100, "val") + image_rows(60, "test", (28, 28))
+    for row in rows[400:]:
+        row.update(mode="L", channels=1)
+    warnings = split_skew_warnings(pl.DataFrame(rows))
+    assert sorted(w.details["feature"] for w in warnings) == ["channels", "mode", "size"]
+    size = next(w for w in warnings if w.details["feature"] == "size")
+    assert "28x28 is 100.0% of 'test' (60/60) but 0.0% of 'train' (0/300), 0.0% of 'val' (0/100)" in size.message
+    assert skew_summary(warnings).height == sum(len(w.details["cells"]) for w in warnings)
 
 
 def test_clean_splits_raise_no_warning():
@@ -77,8 +89,8 @@ def test_a_class_missing_from_one_split_is_flagged():
     rows = synthetic_rows(300, LABELS, seed=3)
     for row in rows:
         row["split"] = "val" if row["label"] != "street" and row["id"] < "img000100" else "train"
-    messages = [w.message for w in split_skew_warnings(pl.DataFrame(rows)) if w.details["feature"] == "label"]
-    assert any(m.startswith("label street:") and "split 'val' (0/" in m for m in messages)
+    cells = skew_summary(split_skew_warnings(pl.DataFrame(rows))).filter(pl.col("feature") == "label")
+    assert cells.filter((pl.col("value") == "street") & (pl.col("other_split") == "val"))["other_count"].to_list() == [0]
 
 
 # ---- duplicates ----------------------------------------------------------------------------------
@@ -145,14 +157,14 @@ def test_map_is_fitted_once_then_read_from_the_cache(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["umap", "tsne"])
-def test_projections_keep_clusters_apart(method):
+@pytest.mark.parametrize("method, points", [("umap", 200), ("tsne", 60)])
+def test_projections_keep_clusters_apart(method, points):
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, 32)) * 3
-    labels = rng.integers(0, 4, 200)
-    vectors = centres[labels] + rng.normal(size=(200, 32))
+    labels = rng.integers(0, 4, points)
+    vectors = centres[labels] + rng.normal(size=(points, 32))
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-    coordinates = project(vectors, MapConfig(method=method, neighbours=10))
+    coordinates = project(vectors, MapConfig(method=method, neighbours=10, perplexity=10))
     distances = ((coordinates[:, None] - coordinates[None]) ** 2).sum(-1)
     np.fill_diagonal(distances, np.inf)
     assert (labels[distances.argmin(axis=1)] == labels).mean() > 0.95  # 2-D nearest neighbour keeps the class
@@ -221,6 +233,16 @@ def test_report_draws_every_figure_from_real_data(sample_db, tmp_path):
     assert len(embedded) == len(pngs)
     Image.open(io.BytesIO(base64.b64decode(embedded[0].split('"')[0]))).verify()
     assert "per class" in page and base.id in page
+
+
+def test_one_plot_as_png_bytes_for_the_console(sample_db):
+    db, base, _, _ = sample_db
+    section, pngs = plot_pngs(db, "pr", base.id)
+    assert sorted(pngs) == ["confusion", "metrics", "pr_curves"]
+    assert all(png.startswith(b"\x89PNG\r\n\x1a\n") for png in pngs.values())
+    assert dict(section.tables)["overall"].filter(pl.col("metric") == "queries")["value"].item() == 30
+    with pytest.raises(ValueError, match="choose one of"):
+        plot_pngs(db, "histogram", base.id)
 
 
 def test_cli_report_and_plot(sample_db, tmp_path, capsys):

@@ -17,11 +17,12 @@ from engine.reports.report import (
     build_section,
     create_plot,
     list_plots,
+    plot_pngs,
     write_report,
 )
 
 __all__ = [
     "EdaWarning", "MapConfig", "Report", "ReportConfig", "ReportContext", "ReportDataMissing", "ReportSection", "SkewConfig",
-    "build_report", "build_section", "create_plot", "create_projector", "figure_png", "list_plots", "list_projectors", "near_duplicate_groups",
+    "build_report", "build_section", "create_plot", "create_projector", "figure_png", "list_plots", "list_projectors", "near_duplicate_groups", "plot_pngs",
     "new_figure", "split_skew_warnings", "write_report",
 ]

@@ -60,6 +60,8 @@ def training_curves_figure(histories: Sequence[TrainingHistory]) -> Figure:
             metric_axis.plot(history.epochs, history.val_p1, color=colour, linestyle="--", linewidth=1.4, label="val P@1")
         best = history.epochs == history.best_epoch
         metric_axis.scatter(history.epochs[best], history.val_map5[best], color=colour, s=45, edgecolors="black", zorder=3)
+    if len(histories) > 1 and all(np.nanmin(h.loss) > 0 for h in histories):
+        loss_axis.set_yscale("log")  # losses of different methods differ by orders of magnitude
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("training loss")
     loss_axis.set_title("training loss (scales differ between losses)" if len(histories) > 1 else "training loss")

@@ -74,44 +74,65 @@ def feature_shares(images: pl.DataFrame, feature: str) -> pl.DataFrame:
     return counts.join(totals, on="split").with_columns((pl.col("count") / pl.col("total")).alias("share")).sort("split", "value")
 
 
-def split_skew_warnings(images: pl.DataFrame, config: SkewConfig = SkewConfig()) -> list[EdaWarning]:
-    """Values of image properties that are common in one split and rare in another, strongest first.
+SKEW_SCHEMA = {"feature": pl.String, "value": pl.String, "split": pl.String, "count": pl.Int64, "total": pl.Int64, "share": pl.Float64,
+               "other_split": pl.String, "other_count": pl.Int64, "other_total": pl.Int64, "other_share": pl.Float64, "p_value": pl.Float64}
 
-    For every ordered pair of splits (A, B) and value v: warn when v is at least ``min_share`` of A
-    (``min_count`` images or more), at least ``ratio`` times its share in B, and the binomial
-    probability of seeing at most B's count of v in B's size at A's rate is below ``max_p_value``
-    (so that small splits do not raise noise).
+
+def split_skews(images: pl.DataFrame, config: SkewConfig = SkewConfig()) -> pl.DataFrame:
+    """Every (feature, value, split, other split) cell where a value is common in one split and rare in the other.
+
+    A cell is kept when the value is at least ``min_share`` of split A (``min_count`` images or more),
+    at least ``ratio`` times its share in split B, and the binomial probability of seeing at most B's
+    count of it among B's images at A's rate is below ``max_p_value`` (so small splits raise no noise).
+    Strongest (lowest p) first, smaller splits first among equals.
     """
-    warnings: list[EdaWarning] = []
+    rows: list[dict] = []
     for feature in config.features:
         shares = feature_shares(images, feature)
         splits = sorted(shares["split"].unique().to_list())
-        if len(splits) < 2:
-            return []
         totals = dict(shares.select("split", "total").unique().iter_rows())
         lookup = {(s, v): c for s, v, c in shares.select("split", "value", "count").iter_rows()}
         for split, value, count, total, share in shares.select("split", "value", "count", "total", "share").iter_rows():
             if count < config.min_count or share < config.min_share:
                 continue
             for other in splits:
-                if other == split:
-                    continue
                 other_count, other_total = lookup.get((other, value), 0), totals[other]
                 other_share = other_count / other_total
-                if share < config.ratio * other_share:
+                if other == split or share < config.ratio * other_share:
                     continue
                 p_value = float(binom.cdf(other_count, other_total, share))
-                if p_value > config.max_p_value:
-                    continue
-                warnings.append(EdaWarning(
-                    "split-skew",
-                    f"{feature} {value}: {share:.1%} of split '{split}' ({count}/{total}) but {other_share:.1%} of "
-                    f"split '{other}' ({other_count}/{other_total}); p = {p_value:.1e} at the '{split}' rate",
-                    {"feature": feature, "value": value, "split": split, "count": count, "total": total, "share": share,
-                     "other_split": other, "other_count": other_count, "other_total": other_total, "other_share": other_share,
-                     "p_value": p_value},
-                ))
-    return sorted(warnings, key=lambda w: (w.details["p_value"], -w.details["share"]))
+                if p_value <= config.max_p_value:
+                    rows.append({"feature": feature, "value": str(value), "split": split, "count": count, "total": total, "share": share,
+                                 "other_split": other, "other_count": other_count, "other_total": other_total,
+                                 "other_share": other_share, "p_value": p_value})
+    # strongest first; among equals the smaller split first: the odd block is usually the small one
+    return pl.DataFrame(rows, schema=SKEW_SCHEMA).sort(["p_value", "total", "share", "value"], descending=[False, False, True, False])
+
+
+def split_skew_warnings(images: pl.DataFrame, config: SkewConfig = SkewConfig(), shown: int = 3) -> list[EdaWarning]:
+    """One warning per image property whose distribution depends on the split, with the numbers behind it.
+
+    ``details`` holds the feature, the smallest p-value and every skewed cell of :func:`split_skews`;
+    the message names the ``shown`` strongest (split, value) pairs.
+    """
+    cells = split_skews(images, config)
+    warnings = []
+    for feature in config.features:
+        mine = cells.filter(pl.col("feature") == feature)
+        if not mine.height:
+            continue
+        pairs = mine.select("split", "value").unique(maintain_order=True).rows()
+        parts = []
+        for split, value in pairs[:shown]:
+            cell = mine.filter((pl.col("split") == split) & (pl.col("value") == value))
+            head = cell.row(0, named=True)
+            against = ", ".join(f"{r['other_share']:.1%} of '{r['other_split']}' ({r['other_count']}/{r['other_total']})" for r in cell.iter_rows(named=True))
+            parts.append(f"{value} is {head['share']:.1%} of '{split}' ({head['count']}/{head['total']}) but {against}")
+        more = f" (+{len(pairs) - shown} more)" if len(pairs) > shown else ""
+        p_value = float(mine["p_value"].min())
+        warnings.append(EdaWarning("split-skew", f"{feature} depends on the split: " + "; ".join(parts) + more + f" [p <= {max(p_value, 1e-300):.1e}]",
+                                   {"feature": feature, "p_value": p_value, "cells": mine.to_dicts()}))
+    return sorted(warnings, key=lambda w: w.details["p_value"])
 
 
 # ---- duplicates --------------------------------------------------------------------------------
@@ -201,13 +222,28 @@ def _share_bars(axis, shares: pl.DataFrame, title: str, colours: dict[str, str],
     for i, split in enumerate(splits):
         mine = dict(shares.filter(pl.col("split") == split).select("value", "share").iter_rows())
         bars = axis.barh(positions + i * height, [mine.get(v, 0.0) for v in order], height, label=split, color=colours[split])
-        axis.bar_label(bars, labels=[f"{mine.get(v, 0.0):.1%}" for v in order], fontsize=7, padding=2)
+        axis.bar_label(bars, labels=[f"{mine[v]:.1%}" if mine.get(v) else "" for v in order], fontsize=7, padding=2)
     axis.set_xlim(0, 1.15)
     axis.legend(fontsize=8, loc="lower right")
     axis.set_yticks(positions + height * (len(splits) - 1) / 2, [str(v) for v in order], fontsize=8)
     axis.invert_yaxis()
     axis.set_xlabel("share of the split")
     axis.set_title(title, fontsize=10)
+
+
+def _split_histogram(axis, frame: pl.DataFrame, column: str, splits: Sequence[str], colours: dict[str, str], log: bool) -> None:
+    """Step histograms of a numeric column, one per split, as the share of the split in each bin."""
+    values = frame[column].to_numpy().astype(np.float64)
+    low, high = values.min(), max(values.max(), values.min() + 1)
+    bins = np.logspace(np.log10(max(1.0, low)), np.log10(high * 1.01), 40) if log else np.linspace(low, high, 40)
+    for split in splits:
+        mine = frame.filter(pl.col("split") == split)[column].to_numpy()
+        axis.hist(mine, bins=bins, weights=np.full(len(mine), 1 / max(1, len(mine))), histtype="step", linewidth=1.8,
+                  label=split, color=colours[split])
+    if log:
+        axis.set_xscale("log")
+    axis.set_ylabel("share of the split")
+    axis.legend(fontsize=8)
 
 
 def eda_figure(images: pl.DataFrame) -> Figure:
@@ -227,7 +263,7 @@ def eda_figure(images: pl.DataFrame) -> Figure:
     for i, split in enumerate(splits):
         mine = dict(counts.filter(pl.col("split") == split).select("label", "images").iter_rows())
         bars = axes[0, 0].barh(positions + i * height, [mine.get(l, 0) for l in labels], height, label=split, color=colours[split])
-        axes[0, 0].bar_label(bars, fontsize=7, padding=2)
+        axes[0, 0].bar_label(bars, labels=[str(mine[l]) if mine.get(l) else "" for l in labels], fontsize=7, padding=2)
     axes[0, 0].set_yticks(positions + height * (len(splits) - 1) / 2, labels, fontsize=8)
     axes[0, 0].invert_yaxis()
     axes[0, 0].set_xlabel("images")
@@ -235,74 +271,62 @@ def eda_figure(images: pl.DataFrame) -> Figure:
     axes[0, 0].legend(fontsize=8)
 
     for axis, column in ((axes[0, 1], "width"), (axes[0, 2], "height")):
-        values = frame[column].to_numpy()
-        if values.min() == values.max():
-            axis.text(0.5, 0.5, f"every image: {column} {values[0]} px", ha="center", va="center", transform=axis.transAxes)
-            axis.set_axis_off()
+        values = frame[column]
+        if values.n_unique() <= 12:  # a few sizes: bars per value read better than a histogram
+            shares = feature_shares(images.with_columns(pl.col(column).cast(pl.String).alias("mode")), "mode")
+            _share_bars(axis, shares, f"{column} (pixels) per split", colours)
+        else:
+            _split_histogram(axis, frame, column, splits, colours, log=False)
+            axis.set_xlabel(f"{column} (pixels)")
             axis.set_title(f"{column} per split", fontsize=10)
-            continue
-        bins = np.unique(np.quantile(values, np.linspace(0, 1, 31)))
-        for split in splits:
-            axis.hist(frame.filter(pl.col("split") == split)[column].to_numpy(), bins=bins, histtype="step", linewidth=1.8,
-                      density=True, label=split, color=colours[split])
-        axis.set_xlabel(f"{column} (pixels)")
-        axis.set_ylabel("density")
-        axis.set_title(f"{column} per split", fontsize=10)
-        axis.legend(fontsize=8)
 
     _share_bars(axes[1, 0], feature_shares(images, "size"), "most common sizes (WxH) per split", colours)
     mode_shares = feature_shares(images.with_columns(pl.format("{} / {} ch / {}", "mode", "channels", pl.col("format").fill_null("?")).alias("mode")), "mode")
     _share_bars(axes[1, 1], mode_shares, "mode / channels / format per split", colours)
 
-    sizes = frame["bytes"].to_numpy().astype(np.float64)
-    bins = np.logspace(np.log10(max(1.0, sizes.min())), np.log10(max(2.0, sizes.max() * 1.01)), 30)
-    for split in splits:
-        axes[1, 2].hist(frame.filter(pl.col("split") == split)["bytes"].to_numpy(), bins=bins, histtype="step", linewidth=1.8,
-                        density=True, label=split, color=colours[split])
-    axes[1, 2].set_xscale("log")
+    _split_histogram(axes[1, 2], frame, "bytes", splits, colours, log=True)
     axes[1, 2].set_xlabel("file size (bytes)")
     axes[1, 2].set_title("file size per split", fontsize=10)
-    axes[1, 2].legend(fontsize=8)
     figure.suptitle(f"Images: {images.height} in {len(splits)} splits, {len(labels)} classes")
     return figure
 
 
 def duplicates_figure(groups: Sequence[DuplicateGroup], paths: np.ndarray, labels: np.ndarray, splits: np.ndarray,
-                      max_groups: int = 6, per_group: int = 5, thumbnail_size: int = 128) -> Figure:
-    """Thumbnails of the biggest near-duplicate groups, with label and split under each."""
+                      max_groups: int = 12, per_group: int = 5, thumbnail_size: int = 128) -> Figure:
+    """Thumbnails of the biggest near-duplicate groups, label and split under each; small groups share a row."""
     shown = list(groups)[:max_groups]
     if not shown:
         figure = new_figure(6, 1.2)
         figure.text(0.5, 0.5, "no near-duplicate groups", ha="center", va="center")
         return figure
-    columns = min(per_group, max(len(g.rows) for g in shown))
-    figure = new_figure(1.9 * columns, 2.1 * len(shown))
-    axes = np.atleast_2d(figure.subplots(len(shown), columns, squeeze=False))
-    for r, group in enumerate(shown):
-        for c in range(columns):
-            axis = axes[r, c]
-            if c >= len(group.rows):
-                axis.set_axis_off()
-                continue
-            row = group.rows[c]
-            title = f"{labels[row]} / {splits[row]}"
+    width = min(per_group, max(len(g.rows) for g in shown))  # tiles per group
+    groups_per_row = max(1, 6 // width)
+    rows = int(np.ceil(len(shown) / groups_per_row))
+    figure = new_figure(1.9 * width * groups_per_row, 2.1 * rows)
+    axes = figure.subplots(rows, width * groups_per_row, squeeze=False)
+    for axis in axes.ravel():
+        axis.set_axis_off()
+    for number, group in enumerate(shown):
+        row, first_column = divmod(number, groups_per_row)
+        for c, image_row in enumerate(group.rows[:width]):
+            axis = axes[row, first_column * width + c]
+            axis.set_axis_on()
+            title = f"{labels[image_row]} / {splits[image_row]}"
             if c == 0:
-                title = f"group {r + 1}: {len(group.rows)} imgs, cos>={group.min_similarity:.3f}\n{title}"
-            show_thumbnail(axis, load_thumbnail(paths[row], thumbnail_size), title)
-    figure.suptitle("near-duplicate groups (stored embeddings)")
+                title = f"group {number + 1}: {len(group.rows)} imgs, cos>={group.min_similarity:.3f}\n{title}"
+            crosses = len({str(splits[r]) for r in group.rows}) > 1
+            show_thumbnail(axis, load_thumbnail(paths[image_row], thumbnail_size), title, edge="tab:red" if crosses else None)
+    figure.suptitle(f"near-duplicate groups (stored embeddings): {len(groups)} groups; red frame = the group spans splits")
     return figure
 
 
 def skew_summary(warnings: Sequence[EdaWarning]) -> pl.DataFrame:
-    """The split-skew warnings as a table."""
-    rows = [w.details for w in warnings if w.kind == "split-skew"]
-    columns = ["feature", "value", "split", "count", "total", "share", "other_split", "other_count", "other_total", "other_share", "p_value"]
-    if not rows:
-        return pl.DataFrame(schema={c: pl.String for c in columns})
-    return pl.DataFrame(rows).select(columns)
+    """The skewed cells behind the split-skew warnings, as one table."""
+    cells = [cell for w in warnings if w.kind == "split-skew" for cell in w.details["cells"]]
+    return pl.DataFrame(cells, schema=SKEW_SCHEMA)
 
 
 __all__ = [
     "DuplicateGroup", "EdaWarning", "FEATURES", "SkewConfig", "duplicate_warnings", "duplicates_figure", "eda_figure",
-    "feature_shares", "near_duplicate_groups", "near_duplicate_pairs", "skew_summary", "split_counts", "split_skew_warnings",
+    "feature_shares", "near_duplicate_groups", "near_duplicate_pairs", "skew_summary", "split_counts", "split_skew_warnings", "split_skews",
 ]

@@ -168,8 +168,8 @@ def embedding_map_figure(maps: list[EmbeddingMap], columns: int = 2) -> Figure:
         point_colours = np.array([colours[l] for l in labels]) if len(labels) else np.zeros((0, 4))
         cat = ~emap.is_query
         axis.scatter(emap.coordinates[cat, 0], emap.coordinates[cat, 1], s=7, c=point_colours[cat], alpha=0.55, linewidths=0)
-        axis.scatter(emap.coordinates[~cat, 0], emap.coordinates[~cat, 1], s=30, c=point_colours[~cat], marker="^",
-                     edgecolors="black", linewidths=0.6)
+        axis.scatter(emap.coordinates[~cat, 0], emap.coordinates[~cat, 1], s=16, c=point_colours[~cat], marker="^",
+                     edgecolors="black", linewidths=0.4, alpha=0.85)
         axis.set_xticks([])
         axis.set_yticks([])
         axis.set_title(f"{emap.model_id}\n{emap.method}: {int(cat.sum())} catalogue (dots), {int((~cat).sum())} queries (triangles)", fontsize=9)

@@ -43,7 +43,7 @@ class ReportConfig:
     max_queries: int | None = 2000  # queries analysed (a seeded sample beyond this)
     map: embedding_map.MapConfig = field(default_factory=embedding_map.MapConfig)
     map_models: tuple[str, ...] = ()  # empty: the model and its parent; ("all",): every version
-    duplicate_threshold: float = 0.97
+    duplicate_threshold: float = 0.95
     skew: eda.SkewConfig = field(default_factory=eda.SkewConfig)
     seed: int = 0
 
@@ -79,7 +79,7 @@ class ReportContext:
 
     @property
     def cache(self) -> embedding_map.ProjectionCache:
-        return embedding_map.ProjectionCache(Path(self.db.uri) / CACHE_FOLDER / "maps")
+        return embedding_map.ProjectionCache(self.db.local_folder(CACHE_FOLDER) / "maps")
 
     @cached_property
     def images(self) -> pl.DataFrame:
@@ -160,6 +160,13 @@ def build_report(db: Database, model: str | ModelRecord | None = None, config: R
             progress(name)
         sections.append(build_section(context, name))
     return Report(f"Lookalike report: {record.id}", record.id, sections)
+
+
+def plot_pngs(db: Database, name: str, model: str | ModelRecord | None = None, config: ReportConfig = ReportConfig()) -> tuple[ReportSection, dict[str, bytes]]:
+    """One plot as PNG bytes by figure name, with its section (tables, notes, warnings): what a console shows."""
+    record = model if isinstance(model, ModelRecord) else db.resolve_model(model)
+    section = build_section(ReportContext(db, record, config), name)
+    return section, {figure_name: figure_png(figure) for figure_name, figure in section.figures}
 
 
 def _file_name(section: str, figure: str) -> str:
