@@ -44,7 +44,7 @@ console = Console(stderr=True)
 # Feature areas keep their sub-commands in their own module (``console/cli_<feature>.py``), each exposing
 # ``add_commands(sub, *, common, search_opts)``; heavy imports stay inside the command functions so that
 # ``lookalike --help`` stays fast.
-FEATURE_COMMAND_MODULES: tuple[str, ...] = ("console.cli_console", "console.cli_masking", "console.cli_reports")
+FEATURE_COMMAND_MODULES: tuple[str, ...] = ("console.cli_console", "console.cli_masking", "console.cli_reports", "console.cli_quality")
 
 
 def _print_frame(frame: pl.DataFrame) -> None:
@@ -176,6 +176,8 @@ def cmd_calibrations(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.compare:
+        return importlib.import_module("console.cli_quality").run_compare(args)
     searcher = _searcher(args)
     catalogue, catalogue_labels = load_split(searcher.table, f"split = '{args.catalogue_split}'")
     if args.query_dir:
@@ -300,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--query-split", default="val")
     evaluation.add_argument("--query-dir", help="labelled query folder instead of --query-split")
     evaluation.add_argument("--per-class", action="store_true")
+    evaluation.add_argument("--compare", metavar="PIPELINES", help="pipelines side by side, RERANKER[@MODEL] comma-separated, e.g. base,qe,dba,k-reciprocal,qe+k-reciprocal@MODEL")
     evaluation.set_defaults(func=cmd_eval)
 
     calibrate = sub.add_parser("calibrate", parents=[common], help="calibrate the distractor threshold on the catalogue")
