@@ -27,7 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", required=True)
     parser.add_argument("--parent")
-    parser.add_argument("--methods", default=",".join(list_methods()))
+    parser.add_argument("--methods", default=",".join(list_methods("head")))
     parser.add_argument("--head", default="mlp")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
