@@ -71,6 +71,8 @@ def training_curves_figure(histories: Sequence[TrainingHistory]) -> Figure:
     metric_axis.set_title("validation mAP@5 (dot: best epoch, the one published)")
     metric_axis.grid(alpha=0.3)
     (loss_axis if len(histories) > 1 else metric_axis).legend(fontsize=7, loc="best")
+    if len(histories) == 1:
+        figure.suptitle(f"{histories[0].model_id} ({histories[0].method})")
     return figure
 
 
