@@ -322,6 +322,19 @@ async def test_data_screen_filters_and_summarises(sample_db, tiny_encoder):
         assert message.has_class("error") and "bad where filter" in text_of(app, "#data-message")
         assert len(table_rows(app, "#data-table")) == 2 * PER_CLASS  # the last good view stays
 
+        # f: the reports module's EDA figure of the filtered images, over the screen
+        app.screen.query_one("#data-table", DataTable).focus()
+        await pilot.press("f")
+        await settle(pilot)
+        assert type(app.screen).__name__ == "FigureScreen", text_of(app, "#data-message")
+        assert "x" in str(app.screen.query_one("#figure-picture .picture", Static).content)  # "[WxH image]"
+        await pilot.press("escape")
+        await pilot.pause()
+        assert "EDA figure saved to" in text_of(app, "#data-message")
+        saved = Path(text_of(app, "#data-message").split("saved to ")[1].strip())
+        assert saved.read_bytes()[:4] == b"\x89PNG"
+        saved.unlink()
+
         # s: search with the highlighted image
         await type_into(pilot, "#data-where", "label = 'sandal'")
         await settle(pilot)
@@ -342,3 +355,12 @@ def test_library_layout_snapshot(tmp_path, tiny_encoder, snap_compare):
         app.sub_title = "snapshot"
 
     assert snap_compare(app, terminal_size=(120, 36), run_before=quiet)
+
+
+def test_console_command_is_registered(tmp_path):
+    from console import cli
+    from console.cli_console import cmd_console
+
+    args = cli.build_parser().parse_args(["console", "--db", str(tmp_path / "db"), "--no-images", "--encoder", "test_efficientnet"])
+    assert args.func is cmd_console and args.db == str(tmp_path / "db") and args.no_images and args.encoder == "test_efficientnet"
+

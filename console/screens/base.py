@@ -31,8 +31,18 @@ class ConsoleScreen(Screen):
     def lookalike(self) -> "LookalikeApp":
         return self.app  # type: ignore[return-value]
 
+    _over_modal = False  # a modal of this screen is open: closing it is no reason to re-read
+
     def on_screen_resume(self) -> None:
+        if self._over_modal:
+            self._over_modal = False
+            return
         self.reload()
+
+    def open_modal(self, modal: Screen) -> None:
+        """Show ``modal`` over this screen (the screen keeps its state when the modal closes)."""
+        self._over_modal = True
+        self.app.push_screen(modal)
 
     def reload(self) -> None:
         """Re-read what this screen shows from the database (in a worker)."""

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
+import io
+import logging
+import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
+from PIL import Image as PILImage
 from rich.console import Group
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Button, DataTable, Footer, Header, Input, Static
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widget import Widget
+from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Static
 
 from console.screens.base import ConsoleScreen
-from console.widgets import bar_chart, fill_table
+from console.widgets import Thumbnail, bar_chart, fill_table
+
+logger = logging.getLogger(__name__)
 
 SHOWN_ROWS = 500  # rows put in the table; the summary covers every matching row
 BROWSE_COLUMNS = ["id", "label", "split", "width", "height", "channels", "mode", "format", "bytes", "path"]
@@ -36,6 +47,29 @@ def size_histogram(frame: pl.DataFrame) -> list[tuple[str, int]]:
         inside = (longer >= low) & (longer < high) if high is not None else longer >= low
         counts.append((f"{low}-{high - 1}px" if high is not None else f">={low}px", int(inside.sum())))
     return [(name, n) for name, n in counts if n]
+
+
+def reports_eda():
+    """The reports module's EDA functions (engine.reports, optional): None where it is not installed."""
+    try:
+        return importlib.import_module("engine.reports.eda")
+    except ImportError as exc:
+        logger.info("no EDA figures: %s", exc)
+        return None
+
+
+def skew_text(frame: pl.DataFrame) -> Text | None:
+    """Split-dependent image properties, from the reports module when present."""
+    eda = reports_eda()
+    if eda is None or frame["split"].n_unique() < 2:
+        return None
+    warnings = eda.split_skew_warnings(frame)
+    text = Text("Split skews\n", style="bold")
+    if not warnings:
+        text.append("  none found\n", style="dim")
+    for warning in warnings:
+        text.append(f"  ! {warning.message}\n", style="yellow")
+    return text
 
 
 def eda_summary(frame: pl.DataFrame) -> Group:
@@ -63,6 +97,7 @@ def eda_summary(frame: pl.DataFrame) -> Group:
         bar_chart(counts("mode"), title="Modes"),
         bar_chart(counts("channels"), title="Channels"),
         bar_chart(counts("format"), title="Formats"),
+        *([skews] if (skews := skew_text(frame)) is not None else []),
     )
 
 
@@ -74,6 +109,7 @@ class DataScreen(ConsoleScreen):
     BINDINGS = [
         ("ctrl+r", "reload", "Reload"),
         ("s", "search_selected", "Search with selected"),
+        ("f", "figure", "EDA figure"),
     ]
 
     def __init__(self) -> None:
@@ -96,7 +132,11 @@ class DataScreen(ConsoleScreen):
         self.reload()
 
     def reload(self) -> None:
-        self.apply_filter()
+        """Re-read the images under the filter on show (the last applied one, not a half-typed one)."""
+        if self._view is None:
+            self.apply_filter()
+        else:
+            self.load_images(self._view.where)
 
     @on(Button.Pressed, "#data-filter")
     @on(Input.Submitted, "#data-where")
@@ -131,3 +171,48 @@ class DataScreen(ConsoleScreen):
         if self._view is None or not self._view.matching.height or table.cursor_row < 0:
             return
         self.lookalike.search_for_image(self._view.matching["id"][min(table.cursor_row, self._view.matching.height - 1, SHOWN_ROWS - 1)])
+
+    def action_figure(self) -> None:
+        if self._view is None or not self._view.matching.height:
+            self.say("data-message", "no images to draw", error=True)
+            return
+        self.say("data-message", "drawing the EDA figure…")
+        self.draw_figure(self._view)
+
+    @work(thread=True, exclusive=True, group="data-figure")
+    def draw_figure(self, view: DataView) -> None:
+        def draw() -> None:
+            eda = reports_eda()
+            if eda is None:
+                raise LookupError("EDA figures need the reports module (engine.reports), which is not installed")
+            from engine.reports.common import figure_png
+
+            png = figure_png(eda.eda_figure(view.matching))
+            path = Path(tempfile.gettempdir()) / f"lookalike-eda-{time.strftime('%Y%m%d-%H%M%S')}.png"
+            path.write_bytes(png)
+            picture = PILImage.open(io.BytesIO(png)).convert("RGB")
+            title = f"EDA of {view.matching.height} images{' where ' + view.where if view.where else ''}: {path}"
+            self.ui(self.say, "data-message", f"EDA figure saved to {path}")
+            self.ui(self.open_modal, FigureScreen(self.lookalike.image_class, picture, title))
+
+        self.guarded("data-message", "the EDA figure", draw)
+
+
+class FigureScreen(ModalScreen):
+    """A report figure over the current screen; escape closes it."""
+
+    BINDINGS = [("escape", "dismiss", "Close")]
+
+    def __init__(self, image_class: type[Widget] | None, picture: PILImage.Image, title: str) -> None:
+        super().__init__()
+        self._image_class, self._picture, self._title = image_class, picture, title
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="figure-box", classes="panel"):
+            yield Label(self._title, classes="title")
+            yield Thumbnail(self._image_class, "escape: close", id="figure-picture")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#figure-picture", Thumbnail).show(self._picture, "escape: close")
+
