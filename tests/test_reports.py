@@ -203,10 +203,13 @@ def test_report_draws_every_figure_from_real_data(sample_db, tmp_path):
     # the per-class table is the evaluation of the same splits
     catalogue = load_embeddings(db, base, "split = 'train'")
     queries = load_embeddings(db, base, "split = 'val'")
-    expected = evaluate(queries.vectors, queries.labels, catalogue.vectors, catalogue.labels).per_class
+    expected = evaluate(queries.vectors, queries.labels, catalogue.vectors, catalogue.labels)
     per_class = dict(sections["pr"].tables)["per class"].sort("label")
-    np.testing.assert_allclose(per_class["mAP"].to_numpy(), expected["mAP"].to_numpy())
-    assert per_class["queries"].sum() == 30
+    assert per_class["label"].to_list() == expected.per_class["label"].to_list() and per_class["queries"].sum() == 30
+    for column in ("P@1", "P@5", "mAP@5", "mAP"):
+        np.testing.assert_allclose(per_class[column].to_numpy(), expected.per_class[column].to_numpy(), err_msg=column)
+    overall = dict(dict(sections["pr"].tables)["overall"].iter_rows())
+    assert overall["mAP@5"] == pytest.approx(expected.map_at_5) and overall["P@1"] == pytest.approx(expected.p_at_1)
 
     # the gallery shows k results per query, worst first by AP
     worst = dict(sections["gallery"].tables)["worst queries"]

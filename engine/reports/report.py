@@ -19,7 +19,7 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from engine.detect import latest_calibration
-from engine.evaluation import EvaluationResult, evaluate, load_split
+from engine.evaluation import EvaluationResult, load_split
 from engine.reports import curves, eda, embedding_map, html, retrieval
 from engine.reports.common import ReportDataMissing, figure_png
 from engine.reports.data import EmbeddingSet, load_embeddings, require_rows
@@ -100,7 +100,7 @@ class ReportContext:
 
     @cached_property
     def evaluation(self) -> EvaluationResult:
-        return evaluate(self.queries.vectors, self.queries.labels, self.catalogue.vectors, self.catalogue.labels, self.config.vote_neighbours)
+        return retrieval.evaluation_of(self.analysis)
 
     def map_models(self) -> list[ModelRecord]:
         wanted = self.config.map_models

@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
-from engine.evaluation import average_precision, exact_ranking
+from engine.evaluation import EvaluationResult, average_precision, average_precision_at_k, exact_ranking
 from engine.reports.common import class_colours, load_thumbnail, new_figure, show_thumbnail
 from engine.reports.data import EmbeddingSet
 from engine.voting import vote_classes
@@ -32,6 +32,9 @@ class RetrievalAnalysis:
     ap: np.ndarray  # (n,) full-ranking average precision
     voted: np.ndarray  # (n,) top class by k-NN voting (object)
     precision_at_recall: np.ndarray  # (n, len(RECALL_GRID)) interpolated precision
+    p_at_1: np.ndarray  # (n,) as in engine.evaluation.evaluate
+    p_at_5: np.ndarray  # (n,)
+    ap_at_5: np.ndarray  # (n,) Kaggle AP@5 of the voted top-5 classes
 
     @property
     def classes(self) -> list[str]:
@@ -58,7 +61,7 @@ def analyse_retrieval(queries: EmbeddingSet, catalogue: EmbeddingSet, k: int = 5
         raise ValueError(f"nothing to analyse: {len(queries)} queries, {len(catalogue)} catalogue images")
     labels = catalogue.labels
     keep = max(k, vote_neighbours)
-    top_rows, top_distances, ap, voted, pr = [], [], [], [], []
+    top_rows, top_distances, ap, voted, pr, p1, p5, ap5 = [], [], [], [], [], [], [], []
     for start in range(0, len(queries), chunk):
         distances, order = exact_ranking(queries.vectors[start : start + chunk], catalogue.vectors)
         truth = queries.labels[start : start + chunk]
@@ -67,11 +70,27 @@ def analyse_retrieval(queries: EmbeddingSet, catalogue: EmbeddingSet, k: int = 5
         top_distances.append(distances[:, :k])
         ap.extend(average_precision(row) for row in relevant)
         pr.extend(interpolated_precision(row) for row in relevant)
-        for rows, dist in zip(order[:, :keep], distances[:, :keep]):
-            ranked = vote_classes(list(labels[rows[:vote_neighbours]]), dist[:vote_neighbours], top=1)
-            voted.append(ranked[0][0] if ranked else None)
+        p1.append(relevant[:, :1].mean(axis=1))
+        p5.append(relevant[:, :5].mean(axis=1))
+        for rows, dist, actual in zip(order[:, :keep], distances[:, :keep], truth):
+            ranked = [label for label, _ in vote_classes(list(labels[rows[:vote_neighbours]]), dist[:vote_neighbours], top=5)]
+            voted.append(ranked[0] if ranked else None)
+            ap5.append(average_precision_at_k(ranked, actual, 5))
     return RetrievalAnalysis(queries, catalogue, np.concatenate(top_rows), np.concatenate(top_distances), np.asarray(ap),
-                             np.asarray(voted, dtype=object), np.stack(pr))
+                             np.asarray(voted, dtype=object), np.stack(pr), np.concatenate(p1), np.concatenate(p5), np.asarray(ap5))
+
+
+def evaluation_of(analysis: RetrievalAnalysis) -> EvaluationResult:
+    """The metrics of ``engine.evaluation.evaluate`` (overall and per class) from the chunked analysis."""
+    per_query = pl.DataFrame({"label": analysis.queries.labels.astype(str), "P@1": analysis.p_at_1, "P@5": analysis.p_at_5,
+                              "mAP@5": analysis.ap_at_5, "AP": analysis.ap})
+    per_class = (
+        per_query.group_by("label")
+        .agg(pl.len().alias("queries"), pl.col("P@1").mean(), pl.col("P@5").mean(), pl.col("mAP@5").mean(), pl.col("AP").mean().alias("mAP"))
+        .sort("label")
+    )
+    return EvaluationResult(len(analysis.queries), len(analysis.catalogue), float(analysis.p_at_1.mean()), float(analysis.p_at_5.mean()),
+                            float(analysis.ap_at_5.mean()), float(analysis.ap.mean()), per_class)
 
 
 # ---- gallery -----------------------------------------------------------------------------------
