@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import random
 import shutil
 import subprocess
@@ -184,6 +185,11 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
             print(summary)
             print(f"{frame.height} rounds, {frame['kills_landed'].sum()} kills landed, "
                   f"{(frame['problems'] != '').sum()} rounds with problems (seed {args.seed}, {args.minutes} min)")
+    import lancedb
+    import PIL
+
+    frame = frame.with_columns(machine=pl.lit(f"{platform.machine()} {os.cpu_count()} cpus"), lancedb=pl.lit(lancedb.__version__),
+                               pillow=pl.lit(PIL.__version__), python=pl.lit(platform.python_version()))
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.write_csv(out)
     return frame

@@ -56,9 +56,13 @@ def _child(job: dict) -> None:
 def zygote_main() -> None:
     """Import the heavy modules, then fork a child per JSON job line on stdin; answer with its exit status."""
     import importlib
+    import warnings
 
     for name in PRELOAD:
         importlib.import_module(name)
+    # LanceDB resets its async runtime in forked children and warns that state mid-operation at fork
+    # time could deadlock; the zygote never runs a LanceDB operation, so nothing is mid-operation.
+    warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
     out = sys.stdout
     print(json.dumps({"ready": os.getpid()}), file=out, flush=True)
     for line in sys.stdin:
