@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[cpu,test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[cpu,test,distributed]'
 	touch $@
 
 install: $(BIN)/.installed

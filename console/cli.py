@@ -36,6 +36,8 @@ from engine.store import default_db_path
 from ingest import IngestConfig, IngestProgress, ingest_folder, scan_folder
 from ingest.decode import content_id
 from ingest.pipeline import add_to_catalogue
+from ingest.distributed import INSTALL_HINT as RAY_INSTALL_HINT, RayConfig
+from ingest.engines import IngestJob, list_ingest_engines, run_ingest
 from console.cli_masking import add_mask_options
 from engine.masker import MaskedEncoder, masked_encoder, query_encoder
 
@@ -44,7 +46,7 @@ console = Console(stderr=True)
 # Feature areas keep their sub-commands in their own module (``console/cli_<feature>.py``), each exposing
 # ``add_commands(sub, *, common, search_opts)``; heavy imports stay inside the command functions so that
 # ``lookalike --help`` stays fast.
-FEATURE_COMMAND_MODULES: tuple[str, ...] = ("console.cli_console", "console.cli_masking", "console.cli_reports", "console.cli_quality")
+FEATURE_COMMAND_MODULES: tuple[str, ...] = ("console.cli_console", "console.cli_masking", "console.cli_reports", "console.cli_quality", "console.cli_scale")
 
 
 def _print_frame(frame: pl.DataFrame) -> None:
@@ -54,7 +56,8 @@ def _print_frame(frame: pl.DataFrame) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     db = Database(args.db)
-    encoder = create_encoder(EncoderConfig(name=args.model, weights=args.weights, device=args.device, batch_size=args.batch_size))
+    encoder_config = EncoderConfig(name=args.model, weights=args.weights, device=args.device, batch_size=args.batch_size)
+    encoder = create_encoder(encoder_config)
     if args.mask_mode and not args.mask:
         raise ValueError("--mask-mode needs --mask MASKER (see lookalike maskers)")
     if args.mask:  # masked before encoding; the masking becomes part of the model version
@@ -70,7 +73,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             detail = f"{state.encoded} new, {state.skipped} known, {state.errors} errors, {state.images_per_second:.1f} img/s"
             bar.update(task, total=state.total, completed=state.done, detail=detail)
 
-        report = ingest_folder(db, args.folder, config, encoder=encoder, progress=show)
+        ray_config = RayConfig(address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker)
+        report = run_ingest(args.engine, IngestJob(db, args.folder, config, encoder_config, encoder, ray_config, show))
     print(
         f"ingested {args.folder}: {report.total} files, {report.encoded} encoded, {report.skipped} already known, "
         f"{report.errors} errors in {report.seconds:.1f}s -> model {report.model_id}, database {db.uri}"
@@ -278,7 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--holdout-split", default="val")
     ingest.add_argument("--seed", type=int, default=0)
     ingest.add_argument("--batch-size", type=int, default=32)
-    ingest.add_argument("--workers", type=int, default=2, help="decode threads")
+    ingest.add_argument("--workers", type=int, default=2, help="decode threads (local engine) or encoder actors (--engine ray)")
+    ingest.add_argument("--engine", default="local", choices=list_ingest_engines(), help=f"where the stages run; ray needs {RAY_INSTALL_HINT}")
+    ingest.add_argument("--address", help="Ray cluster address with --engine ray (default: the local machine)")
+    ingest.add_argument("--gpus-per-worker", type=float, help="GPUs per Ray encoder actor (default: 1 when the cluster has GPUs)")
     ingest.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     add_mask_options(ingest, "mask images with this stored masker before encoding (see lookalike maskers)")
     ingest.set_defaults(func=cmd_ingest)

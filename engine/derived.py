@@ -289,7 +289,7 @@ class AugmentedViewsDerivation(_EncoderWrapping):
 
 
 def derived_dir(db: Database) -> Path:
-    return Path(db.uri) / "derived"
+    return db.local_folder("derived")
 
 
 def artefact_sha(artefact: Artefact) -> str:

@@ -92,7 +92,7 @@ FINETUNED_FORMAT = "lookalike.finetuned/1"
 
 
 def finetuned_dir(db: Database) -> Path:
-    return Path(db.uri) / "finetuned"
+    return db.local_folder("finetuned")
 
 
 def create_backbone(architecture: str) -> nn.Module:
@@ -130,7 +130,7 @@ def head_weights_sha(parent: ModelRecord, head_sha: str) -> str:
 
 
 def heads_dir(db: Database) -> Path:
-    return Path(db.uri) / "heads"
+    return db.local_folder("heads")
 
 
 def encoder_for_model(db: Database, model: ModelRecord, device: str | None = None) -> Encoder:

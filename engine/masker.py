@@ -539,13 +539,13 @@ def _held_out_iou(net, images, targets, mean, std, threshold, device, batch_size
 
 
 def _open(db: Database, name: str, schema: pa.Schema) -> lancedb.table.Table:
-    table = lancedb.connect(db.uri).create_table(name, schema=schema, exist_ok=True)
+    table = db.connection.create_table(name, schema=schema, exist_ok=True)
     schemas.check_compatible(name, table.schema, schema)
     return table
 
 
 def maskers_dir(db: Database) -> Path:
-    return Path(db.uri) / "maskers"
+    return db.local_folder("maskers")
 
 
 def _store_masker(db: Database, net: torch.nn.Module, config: MaskerConfig, encoder_sha: str, val_iou: float | None,

@@ -177,8 +177,8 @@ class Searcher:
             logger.info("%d vectors of dim %d exceed the memory budget of %d bytes: searching on disk", rows, self.model.dim, config.max_bytes)
             return None
         cache_file = None
-        if config.persist and "://" not in self.db.uri:
-            cache_file = Path(self.db.uri) / "_faiss" / self.model.embeddings_table / f"v{version}-{kind}{config.hnsw_m}.faiss"
+        if config.persist:  # object stores: a local cache folder per URI
+            cache_file = self.db.local_folder("_faiss") / self.model.embeddings_table / f"v{version}-{kind}{config.hnsw_m}.faiss"
         self._memory = create_memory_index(kind, load_table(self.table, version), config, cache_file)
         return self._memory
 

@@ -17,6 +17,7 @@ import pyarrow as pa
 import schemas
 from engine.encoders import Encoder
 from engine.faults import fault_point
+from engine.storage import artifacts_dir, is_object_store, resolve_storage_options
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +75,26 @@ class Database:
 
     def __init__(self, uri: str | os.PathLike[str] | None = None) -> None:
         self.uri = str(uri or default_db_path())
-        self._db = lancedb.connect(self.uri)
+        # object stores (s3://...): endpoint and keys from the environment or the storage config, never logged
+        self.storage_options = resolve_storage_options(self.uri)
+        self._db = lancedb.connect(self.uri, storage_options=self.storage_options.as_dict() or None)
         self._check_schemas()
+
+    def __repr__(self) -> str:
+        return f"Database({self.uri!r})"
+
+    @property
+    def is_object_store(self) -> bool:
+        return is_object_store(self.uri)
+
+    @property
+    def connection(self) -> lancedb.DBConnection:
+        """The LanceDB connection (with the storage options), for tables outside ``schemas``."""
+        return self._db
+
+    def local_folder(self, name: str) -> Path:
+        """A local folder for non-table files (weights, caches): inside a local database, else per URI."""
+        return artifacts_dir(self.uri, name)
 
     # ---- tables ---------------------------------------------------------------------------------
 

@@ -464,7 +464,7 @@ def fit(db: Database, run_id: str, config: TrainConfig, parts: LoopParts, starte
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
             return network(inputs).float()  # losses in float32
 
-    checkpoint = Path(db.uri) / "checkpoints" / f"{run_id}.pt"
+    checkpoint = db.local_folder("checkpoints") / f"{run_id}.pt"
     state = {"epoch": 0, "best_map5": -1.0, "best_epoch": 0, "best_weights": None, "history": [], "stale": 0}
     if checkpoint.is_file():
         saved = torch.load(checkpoint, map_location=device, weights_only=False)

@@ -30,6 +30,7 @@ from PIL import Image
 from engine.encoders import Encoder, EncoderConfig, create_encoder
 from engine.faults import fault_point
 from engine.index import IndexConfig, ensure_index
+from engine.maintenance import MaintenanceConfig, optimize_table
 from engine.lock import DatabaseNotWritableError, storage_failure, writer_lock
 from engine.store import Database, ModelRecord, utc_now
 from ingest.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_image
@@ -60,7 +61,8 @@ class IngestConfig:
     write_every: int = 256  # rows per upsert: fewer, larger commits
     max_pixels: int = DEFAULT_MAX_PIXELS
     index: IndexConfig = field(default_factory=IndexConfig)
-    optimize: bool = True
+    optimize: bool = True  # after an ingest that wrote rows: compact, update indices, clean up old versions
+    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
     image_hook: ImageHook | None = None  # e.g. engine.masker.MaskedEncoder: masks images, stores foreground fractions
 
 
@@ -220,9 +222,14 @@ def ingest_files(
     """Ingest the given files (in the given order); ``root`` is recorded as their source folder."""
     root = Path(root).resolve()
     encoder = encoder or create_encoder(EncoderConfig())
+    return run_locked(db, root, lambda: _ingest_locked(db, files, root, config, encoder, progress))
+
+
+def run_locked(db: Database, root: Path, run: Callable[[], IngestReport]) -> IngestReport:
+    """Run an ingest of ``root`` under the database's writer lock; storage failures become one clear error."""
     with writer_lock(db.uri, f"ingest {storable_text(str(root))}"):
         try:
-            return _ingest_locked(db, files, root, config, encoder, progress)
+            return run()
         except (OSError, RuntimeError) as exc:
             reason = None if isinstance(exc, DatabaseNotWritableError) else storage_failure(exc)
             if reason is None:
@@ -233,56 +240,83 @@ def ingest_files(
             ) from exc
 
 
+class _Collector:
+    """The writer side of an ingest, shared by the local runner and the Ray runner (ingest.distributed).
+
+    Counts every mapped file, records errors, skips known images and in-run duplicates (the first file
+    in scan order wins), and upserts encoded rows every ``write_every`` rows on the background writer.
+    """
+
+    def __init__(self, db: Database, model: ModelRecord, root: Path, config: IngestConfig, total: int) -> None:
+        self.model, self.root, self.config = model, root, config
+        self.state = IngestProgress(total=total)
+        self.writer = _Writer(db, model, config.image_hook)
+        self.pending_rows: list[dict] = []
+        self.pending_vectors: list[np.ndarray] = []
+        self.pending_errors: list[dict] = []
+        self.seen_in_run: set[str] = set()
+
+    def accept(self, mapped: _Mapped) -> bool:
+        """Count one mapped file; True when it is new and must be encoded and written."""
+        self.state.done += 1
+        if mapped.error is not None:
+            self.state.errors += 1
+            logger.warning("skipping %s: %s", mapped.source.path, mapped.error)
+            self.pending_errors.append({"path": storable_text(str(mapped.source.path)), "reason": mapped.error, "source": storable_text(str(self.root)), "when": utc_now()})
+            return False
+        if mapped.skipped or mapped.row["id"] in self.seen_in_run:
+            self.state.skipped += 1  # already embedded, or a duplicate of a file earlier in this run
+            return False
+        self.seen_in_run.add(mapped.row["id"])
+        return True
+
+    def add_encoded(self, rows: list[dict], vectors: np.ndarray) -> None:
+        self.pending_rows.extend(rows)
+        self.pending_vectors.append(vectors)
+        self.state.encoded += len(rows)
+
+    def flush(self, when_full: bool = False) -> None:
+        """Hand pending rows and errors to the writer (with ``when_full``, only once ``write_every`` are pending)."""
+        pending = len(self.pending_rows) + len(self.pending_errors)
+        if pending and (not when_full or pending >= self.config.write_every):
+            vectors = np.concatenate(self.pending_vectors) if self.pending_vectors else np.zeros((0, self.model.dim), np.float32)
+            self.writer.submit(list(self.pending_rows), vectors, list(self.pending_errors))
+            self.pending_rows.clear(), self.pending_vectors.clear(), self.pending_errors.clear()
+
+
 def _ingest_locked(db: Database, files: list[SourceFile], root: Path, config: IngestConfig, encoder: Encoder, progress: ProgressCallback | None) -> IngestReport:
     model = db.register_model(encoder)
     known = db.known_image_ids(model)
-    state = IngestProgress(total=len(files))
-    writer = _Writer(db, model, config.image_hook)
-    pending_rows: list[dict] = []
-    pending_vectors: list[np.ndarray] = []
-    pending_errors: list[dict] = []
+    collector = _Collector(db, model, root, config, len(files))
     batch: list[_Mapped] = []
 
     def encode_batch() -> None:
         if batch:
             fault_point("ingest.encode")
             vectors = encoder.encode_tensors(torch.stack([item.tensor for item in batch]))
-            pending_rows.extend(item.row for item in batch)
-            pending_vectors.append(vectors)
-            state.encoded += len(batch)
+            collector.add_encoded([item.row for item in batch], vectors)
             batch.clear()
-
-    def flush() -> None:
-        if pending_rows or pending_errors:
-            vectors = np.concatenate(pending_vectors) if pending_vectors else np.zeros((0, model.dim), np.float32)
-            writer.submit(list(pending_rows), vectors, list(pending_errors))
-            pending_rows.clear(), pending_vectors.clear(), pending_errors.clear()
 
     mapper = lambda source: _map_file(source, root, encoder, known, config.max_pixels, config.image_hook)  # noqa: E731
     window = max(1, config.prefetch_batches) * encoder.batch_size
-    seen_in_run: set[str] = set()
     try:
         for mapped in _ordered_map(mapper, files, config.decode_workers, window):
-            state.done += 1
-            if mapped.error is not None:
-                state.errors += 1
-                logger.warning("skipping %s: %s", mapped.source.path, mapped.error)
-                pending_errors.append({"path": storable_text(str(mapped.source.path)), "reason": mapped.error, "source": storable_text(str(root)), "when": utc_now()})
-            elif mapped.skipped or mapped.row["id"] in seen_in_run:
-                state.skipped += 1  # already embedded, or a duplicate of a file earlier in this run
-            else:
-                seen_in_run.add(mapped.row["id"])
+            if collector.accept(mapped):
                 batch.append(mapped)
                 if len(batch) >= encoder.batch_size:
                     encode_batch()
                     if progress:
-                        progress(state)
-            if len(pending_rows) + len(pending_errors) >= config.write_every:
-                flush()
+                        progress(collector.state)
+            collector.flush(when_full=True)
         encode_batch()
-        flush()
+        collector.flush()
     finally:
-        writer.close()
+        collector.writer.close()
+    return _finish(db, model, config, collector.state, progress)
+
+
+def _finish(db: Database, model: ModelRecord, config: IngestConfig, state: IngestProgress, progress: ProgressCallback | None) -> IngestReport:
+    """After the last write: progress, the ANN index, table maintenance, the report."""
     if progress:
         progress(state)
     table = db.embeddings(model)
@@ -291,7 +325,7 @@ def _ingest_locked(db: Database, files: list[SourceFile], root: Path, config: In
     if config.optimize and state.encoded:
         for maintained in (db.images, table, db.errors):
             fault_point("ingest.optimize")
-            maintained.optimize()
+            optimize_table(maintained, config.maintenance)
     fault_point("ingest.done")
     report = IngestReport(model.id, state.total, state.encoded, state.skipped, state.errors, state.elapsed)
     logger.info("ingest done: %s", report)

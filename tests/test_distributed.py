@@ -1,0 +1,65 @@
+"""Distributed ingest on a local Ray cluster gives exactly the rows of the local pipeline."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+
+import pytest
+
+from engine.encoders import EncoderConfig
+from engine.store import Database
+from ingest.distributed import RayConfig, RayNotInstalledError, import_ray, ingest_folder_ray
+from ingest.pipeline import IngestConfig, ingest_folder
+
+from conftest import CORPUS, SAMPLES
+from db_rows import assert_same_rows
+
+
+def test_without_ray_the_engine_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails as if it were not installed
+    with pytest.raises(RayNotInstalledError, match=r"pip install 'lookalike\[distributed\]'"):
+        import_ray()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray", reason="Ray is the optional 'distributed' extra: pip install -e '.[distributed]' (make test installs it)")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    """12 shipped samples of 4 classes, a duplicate of one of them under another name, 2 broken files."""
+    folder = tmp_path / "photos"
+    for label in ("bag", "coat", "sandal", "trouser"):
+        (folder / label).mkdir(parents=True)
+        for path in sorted((SAMPLES / label).glob("*.png"))[:3]:
+            shutil.copy(path, folder / label / path.name)
+    shutil.copy(sorted((SAMPLES / "bag").glob("*.png"))[0], folder / "coat" / "zz_copy_of_a_bag.png")
+    shutil.copy(CORPUS / "bad" / "truncated.jpg", folder / "bag" / "truncated.jpg")
+    shutil.copy(CORPUS / "bad" / "zero_byte.jpg", folder / "sandal" / "zero_byte.jpg")
+    return folder
+
+
+@pytest.mark.slow
+def test_ray_ingest_writes_the_rows_of_a_local_ingest_and_is_idempotent(ray_cluster, photo_folder, tmp_path, tiny_weights, tiny_encoder):
+    encoder_config = EncoderConfig(name="test_efficientnet", weights=str(tiny_weights), device="cpu", batch_size=4)
+    config = IngestConfig(split="train", write_every=5)  # several upserts per run
+    local = Database(tmp_path / "local")
+    local_report = ingest_folder(local, photo_folder, config, encoder=tiny_encoder)
+    distributed = Database(tmp_path / "ray")
+    ray_report = ingest_folder_ray(distributed, photo_folder, config, encoder_config, RayConfig(workers=2))
+
+    assert (ray_report.model_id, ray_report.total, ray_report.encoded, ray_report.skipped, ray_report.errors) == (
+        local_report.model_id, local_report.total, local_report.encoded, local_report.skipped, local_report.errors) == (
+        tiny_encoder.model_id, 15, 12, 1, 2)
+    assert_same_rows(local, distributed)
+    assert distributed.images_frame().filter(distributed.images_frame()["path"].str.contains("zz_copy")).height == 0
+
+    again = ingest_folder_ray(distributed, photo_folder, config, encoder_config, RayConfig(workers=2))
+    assert (again.encoded, again.skipped, again.errors) == (0, 13, 2)
+    assert_same_rows(local, distributed)
