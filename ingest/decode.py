@@ -99,6 +99,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # Pillow reports truncated data, bad CRCs and broken headers through these.
         raise DecodeError(f"corrupt image: {exc}") from exc
+    except Exception as exc:
+        # Codec plugins fail in their own ways (a damaged AVIF raises RuntimeError): one bad file must
+        # become an error row, not stop a whole ingest.
+        logger.debug("decoder failure", exc_info=True)
+        raise DecodeError(f"corrupt image ({type(exc).__name__}): {exc}") from exc
     if rgb.width == 0 or rgb.height == 0:
         raise DecodeError(f"image has no pixels ({rgb.width}x{rgb.height})")
     return DecodedImage(rgb, rgb.width, rgb.height, channels, source_mode, image_format)

@@ -8,6 +8,7 @@ SIGKILL at named fault points (engine/faults.py); LOOKALIKE_FAULT_SEED picks oth
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -18,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from PIL import Image, ImageOps, features
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, features
 
 import fault_harness as harness
 from engine.detect import Decision, decide, enqueue_for_review, review_frame
@@ -113,6 +116,8 @@ BAD = {
     "heic_unsupported.heic": "HEIF/HEIC image (brand 'heic'): this Pillow build cannot decode it",
     "png_signature_only.png": "not an image Pillow can identify",
     "tiff_garbage.tif": "not an image Pillow can identify",
+    # found by fuzzing: libavif raises RuntimeError, which stopped the whole ingest before
+    "avif_damaged.avif": "corrupt image (RuntimeError): Failed to decode frame 0" if features.check("avif") else "not an image Pillow can identify",
 }
 CODEC_OF = {"garments/lossy.webp": "webp", "garments/photo.avif": "avif"}
 
@@ -154,6 +159,61 @@ def test_exif_rotated_pixels_are_turned_upright(name, turn):
     decoded = np.asarray(decode_image(path.read_bytes()).image, dtype=np.int16)
     assert decoded.shape == expected.shape and np.abs(decoded - expected).max() == 0
     assert np.abs(np.asarray(stored.resize(decoded.shape[1::-1]), dtype=np.int16) - decoded).mean() > 5  # really turned
+
+
+# ---- property-based: generated images, damaged files ---------------------------------------------
+
+MODE_FORMATS = [("RGB", "PNG"), ("L", "PNG"), ("RGBA", "PNG"), ("P", "PNG"), ("I;16", "PNG"), ("1", "PNG"), ("LA", "PNG"),
+                ("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "TIFF"), ("F", "TIFF"), ("I", "TIFF"),
+                ("RGBA", "TIFF"), ("RGB", "BMP"), ("P", "GIF"), ("RGB", "WEBP"), ("RGBA", "WEBP")]
+
+
+def _random_image(mode: str, width: int, height: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    if mode in ("I;16", "I", "F"):
+        values = rng.integers(0, 65536, size=(height, width))
+        dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+        return Image.fromarray(values.astype(dtype), mode if mode != "I;16" else None)
+    rgba = Image.fromarray(rng.integers(0, 256, size=(height, width, 4), dtype=np.uint8), "RGBA")
+    return rgba.convert(mode) if mode != "P" else rgba.convert("RGB").convert("P", palette=Image.ADAPTIVE, colors=16)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(mode_format=st.sampled_from(MODE_FORMATS), width=st.integers(1, 48), height=st.integers(1, 48), seed=st.integers(0, 2**16))
+def test_property_any_mode_and_size_decodes_to_rgb_of_that_size(mode_format, width, height, seed):
+    mode, image_format = mode_format
+    if image_format == "WEBP" and not features.check("webp"):
+        return
+    image = _random_image(mode, width, height, seed)
+    buffer = io.BytesIO()
+    image.save(buffer, image_format)
+    decoded = decode_image(buffer.getvalue())
+    assert decoded.image.mode == "RGB" and decoded.image.size == (width, height) == (decoded.width, decoded.height)
+    if (mode, image_format) == ("RGB", "PNG"):  # lossless and already RGB: the very pixels
+        assert np.array_equal(np.asarray(decoded.image), np.asarray(image))
+
+
+GOOD_BYTES = [p.read_bytes() for p in sorted((CORPUS / "good").rglob("*.*"))]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    index=st.integers(0, len(GOOD_BYTES) - 1),
+    edits=st.lists(st.tuples(st.floats(0, 1), st.binary(min_size=1, max_size=8), st.booleans()), max_size=4),
+    keep=st.one_of(st.just(1.0), st.floats(0, 1)),
+)
+def test_property_damaged_files_decode_or_give_a_decode_error(index, edits, keep):
+    data = bytearray(GOOD_BYTES[index])
+    for where, piece, insert in edits:  # overwrite or insert a few bytes anywhere, then maybe truncate
+        at = int(where * (len(data) - 1))
+        data[at : at if insert else at + len(piece)] = piece
+    data = data[: int(len(data) * keep)]
+    try:
+        decoded = decode_image(bytes(data), max_pixels=10_000_000)
+    except DecodeError as exc:
+        assert str(exc)  # a reason for the error row
+        return
+    assert decoded.image.mode == "RGB" and decoded.width >= 1 and decoded.height >= 1
 
 
 def test_ycck_colours_match_the_cmyk_original():

@@ -191,6 +191,9 @@ def main() -> None:
         shirt.save(good / "garments" / "lossy.webp", quality=80)
     if features.check("avif"):
         shirt.save(good / "garments" / "photo.avif", quality=70)
+        avif = (good / "garments" / "photo.avif").read_bytes()
+        # Three bytes spliced into the coded planes: libavif fails with a RuntimeError (found by fuzzing).
+        (bad / "avif_damaged.avif").write_bytes(avif[:270] + bytes.fromhex("a99a01") + avif[270:])
     # A HEIF container (ftyp brand heic) without HEVC payload: no Pillow build without a plugin reads it.
     heic_ftyp = struct.pack(">I", 24) + b"ftypheic" + struct.pack(">I", 0) + b"mif1heic"
     (bad / "heic_unsupported.heic").write_bytes(heic_ftyp + struct.pack(">I", 16) + b"meta" + b"\x00" * 8)
