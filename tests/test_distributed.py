@@ -46,7 +46,7 @@ def photo_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_ingest_writes_the_rows_of_a_local_ingest_and_is_idempotent(ray_cluster, photo_folder, tmp_path, tiny_weights, tiny_encoder):
+def test_ray_ingest_writes_the_rows_of_a_local_ingest_and_is_idempotent(ray_cluster, photo_folder, tmp_path, tiny_weights, tiny_encoder, capsys):
     encoder_config = EncoderConfig(name="test_efficientnet", weights=str(tiny_weights), device="cpu", batch_size=4)
     config = IngestConfig(split="train", write_every=5)  # several upserts per run
     local = Database(tmp_path / "local")
@@ -60,6 +60,10 @@ def test_ray_ingest_writes_the_rows_of_a_local_ingest_and_is_idempotent(ray_clus
     assert_same_rows(local, distributed)
     assert distributed.images_frame().filter(distributed.images_frame()["path"].str.contains("zz_copy")).height == 0
 
-    again = ingest_folder_ray(distributed, photo_folder, config, encoder_config, RayConfig(workers=2))
-    assert (again.encoded, again.skipped, again.errors) == (0, 13, 2)
+    # re-ingest through the CLI: nothing new, the same rows
+    from console.cli import main
+
+    tiny = ["--model", "test_efficientnet", "--weights", str(tiny_weights), "--device", "cpu", "--batch-size", "4"]
+    assert main(["ingest", str(photo_folder), "--split", "train", "--db", distributed.uri, *tiny, "--engine", "ray", "--workers", "2"]) == 0
+    assert "15 files, 0 encoded, 13 already known, 2 errors" in capsys.readouterr().out
     assert_same_rows(local, distributed)

@@ -179,3 +179,18 @@ def test_cli_commands_work_unchanged_against_s3(request, s3_env, small_folder, t
         assert len(table.list_versions()) == 1, name
         assert table.stats()["fragment_stats"]["num_fragments"] <= 1, name
     assert main(["optimize", "--db", uri, "--tables", "nope"]) == 2  # a clear error, nothing done
+
+
+def test_a_head_trained_on_an_s3_database_keeps_its_weights_in_the_artifacts_folder(request, s3_env, small_folder, tiny_weights, tmp_path, capsys):
+    from console.cli import main
+
+    uri = s3_uri(request)
+    tiny = ["--model", "test_efficientnet", "--weights", str(tiny_weights), "--device", "cpu", "--batch-size", "8"]
+    assert main(["ingest", str(small_folder), "--holdout", "0.25", "--split", "train", "--db", uri, *tiny]) == 0
+    assert main(["train", "--db", uri, "--dim", "16", "--hidden", "32", "--batch-size", "8", "--epochs", "2", "--activate"]) == 0
+    trained = Database(uri).resolve_model()
+    assert trained.parent is not None
+    assert trained.weights_source.startswith(str(tmp_path / "artifacts" / "s3" / BUCKET))  # machine-local, per URI
+    query = sorted(QUERIES.glob("*.png"))[0]
+    assert main(["search", str(query), "--db", uri, "-k", "2"]) == 0  # queries go through the head
+    assert "distance" in capsys.readouterr().out
