@@ -349,7 +349,6 @@ def snapshot(db_path: Path | str) -> dict:
     """Every table of a database in comparable form: volatile timestamps dropped, rows sorted by key."""
     import numpy as np
 
-    import schemas
     from engine.index import has_vector_index
     from engine.store import Database
 
