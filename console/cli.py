@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lookalike", description="Embedded image-retrieval database.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", default=None, help=f"database folder (default: $LOOKALIKE_DB or {default_db_path()})")
+    common.add_argument("--db", default=None, help=f"database folder or object-store URI, e.g. s3://bucket/path (default: $LOOKALIKE_DB or {default_db_path()})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ingest = sub.add_parser("ingest", parents=[common], help="scan a folder and add its images")
