@@ -171,6 +171,10 @@ async def test_search_by_file_shows_ranked_results_thumbnails_and_classes(sample
         assert "1. " in predictions and "no calibration" in predictions
         captions = [str(t.query_one(".caption").render()) for t in app.screen.query(Thumbnail) if t.id.startswith("search-cell") and t.display]
         assert len(captions) == 6 and captions[0].startswith("#1 coat")
+        assert app.image_class is not None  # headless: textual-image's unicode renderer
+        pictures = [app.screen.query_one(f"#search-cell-{i} .picture").image for i in range(6)]
+        assert all(p is not None and max(p.size) <= 256 for p in pictures)  # decoded previews, not paths
+        assert app.screen.query_one("#search-query-picture .picture").image.size == pictures[0].size  # the query is result 1
 
         # picking a result makes it the next query (a catalogue image, by id)
         table = app.screen.query_one("#search-table", DataTable)
@@ -210,11 +214,11 @@ async def test_train_runs_live_then_stops_and_resumes(sample_db, tiny_encoder):
         await settle(pilot)
         assert len(table_rows(app, "#train-models")) == 1
         await type_into(pilot, "#train-dim", "16", submit=False)
-        await type_into(pilot, "#train-epochs", "3", submit=False)
+        await type_into(pilot, "#train-epochs", "2", submit=False)
         await pilot.click("#train-start")
         await settle(pilot)
-        assert len(app.screen.query_one("#train-loss", Sparkline).data) == 3
-        assert len(app.screen.query_one("#train-map", Sparkline).data) == 3
+        assert len(app.screen.query_one("#train-loss", Sparkline).data) == 2
+        assert len(app.screen.query_one("#train-map", Sparkline).data) == 2
         assert text_of(app, "#train-status").startswith("trained ")
         models = table_rows(app, "#train-models")
         assert len(models) == 2 and "arcface" in models[0][0]
@@ -352,7 +356,10 @@ def test_library_layout_snapshot(tmp_path, tiny_encoder, snap_compare):
 
     async def quiet(pilot) -> None:
         await settle(pilot)
-        app.sub_title = "snapshot"
+        app.sub_title = "snapshot"  # not the tmp path
+        for field in app.screen.query(Input):
+            field.cursor_blink = False  # a blinking cursor would make the picture depend on timing
+        await pilot.pause()
 
     assert snap_compare(app, terminal_size=(120, 36), run_before=quiet)
 

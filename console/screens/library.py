@@ -14,6 +14,7 @@ from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Pro
 
 from console.screens.base import ConsoleScreen
 from console.widgets import fill_table
+from engine import Database
 from ingest import IngestConfig, IngestProgress, IngestReport, ingest_folder
 
 
@@ -37,9 +38,8 @@ def _optional_fraction(value: str) -> bool:
         return False
 
 
-def read_library(app) -> LibrarySnapshot:
+def read_library(db: Database) -> LibrarySnapshot:
     """Counts per table, per split and label, the models, recent ingests (per source folder), errors."""
-    db = app.db
     images = db.images_frame(columns=["split", "label", "source", "ingested_at"])
     counts = images.group_by("split", "label").len("images").sort("split", "label", nulls_last=True) if images.height else pl.DataFrame()
     recent = (
@@ -105,7 +105,7 @@ class LibraryScreen(ConsoleScreen):
 
     @work(thread=True, exclusive=True, group="library-read")
     def load_library(self) -> None:
-        self.guarded("ingest-status", "reading the database", lambda: self.ui(self._show_library, read_library(self.lookalike)))
+        self.guarded("ingest-status", "reading the database", lambda: self.ui(self._show_library, read_library(self.lookalike.db)))
 
     def _show_library(self, snapshot: LibrarySnapshot) -> None:
         fill_table(self.query_one("#library-tables", DataTable), snapshot.tables, "no tables yet")
@@ -129,6 +129,9 @@ class LibraryScreen(ConsoleScreen):
     @on(Button.Pressed, "#ingest-start")
     @on(Input.Submitted, "#ingest-path")
     def start_ingest(self) -> None:
+        if self.query_one("#ingest-start", Button).disabled:
+            self.say("ingest-status", "an ingest is running: wait for it to finish", error=True)
+            return
         path_input = self.query_one("#ingest-path", Input)
         holdout_input = self.query_one("#ingest-holdout", Input)
         for field_input in (path_input, holdout_input):
