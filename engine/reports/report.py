@@ -211,7 +211,11 @@ def _eda(context: ReportContext) -> ReportSection:
     section.notes.append(f"{len(section.warnings)} warnings; {len(groups)} near-duplicate groups ({in_groups} images) at cosine >= "
                          f"{config.duplicate_threshold} in the embeddings of {context.model.id}")
     section.tables.append(("images per split and class", eda.split_counts(images)))
-    section.tables.append(("split skews", eda.skew_summary(section.warnings)))
+    skews = eda.skew_summary(section.warnings)
+    if skews.height:
+        section.tables.append(("split skews", skews))
+    else:
+        section.notes.append(f"no split-dependent distribution of {', '.join(config.skew.features)}")
     if groups:
         section.tables.append(("near-duplicate groups", pl.DataFrame({
             "group": [i + 1 for i, g in enumerate(groups) for _ in g.rows],
