@@ -229,6 +229,15 @@ async def test_train_runs_live_then_stops_and_resumes(sample_db, tiny_encoder):
         await settle(pilot)
         assert app.db.active_model_id() == models[0][0]
 
+        # r: its training curves from the reports module, over the screen
+        await pilot.press("r")
+        await settle(pilot)
+        assert type(app.screen).__name__ == "FigureScreen", text_of(app, "#train-status")
+        assert app.screen.figure_names == ["model", "all_versions"]
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen.query_one("#train-models", DataTable).row_count == 2
+
         # a long run: stop it after its first epochs, then start it again, it resumes
         await type_into(pilot, "#train-epochs", "10000", submit=False)
         await type_into(pilot, "#train-patience", "10000", submit=False)

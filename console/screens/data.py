@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import io
 import logging
 import tempfile
 import time
@@ -11,18 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-from PIL import Image as PILImage
 from rich.console import Group
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import ModalScreen
-from textual.widget import Widget
-from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Static
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Button, DataTable, Footer, Header, Input, Static
 
 from console.screens.base import ConsoleScreen
-from console.widgets import Thumbnail, bar_chart, fill_table
+from console.screens.figure import FigureScreen, png_picture
+from console.widgets import bar_chart, fill_table
 
 logger = logging.getLogger(__name__)
 
@@ -190,29 +187,8 @@ class DataScreen(ConsoleScreen):
             png = figure_png(eda.eda_figure(view.matching))
             path = Path(tempfile.gettempdir()) / f"lookalike-eda-{time.strftime('%Y%m%d-%H%M%S')}.png"
             path.write_bytes(png)
-            picture = PILImage.open(io.BytesIO(png)).convert("RGB")
             title = f"EDA of {view.matching.height} images{' where ' + view.where if view.where else ''}: {path}"
             self.ui(self.say, "data-message", f"EDA figure saved to {path}")
-            self.ui(self.open_modal, FigureScreen(self.lookalike.image_class, picture, title))
+            self.ui(self.open_modal, FigureScreen(self.lookalike.image_class, [("eda", png_picture(png))], title))
 
         self.guarded("data-message", "the EDA figure", draw)
-
-
-class FigureScreen(ModalScreen):
-    """A report figure over the current screen; escape closes it."""
-
-    BINDINGS = [("escape", "dismiss", "Close")]
-
-    def __init__(self, image_class: type[Widget] | None, picture: PILImage.Image, title: str) -> None:
-        super().__init__()
-        self._image_class, self._picture, self._title = image_class, picture, title
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="figure-box", classes="panel"):
-            yield Label(self._title, classes="title")
-            yield Thumbnail(self._image_class, "escape: close", id="figure-picture")
-        yield Footer()
-
-    def on_mount(self) -> None:
-        self.query_one("#figure-picture", Thumbnail).show(self._picture, "escape: close")
-

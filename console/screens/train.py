@@ -3,6 +3,7 @@ validation mAP@5, stop/resume, and the model versions table (activate one)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import threading
 
@@ -14,6 +15,7 @@ from textual.validation import Integer, Number
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, ProgressBar, Select, Sparkline, Static
 
 from console.screens.base import ConsoleScreen
+from console.screens.figure import FigureScreen, png_picture
 from console.widgets import fill_table
 from engine.heads import HeadConfig
 from engine.training import TrainConfig, TrainEvent, TrainingInterrupted, TrainResult, list_methods, list_regimes, train
@@ -50,6 +52,7 @@ class TrainScreen(ConsoleScreen):
         ("ctrl+r", "reload", "Reload models"),
         ("a", "activate", "Activate selected model"),
         ("ctrl+t", "toggle", "Start/stop training"),
+        ("r", "curves", "Training curves"),
     ]
 
     def __init__(self) -> None:
@@ -94,7 +97,7 @@ class TrainScreen(ConsoleScreen):
             with Vertical(classes="panel"):
                 yield Label("validation mAP@5", id="train-map-label", classes="title")
                 yield Sparkline([], id="train-map")
-        yield Label("Model versions (a: make the highlighted one active)", classes="title")
+        yield Label("Model versions (a: make the highlighted one active, r: its training curves)", classes="title")
         yield DataTable(id="train-models", cursor_type="row")
         yield Footer()
 
@@ -120,12 +123,42 @@ class TrainScreen(ConsoleScreen):
         if current in ids:
             parent.value = current
 
-    def action_activate(self) -> None:
+    def _highlighted_model(self) -> str | None:
         table = self.query_one("#train-models", DataTable)
         if not self._models.height or table.cursor_row < 0:
+            return None
+        return self._models["id"][min(table.cursor_row, self._models.height - 1)]
+
+    def action_activate(self) -> None:
+        model_id = self._highlighted_model()
+        if model_id is None:
             self.say("train-status", "no model to activate", error=True)
             return
-        self.activate(self._models["id"][min(table.cursor_row, self._models.height - 1)])
+        self.activate(model_id)
+
+    def action_curves(self) -> None:
+        model_id = self._highlighted_model()
+        if model_id is None:
+            self.say("train-status", "no model to show", error=True)
+            return
+        self.say("train-status", f"drawing the training curves of {model_id}…")
+        self.show_curves(model_id)
+
+    @work(thread=True, exclusive=True, group="train-curves")
+    def show_curves(self, model_id: str) -> None:
+        """The reports module's training-curve figures (engine.reports, used when installed)."""
+        def draw() -> None:
+            try:
+                reports = importlib.import_module("engine.reports")
+            except ImportError as exc:
+                raise LookupError(f"training curves need the reports module (engine.reports): {exc}") from None
+            section, pngs = reports.plot_pngs(self.lookalike.db, "curves", model_id)
+            figures = [(name, png_picture(png)) for name, png in pngs.items()]
+            notes = "\n".join(section.notes)
+            self.ui(self.say, "train-status", f"training curves of {model_id}")
+            self.ui(self.open_modal, FigureScreen(self.lookalike.image_class, figures, f"{section.title}: {model_id}", notes))
+
+        self.guarded("train-status", "the training curves", draw)
 
     @work(thread=True, exclusive=True, group="train-models")
     def activate(self, model_id: str) -> None:
