@@ -6,6 +6,7 @@ background, 80/20 stratified catalogue/query split) it measures, by garment clas
 
 * the masker's IoU on its own held-out masks (stored at training) and on every retrieval composite
   (unseen garments on unseen backgrounds);
+* the encoding cost of masking: plain vs masked encoding of the same 32 images, interleaved, median;
 * P@1, P@5, mAP@5, full mAP and ingest images/s with no mask, with the learned mask (zero, blur, crop),
   with the true mask (same modes; images masked before ingest), and after training a head on the
   stored features of the unmasked and the masked catalogue (regime 1 of engine.training).
@@ -49,6 +50,20 @@ def score(db: Database, model: ModelRecord) -> dict:
             "queries": result.queries, "catalogue": result.catalogue}
 
 
+def cross_score(db: Database, model: ModelRecord, folds: int = 5, seed: int = 0) -> dict:
+    """Every labelled image a query once: stratified folds, each against the other folds (less noise than one split)."""
+    vectors, labels = load_split(db.embeddings(model), "split IS NOT NULL")
+    labels = np.asarray(labels, dtype=object)
+    rng = np.random.default_rng(seed)
+    fold = np.zeros(len(labels), int)
+    for label in sorted(set(labels)):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        fold[members] = np.arange(len(members)) % folds
+    results = [evaluate(vectors[fold == f], labels[fold == f], vectors[fold != f], labels[fold != f]) for f in range(folds)]
+    return {f"{folds}-fold P@1": float(np.mean([r.p_at_1 for r in results])), f"{folds}-fold mAP@5": float(np.mean([r.map_at_5 for r in results])),
+            f"{folds}-fold mAP": float(np.mean([r.mean_ap for r in results])), f"{folds}-fold queries": int(sum(r.queries for r in results))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="output folder of make_mask_set.py")
@@ -57,6 +72,9 @@ def main() -> None:
     parser.add_argument("--masker", help="masker id (default: the newest)")
     parser.add_argument("--head-method", default="arcface")
     parser.add_argument("--head-epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--cost-images", type=int, default=32)
+    parser.add_argument("--cost-repeats", type=int, default=3, help="interleaved timings of masked vs plain encoding")
+    parser.add_argument("--cost-only", action="store_true", help="only the encoding cost of masking (no ingest, no training)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/masking.csv"))
     args = parser.parse_args()
 
@@ -84,12 +102,35 @@ def main() -> None:
     emit({"condition": "masker IoU, retrieval composites (unseen)", "masker": record.id, "IoU": float(iou.mean()), "images": len(paths),
           "masker_images_per_s": len(paths) / mask_seconds})
 
+    # encoding cost: plain vs masked on the same images, interleaved so that machine load hits both alike
+    sample = images[: args.cost_images]
+    # (CPU seconds of this process as well as wall seconds: on a shared machine the CPU time is the steadier measure)
+    encoders = {"plain": encoder, **{mode: MaskedEncoder.wrap(encoder, masker, mode) for mode in sorted(list_mask_modes())}}
+    wall: dict[str, list[float]] = {name: [] for name in encoders}
+    cpu: dict[str, list[float]] = {name: [] for name in encoders}
+    for _ in range(args.cost_repeats):
+        for name, enc in encoders.items():
+            wall_start, cpu_start = time.perf_counter(), time.process_time()
+            enc.encode_images(sample)
+            wall[name].append(time.perf_counter() - wall_start)
+            cpu[name].append(time.process_time() - cpu_start)
+    plain_wall, plain_cpu = float(np.median(wall["plain"])), float(np.median(cpu["plain"]))
+    for name in sorted(list_mask_modes()):
+        emit({"condition": f"encode cost, learned mask {name} vs none", "images_per_s": len(sample) / float(np.median(wall[name])),
+              "plain_images_per_s": len(sample) / plain_wall, "cost_ratio": float(np.median(wall[name])) / plain_wall,
+              "cpu_ms_per_image": 1000 * float(np.median(cpu[name])) / len(sample), "plain_cpu_ms_per_image": 1000 * plain_cpu / len(sample),
+              "cpu_cost_ratio": float(np.median(cpu[name])) / plain_cpu})
+    if args.cost_only:
+        write(rows, args.out.with_name(args.out.stem + "_cost.csv"))
+        return
+
     config = IngestConfig(split="train", holdout=0.2, seed=0, optimize=False)
 
     def run(condition: str, target_db: Database, folder: Path, enc, hook=None) -> ModelRecord:
         report = ingest_folder(target_db, folder, replace(config, image_hook=hook), encoder=enc)
         model = target_db.resolve_model(report.model_id)
-        emit({"condition": condition, "model": model.id, **score(target_db, model), "ingest_images_per_s": report.encoded / report.seconds,
+        emit({"condition": condition, "model": model.id, **score(target_db, model), **cross_score(target_db, model),
+              "ingest_images_per_s": report.encoded / report.seconds if report.encoded else None,  # None: already ingested
               "encoded": report.encoded})
         return model
 
@@ -115,12 +156,16 @@ def main() -> None:
         emit({"condition": f"{condition} + {args.head_method} head", "model": trained.model.id, **score(db, trained.model),
               "train_s": trained.seconds})
 
+    write(rows, args.out)
+
+
+def write(rows: list[dict], out: Path) -> None:
     frame = pl.DataFrame(rows, infer_schema_length=None).with_columns(
         pl.lit(platform.machine()).alias("machine"), pl.lit(torch.get_num_threads()).alias("threads"))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    frame.write_csv(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_csv(out)
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=220, fmt_str_lengths=60):
-        print(frame.select([c for c in ["condition", "IoU", "P@1", "P@5", "mAP@5", "mAP", "ingest_images_per_s"] if c in frame.columns]))
+        print(frame.select([c for c in ["condition", "IoU", "P@1", "P@5", "mAP@5", "mAP", "5-fold P@1", "5-fold mAP", "ingest_images_per_s", "cost_ratio", "cpu_cost_ratio"] if c in frame.columns]))
 
 
 if __name__ == "__main__":

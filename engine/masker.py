@@ -25,6 +25,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 
 import lancedb
@@ -433,7 +434,7 @@ class MaskerRecord:
     train_images: int
     val_images: int
     details: str
-    created_at: object
+    created_at: datetime
 
 
 def load_training_set(image_paths: Sequence[Path], masks: MaskSource, side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -469,6 +470,8 @@ def train_masker(
     """Train a U-Net on ``image_paths`` and their masks, keep the epoch with the best held-out IoU, store it."""
     import segmentation_models_pytorch as smp
 
+    if config.epochs < 1 or config.batch_size < 1:
+        raise ValueError(f"a masker needs at least one epoch and batch size 1, got {config.epochs} epochs, batch size {config.batch_size}")
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
@@ -490,7 +493,7 @@ def train_masker(
     ])
     steps = config.epochs * max(1, -(-len(train_index) // config.batch_size))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[config.encoder_lr, config.lr], total_steps=max(1, steps))
-    best = {"iou": -1.0, "epoch": 0, "state": None}
+    best = {"score": -float("inf"), "epoch": 0, "state": None}  # held-out IoU, or minus the loss without a holdout
     history = []
     for epoch in range(1, config.epochs + 1):
         net.train()
@@ -512,8 +515,8 @@ def train_masker(
             losses.append(float(loss.detach()))
         val_iou = _held_out_iou(net, images[val_index], targets[val_index], mean, std, masker_config.threshold, device) if n_val else None
         score = val_iou if val_iou is not None else -float(np.mean(losses))
-        if score > best["iou"]:
-            best = {"iou": score, "epoch": epoch, "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}}
+        if score > best["score"]:
+            best = {"score": score, "epoch": epoch, "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}}
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "val_iou": val_iou}
         history.append(record)
         logger.info("masker epoch %d/%d loss %.4f val IoU %s", epoch, config.epochs, record["loss"], val_iou)
@@ -522,7 +525,7 @@ def train_masker(
     net.load_state_dict(best["state"])
     details = {"config": asdict(config), "best_epoch": best["epoch"], "history": history, "masks": str(masks.location),
                "mask_format": masks.kind, "seconds": time.perf_counter() - started}
-    return _store_masker(db, net.cpu(), masker_config, encoder_sha, best["iou"] if n_val else None, len(train_index), n_val, details)
+    return _store_masker(db, net.cpu(), masker_config, encoder_sha, best["score"] if n_val else None, len(train_index), n_val, details)
 
 
 @torch.inference_mode()
@@ -579,13 +582,15 @@ def maskers_frame(db: Database) -> pl.DataFrame:
 def resolve_masker(db: Database, name: str | None = None) -> MaskerRecord:
     """A stored masker by id (or unique id prefix); with no name, the newest."""
     frame = maskers_frame(db)
-    if name:
-        frame = frame.filter(pl.col("id") == name) if name in frame["id"].to_list() else frame.filter(pl.col("id").str.starts_with(name))
-    if frame.height != 1 and not (frame.height and not name):
-        known = maskers_frame(db)["id"].to_list()
-        what = f"masker {name!r} is ambiguous" if frame.height else f"no masker {name!r}" if name else "no masker"
+    known = frame["id"].to_list() if frame.height else []
+    if name is None:
+        matches = known[:1]
+    else:
+        matches = [name] if name in known else [k for k in known if k.startswith(name)]
+    if len(matches) != 1:
+        what = f"masker {name!r} is ambiguous ({matches})" if matches else f"no masker {name!r}" if name else "no masker"
         raise MaskerNotFoundError(f"{what} in database {db.uri}; maskers here: {known or 'none (run lookalike train-masker first)'}")
-    return MaskerRecord(**{k: v for k, v in frame.row(0, named=True).items()})
+    return MaskerRecord(**frame.filter(pl.col("id") == matches[0]).row(0, named=True))
 
 
 def load_masker(db: Database, name: str | None = None, device: str | None = None) -> Masker:
