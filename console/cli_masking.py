@@ -49,7 +49,10 @@ def cmd_maskers(args: argparse.Namespace) -> int:
     from engine.masker import maskers_frame
     from engine.store import Database
 
-    frame = maskers_frame(Database(args.db))
+    db = Database(args.db)
+    if args.foreground:
+        return _show_foreground(db, args.foreground)
+    frame = maskers_frame(db)
     if not frame.height:
         print("no maskers yet: run lookalike train-masker")
         return 0
@@ -58,6 +61,25 @@ def cmd_maskers(args: argparse.Namespace) -> int:
     epochs = [json.loads(d).get("best_epoch") for d in frame["details"]]
     _print_frame(frame.with_columns(pl.Series("best_epoch", epochs, pl.Int64))
                  .select("id", "encoder", "image_size", "val_iou", "train_images", "val_images", "best_epoch", "created_at"))
+    return 0
+
+
+def _show_foreground(db, model_name: str) -> int:
+    """Foreground fractions stored by a masked ingest: summary, then the images with the least foreground."""
+    import polars as pl
+
+    from console.cli import _print_frame
+    from engine.masker import foreground_frame
+
+    model = db.resolve_model(model_name)
+    frame = foreground_frame(db, model.id)
+    if not frame.height:
+        print(f"model {model.id} has no foreground fractions (it was not ingested with --mask)")
+        return 0
+    _print_frame(frame.group_by("masker_id", "mode").agg(pl.len().alias("images"), pl.col("fraction").mean().alias("mean"),
+                                                         pl.col("fraction").min().alias("min"), pl.col("fraction").max().alias("max")))
+    paths = db.images_frame(columns=["id", "path"]).rename({"id": "image_id"})
+    _print_frame(frame.sort("fraction").head(10).join(paths, on="image_id", how="left").select("image_id", "path", "fraction"))
     return 0
 
 
@@ -103,7 +125,9 @@ def add_commands(sub, *, common: argparse.ArgumentParser, search_opts: argparse.
     train.add_argument("--device")
     train.set_defaults(func=cmd_train_masker)
 
-    sub.add_parser("maskers", parents=[common], help="stored foreground maskers, newest first").set_defaults(func=cmd_maskers)
+    maskers = sub.add_parser("maskers", parents=[common], help="stored foreground maskers, newest first")
+    maskers.add_argument("--foreground", metavar="MODEL", help="instead: the foreground fractions a masked model version stored")
+    maskers.set_defaults(func=cmd_maskers)
 
     preview = sub.add_parser("mask-preview", parents=[common], help="write PNGs of images with their mask overlaid")
     preview.add_argument("images", nargs="+", help="image files or folders")

@@ -273,6 +273,9 @@ def test_cli_train_masker_preview_and_masked_search(masker_db, tiny_weights, tmp
     assert main(["ingest", str(catalogue), "--db", cli_db, "--model", "test_efficientnet", "--weights", weights,
                  "--mask", masker_id, "--mask-mode", "crop", "--device", "cpu"]) == 0
     capsys.readouterr()
+    assert main(["maskers", "--db", cli_db, "--foreground", Database(cli_db).resolve_model().id]) == 0
+    shown = capsys.readouterr().out
+    assert "crop" in shown and "12" in shown  # 12 images, masked in crop mode
     query = str(sorted(catalogue.rglob("*.png"))[0])
     assert main(["search", query, "--db", cli_db, "-k", "1"]) == 0  # masked like the catalogue, found itself
     assert main(["search", query, "--db", cli_db, "--mask-mode", "zero"]) == 2
