@@ -139,6 +139,10 @@ def encoder_for_model(db: Database, model: ModelRecord, device: str | None = Non
 
     if is_derived(model):  # whitening, DBA, ensembles, TTA: their parents' encoders plus a transform
         return derived_encoder(db, model, device)
+    from engine.masker import encoder_for_masked_model, masking_of  # late: the masker builds on this module
+
+    if masking_of(model) is not None:  # masked catalogues (and heads over them): queries are masked alike
+        return encoder_for_masked_model(db, model, device)
     if model.parent is None:
         weights = model.weights_source if Path(model.weights_source).is_file() else None
         encoder = create_encoder(EncoderConfig(name=model.encoder, weights=weights, device=device))

@@ -250,6 +250,9 @@ def test_masked_ingest_records_its_masker_and_refuses_other_masking(masker_db, t
     rebuilt = encoder_for_masked_model(db, trained.model, "cpu")
     assert rebuilt.fingerprint == trained.model.fingerprint
     Searcher(db, trained.model, encoder=rebuilt).search_files(paths[:1], k=1)
+    # and a searcher given no encoder (review --assign, the console) builds the masked one itself
+    for version in (model, trained.model):
+        assert Searcher(db, version).encoder.fingerprint == version.fingerprint
 
 
 def test_cli_train_masker_preview_and_masked_search(masker_db, tiny_weights, tmp_path, capsys):
