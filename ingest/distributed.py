@@ -15,6 +15,9 @@ So ids, error rows, idempotence and resumption are those of the local pipeline. 
 readable at the same path on every node (a shared file system); the database is best on object storage
 (``s3://...``) when the driver is not on a node with a local disk that others can see.
 Ray is an optional extra: ``pip install 'lookalike[distributed]'``.
+
+Limit: the ids already embedded go to every actor (a Python set, roughly 100 bytes per image) so that
+known files are skipped before decoding; that is fine to a few million images per database.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'lookalike[distributed]'"
 
 
-class RayNotInstalledError(ImportError):
+class RayNotInstalledError(RuntimeError):
     """``--engine ray`` without Ray installed; the message says how to install it."""
 
 

@@ -17,10 +17,16 @@ from conftest import CORPUS, SAMPLES
 from db_rows import assert_same_rows
 
 
-def test_without_ray_the_engine_says_how_to_install_it(monkeypatch):
+def test_without_ray_the_engine_says_how_to_install_it(monkeypatch, tmp_path, tiny_weights, capsys):
+    from console.cli import main
+
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails as if it were not installed
     with pytest.raises(RayNotInstalledError, match=r"pip install 'lookalike\[distributed\]'"):
         import_ray()
+    tiny = ["--model", "test_efficientnet", "--weights", str(tiny_weights), "--device", "cpu"]
+    assert main(["ingest", str(SAMPLES / "bag"), "--db", str(tmp_path / "db"), *tiny, "--engine", "ray"]) == 2
+    assert "pip install 'lookalike[distributed]'" in capsys.readouterr().err
+    assert Database(tmp_path / "db").images_frame().height == 0  # nothing written
 
 
 @pytest.fixture(scope="module")
