@@ -190,6 +190,25 @@ class _Identity:
         return model
 
 
+class _SameEmbedding:
+    """A parent's encoder under the derived version's identity (its vectors are the parent's)."""
+
+    def __init__(self, parent: Any, name: str, fingerprint: str) -> None:
+        self._parent, self.name, self._fingerprint = parent, name, fingerprint
+        self.dim, self.batch_size = parent.dim, parent.batch_size
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}-{self.fingerprint[:8]}"
+
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        return self._parent.encode_images(images)
+
+
 @register_derivation("dba", DBAConfig)
 class AugmentationDerivation(_EncoderWrapping):
     """alpha-DBA of the catalogue rows against the catalogue; query rows stay raw, as a new query is.
@@ -219,6 +238,12 @@ class AugmentationDerivation(_EncoderWrapping):
         return rows, vectors
 
     wrap = staticmethod(_Identity.wrap)
+
+    def encoder(self, record: ModelRecord, parent_encoders: Sequence[Any], artefact: Artefact) -> Any:
+        (base,) = parent_encoders
+        if isinstance(base, Encoder):
+            return super().encoder(record, parent_encoders, artefact)
+        return _SameEmbedding(base, record.encoder, record.fingerprint)  # e.g. an ensemble parent
 
 
 @register_derivation("ensemble", EnsembleConfig)

@@ -74,3 +74,18 @@ def set_iou(predicted: Sequence[set[str]], truth: Sequence[set[str]]) -> float:
     """Mean Jaccard index of predicted and true label sets (1 when both are empty)."""
     scores = [len(p & t) / len(p | t) if (p | t) else 1.0 for p, t in zip(predicted, truth)]
     return float(np.mean(scores)) if scores else 0.0
+
+
+def predict_label_sets(searcher, vectors: np.ndarray, threshold: float = 0.5, where: str | None = None):  # noqa: ANN001, ANN201
+    """Label sets of each query by similarity-weighted voting of its ``vote_neighbours`` nearest
+    catalogue images over their ``labels`` lists: a polars frame query, label, score (best first)."""
+    import polars as pl
+
+    vectors = np.atleast_2d(vectors)
+    neighbours = searcher.search_vectors(vectors, searcher.config.vote_neighbours, where, columns=["labels"])
+    rows = []
+    for q in range(len(vectors)):
+        mine = neighbours.filter(pl.col("query") == q)
+        for label, score in vote_label_sets(mine["labels"].to_list(), mine["distance"].to_numpy(), threshold):
+            rows.append({"query": q, "label": label, "score": score})
+    return pl.DataFrame(rows, schema={"query": pl.Int32, "label": pl.String, "score": pl.Float64})

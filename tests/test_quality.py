@@ -365,14 +365,21 @@ def test_derived_versions_embed_queries_exactly_like_the_catalogue(sample_db, ti
         else:
             np.testing.assert_allclose(query, _stored_vector(db, version, image["id"]), atol=1e-5)
         assert searcher.search_files([image["path"]], k=1)["image_id"][0] == image["id"] or version is dba
+    # DBA of an ensemble: queries are embedded by the ensemble's encoders
+    ensemble_dba = publish_derived(db, "dba", [ensemble], DBAConfig())
+    query = Searcher(db, ensemble_dba).encode_files([image["path"]])[0]
+    np.testing.assert_allclose(query, _stored_vector(db, ensemble, image["id"]), atol=1e-5)
     # TTA differs from the plain encoder, and a plain encoder cannot query a derived version
     assert not np.allclose(_stored_vector(db, tta, image["id"]), _stored_vector(db, base, image["id"]), atol=1e-4)
     with pytest.raises(EncoderMismatchError):
         Searcher(db, dba, encoder=tiny_encoder)
     tampered = publish_derived(db, "whiten", [base], WhiteningConfig(out_dim=8))
+    original = open(tampered.weights_source, "rb").read()
     np.savez(tampered.weights_source, mean=np.zeros(3), projection=np.zeros((3, 3)))
     with pytest.raises(EncoderMismatchError, match="changed"):
         encoder_for_model(db, tampered)
+    open(tampered.weights_source, "wb").write(original)  # the module's database stays usable
+    encoder_for_model(db, tampered)
 
 
 def test_cli_derives_versions_and_compares_pipelines(sample_db, capsys):
@@ -389,3 +396,23 @@ def test_cli_derives_versions_and_compares_pipelines(sample_db, capsys):
     assert main(["eval", "--db", uri, "--compare", "bogus"]) == 2
     assert "choose one of" in capsys.readouterr().err
     assert main(["ensemble", "--db", uri, whitened]) == 2  # one member is not an ensemble
+
+
+def test_predict_label_sets_votes_over_stored_label_lists(db):
+    from engine.multilabel import predict_label_sets
+
+    model = make_vector_model(db, dim=16)
+    rows = synthetic_rows(200, LABELS)
+    vectors = clustered_vectors(200, 16, clusters=4, seed=15)
+    for i, r in enumerate(rows):  # a second, attribute label on every other image
+        r["labels"] = [r["label"], "dark" if i % 2 else "bright"]
+    db.write_embedded(model, rows, vectors)
+    searcher = Searcher(db, model, SearchConfig(vote_neighbours=7))
+    queries = clustered_vectors(3, 16, clusters=4, seed=16)
+    got = predict_label_sets(searcher, queries, threshold=0.3)
+    neighbours = searcher.search_vectors(queries, 7, columns=["labels"])
+    for q in range(3):
+        mine = neighbours.filter(pl.col("query") == q)
+        expected = vote_label_sets(mine["labels"].to_list(), mine["distance"].to_numpy(), 0.3)
+        assert got.filter(pl.col("query") == q).select("label", "score").rows() == expected
+    assert got.height > 0
