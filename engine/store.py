@@ -118,12 +118,30 @@ class Database:
             schemas.SETTINGS_TABLE: schemas.SETTINGS_SCHEMA,
         }
         for name in self.table_names():
+            table = self._open_listed(name)
+            if table is None:
+                continue
             if name in fixed:
-                schemas.check_compatible(name, self._db.open_table(name).schema, fixed[name])
+                schemas.check_compatible(name, table.schema, fixed[name])
             elif name.startswith(schemas.EMBEDDINGS_PREFIX):
-                on_disk = self._db.open_table(name).schema
+                on_disk = table.schema
                 dim = on_disk.field("vector").type.list_size if "vector" in on_disk.names else 1
                 schemas.check_compatible(name, on_disk, schemas.embeddings_schema(dim, "", ""))
+
+    def _open_listed(self, name: str) -> lancedb.table.Table | None:
+        """A listed table, or None for one whose creation was killed before its first commit.
+
+        Such a folder holds no data (no version manifest); LanceDB lists it but cannot open it, and
+        ``create_table(exist_ok=True)`` creates the table over it on first use.
+        """
+        try:
+            return self._db.open_table(name)
+        except ValueError:
+            folder = None if is_object_store(self.uri) else Path(self.uri) / f"{name}.lance"
+            if folder is None or any((folder / "_versions").glob("*.manifest")):
+                raise
+            logger.warning("table %s was never committed (an interrupted create): it will be created on first use", name)
+            return None
 
     def _table(self, name: str, schema: pa.Schema) -> lancedb.table.Table:
         return self._db.create_table(name, schema=schema, exist_ok=True)

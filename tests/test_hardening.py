@@ -391,6 +391,27 @@ def test_kill_9_then_rerun_gives_exactly_the_clean_database(spec, zygote, fault_
     assert harness.differences(final, clean) == []
 
 
+def test_a_table_killed_before_its_first_commit_is_created_on_next_use(tmp_path, tiny_encoder, fault_folder):
+    # a kill inside create_table leaves <table>.lance/ with data but no version manifest: LanceDB
+    # lists it and cannot open it; that must not stop the database from opening
+    path = tmp_path / "db"
+    Database(path)
+    (path / "images.lance" / "data").mkdir(parents=True)
+    db = Database(path)
+    assert db.images.count_rows() == 0
+    ingest_folder(db, fault_folder, harness.ingest_config(), encoder=tiny_encoder)
+    assert harness.integrity_problems(harness.snapshot(path)) == []
+
+
+def test_a_committed_table_that_cannot_be_opened_still_fails_loudly(tmp_path, tiny_encoder):
+    path = tmp_path / "db"
+    ingest_folder(Database(path), SAMPLES, encoder=tiny_encoder)
+    for manifest in (path / "images.lance" / "_versions").glob("*.manifest"):
+        manifest.write_bytes(b"not a manifest")
+    with pytest.raises(Exception):
+        Database(path).images.count_rows()
+
+
 # ---- disk full, read-only folder -------------------------------------------------------------------
 
 
