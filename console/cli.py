@@ -265,6 +265,17 @@ def cmd_encoders(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reranker_name(name: str) -> str:
+    """argparse type: a reranker or a chain such as ``qe+k-reciprocal`` (the error names the choices)."""
+    from engine.rerank import create_reranker
+
+    try:
+        create_reranker(name)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return name
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lookalike", description="Embedded image-retrieval database.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -293,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     search_opts = argparse.ArgumentParser(add_help=False, parents=[common])
     search_opts.add_argument("--model", help="model id or encoder name (default: the newest model)")
     search_opts.add_argument("-k", type=int, default=10)
-    search_opts.add_argument("--reranker", default="faiss", choices=list_rerankers())
+    search_opts.add_argument("--reranker", default="faiss", type=_reranker_name,
+                             help=f"one of {', '.join(list_rerankers())}, or quality stages chained with '+' (e.g. qe+k-reciprocal)")
 
     search = sub.add_parser("search", parents=[search_opts], help="find the catalogue images nearest to query images")
     search.add_argument("queries", nargs="*", help="query image files or folders")

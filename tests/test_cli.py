@@ -85,3 +85,13 @@ def test_cli_calibrate_predict_review(tmp_path, tiny_weights, capsys):
         assert "tester" in capsys.readouterr().out
     assert main(["review", "0" * 32, "--db", db]) == 2
     assert "give --confirm" in capsys.readouterr().err
+
+
+def test_reranker_option_takes_chains_and_names_the_choices_when_wrong(capsys):
+    from console.cli import build_parser
+
+    parsed = build_parser().parse_args(["search", "--reranker", "qe+k-reciprocal", "x.jpg"])
+    assert parsed.reranker == "qe+k-reciprocal"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["search", "--reranker", "qe+nope", "x.jpg"])
+    assert "unknown reranker 'nope'; choose one of" in capsys.readouterr().err
