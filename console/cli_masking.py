@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+from console.arguments import open_fraction, positive_float, positive_int
 from engine.masker import list_mask_modes
 
 MASK_MODES = sorted(list_mask_modes())
@@ -115,12 +116,12 @@ def add_commands(sub, *, common: argparse.ArgumentParser, search_opts: argparse.
     train.add_argument("--format", default="auto", help="auto, rle-csv or png-folder")
     train.add_argument("--encoder", default="efficientnet_lite0", help="encoder whose offline weights start the U-Net")
     train.add_argument("--weights", help="local weights file for --encoder")
-    train.add_argument("--size", type=int, default=128, help="side the masker resizes images to (multiple of 32)")
-    train.add_argument("--epochs", type=int, default=8)
-    train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--holdout", type=float, default=0.2, help="share of the masks held out to measure IoU")
-    train.add_argument("--limit", type=int, help="train on the first N paired images only")
+    train.add_argument("--size", type=positive_int, default=128, help="side the masker resizes images to (multiple of 32)")
+    train.add_argument("--epochs", type=positive_int, default=8)
+    train.add_argument("--batch-size", type=positive_int, default=16)
+    train.add_argument("--lr", type=positive_float, default=1e-3)
+    train.add_argument("--holdout", type=open_fraction, default=0.2, help="share of the masks held out to measure IoU")
+    train.add_argument("--limit", type=positive_int, help="train on the first N paired images only")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device")
     train.set_defaults(func=cmd_train_masker)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from console.arguments import crop_fraction, non_negative_float, non_negative_int, positive_float, positive_int
+
 
 def _print(frame) -> None:  # noqa: ANN001 - a polars frame
     import polars as pl
@@ -100,14 +102,14 @@ def add_commands(sub: argparse._SubParsersAction, *, common: argparse.ArgumentPa
     catalogue.add_argument("--catalogue-where", default="split = 'train'", help="rows that are the catalogue")
 
     whiten = sub.add_parser("whiten", parents=[derived, catalogue], help="PCA-whitening fitted on the catalogue, as a new model version")
-    whiten.add_argument("--dim", type=int, default=256, help="principal axes kept (0: all)")
-    whiten.add_argument("--power", type=float, default=0.5, help="eigenvalue power: 0.5 full whitening, 0 rotation only")
-    whiten.add_argument("--epsilon", type=float, default=1e-3, help="regulariser, relative to the largest eigenvalue")
+    whiten.add_argument("--dim", type=non_negative_int, default=256, help="principal axes kept (0: all)")
+    whiten.add_argument("--power", type=non_negative_float, default=0.5, help="eigenvalue power: 0.5 full whitening, 0 rotation only")
+    whiten.add_argument("--epsilon", type=positive_float, default=1e-3, help="regulariser, relative to the largest eigenvalue")
     whiten.set_defaults(func=cmd_whiten)
 
     dba = sub.add_parser("dba", parents=[derived, catalogue], help="database-side augmentation of the catalogue, as a new model version")
-    dba.add_argument("--neighbours", type=int, default=5)
-    dba.add_argument("--alpha", type=float, default=3.0)
+    dba.add_argument("--neighbours", type=positive_int, default=5)
+    dba.add_argument("--alpha", type=non_negative_float, default=3.0)
     dba.set_defaults(func=cmd_dba)
 
     ensemble = sub.add_parser("ensemble", parents=[derived], help="concatenate normalised embeddings of several versions")
@@ -119,7 +121,7 @@ def add_commands(sub: argparse._SubParsersAction, *, common: argparse.ArgumentPa
     tta.add_argument("--parent", help="model version whose encoder to augment (default: the active model)")
     tta.add_argument("--no-flip", action="store_true", help="no horizontal mirror")
     tta.add_argument("--crops", type=int, default=0, choices=[0, 1, 5])
-    tta.add_argument("--crop-fraction", type=float, default=0.875)
+    tta.add_argument("--crop-fraction", type=crop_fraction, default=0.875)
     tta.add_argument("--scales", default="1.0", help="comma-separated input scales, e.g. 1.0,1.15")
     tta.add_argument("--device", help="cpu, cuda (default: cuda when present)")
     tta.set_defaults(func=cmd_tta)

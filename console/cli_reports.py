@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from console.arguments import non_negative_int, positive_int, similarity
+
 PLOT_NAMES = ("eda", "umap", "gallery", "pr", "curves", "distractors")  # the registered plots, for --help only
 
 
@@ -15,14 +17,14 @@ def add_commands(sub, *, common: argparse.ArgumentParser, search_opts: argparse.
     options.add_argument("--model", help="model id or encoder name (default: the active model)")
     options.add_argument("--catalogue-where", default="split = 'train'", help="which rows are the catalogue")
     options.add_argument("--query-where", default="split = 'val'", help="which rows are the queries")
-    options.add_argument("-k", type=int, default=5, help="results per query in the galleries")
-    options.add_argument("--gallery", type=int, default=8, help="sample queries in the gallery")
-    options.add_argument("--worst", type=int, default=8, help="worst queries (lowest AP) in the error gallery")
-    options.add_argument("--max-queries", type=int, default=2000, help="analyse a seeded sample of at most this many queries")
+    options.add_argument("-k", type=positive_int, default=5, help="results per query in the galleries")
+    options.add_argument("--gallery", type=non_negative_int, default=8, help="sample queries in the gallery")
+    options.add_argument("--worst", type=non_negative_int, default=8, help="worst queries (lowest AP) in the error gallery")
+    options.add_argument("--max-queries", type=positive_int, default=2000, help="analyse a seeded sample of at most this many queries")
     options.add_argument("--map-method", default="umap", help="embedding map projection: umap, tsne or pca")
-    options.add_argument("--map-sample", type=int, default=2000, help="catalogue images on the map (seeded sample)")
+    options.add_argument("--map-sample", type=positive_int, default=2000, help="catalogue images on the map (seeded sample)")
     options.add_argument("--map-models", help="model versions to map, comma-separated, or 'all' (default: the model and its parent)")
-    options.add_argument("--duplicate-threshold", type=float, default=0.95, help="cosine similarity above which images are near-duplicates")
+    options.add_argument("--duplicate-threshold", type=similarity, default=0.95, help="cosine similarity above which images are near-duplicates")
     options.add_argument("--seed", type=int, default=0)
 
     report = sub.add_parser("report", parents=[options], help="every figure as PNG plus one self-contained HTML page")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from console.arguments import non_negative_float
+
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     from datetime import timedelta
@@ -30,7 +32,7 @@ def add_commands(sub, *, common: argparse.ArgumentParser, search_opts: argparse.
         "optimize", parents=[common],
         help="compact small fragments, update ANN indices and remove old table versions (ingest does it after each run)",
     )
-    optimize.add_argument("--keep-versions-hours", type=float, default=24 * 7,
+    optimize.add_argument("--keep-versions-hours", type=non_negative_float, default=24 * 7,
                           help="keep versions younger than this for readers still using them (default: 7 days; 0 keeps only the latest)")
     optimize.add_argument("--tables", help="comma-separated table names (default: all)")
     optimize.set_defaults(func=cmd_optimize)

@@ -29,6 +29,7 @@ import pyarrow as pa
 import schemas
 from engine.encoders import Encoder, encoder_fingerprint
 from engine.ensembles import EnsembleConfig, EnsembleEncoder, concatenate_embeddings, member_weights
+from engine.filters import combine_where, read_filtered
 from engine.rerank import database_augmentation
 from engine.store import Database, EncoderMismatchError, ModelRecord, utc_now
 from engine.tta import TTAConfig, TTAModel
@@ -116,11 +117,13 @@ def create_derivation(kind: str, config: Any | None = None) -> Derivation:
 
 def read_rows(db: Database, model: ModelRecord, where: str | None = None, with_vectors: bool = True) -> pa.Table:
     """Rows of a version's embeddings table (image id, metadata and optionally vectors)."""
-    query = db.embeddings(model).search()
-    if where:
-        query = query.where(where)
+    table = db.embeddings(model)
+    query = table.search()
+    condition = combine_where(table, where)
+    if condition:
+        query = query.where(condition)
     columns = ROW_COLUMNS + (["vector"] if with_vectors else [])
-    return query.select(columns).limit(None).to_arrow()
+    return read_filtered(query.select(columns).limit(None), where)
 
 
 def vectors_of(table: pa.Table) -> np.ndarray:

@@ -14,6 +14,7 @@ import faiss
 import numpy as np
 import polars as pl
 
+from engine.filters import combine_where, read_filtered
 from engine.voting import vote_classes
 
 
@@ -130,7 +131,8 @@ def evaluate_ranking(
 
 def load_split(table, where: str) -> tuple[np.ndarray, list[str]]:
     """Vectors and labels of the labelled rows of an embeddings table matching ``where``."""
-    found = table.search().where(f"({where}) AND label IS NOT NULL").select(["vector", "label"]).limit(None).to_arrow()
+    query = table.search().where(combine_where(table, where, "label IS NOT NULL")).select(["vector", "label"]).limit(None)
+    found = read_filtered(query, where)
     column = found.column("vector").combine_chunks()
     vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size)
     return vectors.astype(np.float32, copy=False), found.column("label").to_pylist()

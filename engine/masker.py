@@ -60,15 +60,18 @@ def rle_decode(encoded: str, height: int, width: int) -> np.ndarray:
         raise ValueError(f"mask size must be positive, got {height}x{width}")
     try:
         values = np.asarray(str(encoded or "").split(), dtype=np.int64)
-    except ValueError as exc:
-        raise ValueError(f"run-length encoding holds a non-integer: {exc}") from exc
+    except (ValueError, OverflowError) as exc:  # OverflowError: a number beyond int64 (found by fuzzing)
+        raise ValueError(f"run-length encoding holds a non-integer or a number too large: {exc}") from exc
     if len(values) % 2:
         raise ValueError(f"run-length encoding needs start/length pairs, got {len(values)} numbers")
     starts, lengths = values[0::2] - 1, values[1::2]
-    if len(values) and (starts.min() < 0 or lengths.min() < 0 or (starts + lengths).max() > height * width):
+    pixels = height * width
+    # each bound alone first: starts + lengths of two huge int64 values would wrap around
+    if len(values) and (starts.min() < 0 or lengths.min() < 0 or starts.max() > pixels or lengths.max() > pixels
+                        or (starts + lengths).max() > pixels):
         raise ValueError(f"run-length encoding runs outside a {height}x{width} mask")
     # +1 at each run's start, -1 after its end: the running sum is > 0 inside any run (overlaps allowed)
-    edges = np.zeros(height * width + 1, np.int32)
+    edges = np.zeros(pixels + 1, np.int32)
     np.add.at(edges, starts, 1)
     np.add.at(edges, starts + lengths, -1)
     return (np.cumsum(edges[:-1]) > 0).reshape(width, height).T

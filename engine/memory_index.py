@@ -71,10 +71,22 @@ class MemoryIndex:
     def rows(self) -> int:
         return len(self.loaded.vectors)
 
+    @property
+    def exact_distances(self) -> bool:
+        """Whether the distances ``search`` returns are exact (the index keeps full vectors; its
+        candidates may still be approximate, as HNSW's are)."""
+        return isinstance(self.index, (faiss.IndexFlat, faiss.IndexHNSWFlat))
+
     def search(self, queries: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
         """(positions, cosine distances) of the ``limit`` nearest rows per query; -1 pads short results."""
         queries = _normalised(np.ascontiguousarray(queries, dtype=np.float32))
-        similarities, positions = self.index.search(queries, min(limit, max(self.rows, 1)))
+        limit = min(limit, max(self.rows, 1))
+        similarities, positions = self.index.search(queries, limit)
+        short = np.flatnonzero((positions < 0).any(axis=1)) if self.rows else np.zeros(0, np.int64)
+        if len(short):
+            # a graph walk can end before it has seen `limit` rows (k near the table's size): those
+            # queries are answered exactly, so every query gets min(limit, rows) results
+            similarities[short], positions[short] = faiss.knn(queries[short], self.loaded.vectors, limit, metric=faiss.METRIC_INNER_PRODUCT)
         return positions, (1.0 - similarities).astype(np.float32)
 
 

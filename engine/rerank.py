@@ -113,6 +113,7 @@ class KeepAnnOrder:
     """Keep LanceDB's order and distances (fast, approximate once an index exists)."""
 
     name = "none"
+    ranks_by_distance = True  # its answer is the k candidates nearest by the distances it is given
 
     def rerank(self, query: np.ndarray, candidates: Candidates, k: int) -> tuple[np.ndarray, np.ndarray]:
         order = np.argsort(candidates.distances, kind="stable")[:k]
@@ -124,6 +125,9 @@ class FaissExactReranker:
     """Exact cosine distance with FAISS's k-NN kernel; on the GPU when FAISS has one."""
 
     name = "faiss"
+    # its answer is the k candidates nearest by exact cosine distance: a source whose distances are exact
+    # already (the in-memory indexes hold full vectors) may skip it (Searcher does)
+    ranks_by_distance = True
 
     def __init__(self) -> None:
         self._gpu_resources = None

@@ -14,6 +14,7 @@ import polars as pl
 import pyarrow as pa
 
 from engine.encoders import Encoder
+from engine.filters import WhereFilterError, checked_where_for, one_line, shown
 from engine.heads import encoder_for_model
 from engine.index import DISTANCE, has_vector_index
 from engine.memory_index import MemoryIndex, MemoryIndexConfig, create_memory_index, load_table, table_bytes
@@ -114,8 +115,11 @@ class Searcher:
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.shape[1] != self.model.dim:
             raise EncoderMismatchError(f"query vectors have dim {vectors.shape[1]}, model {self.model.id} has {self.model.dim}")
-        k = k or self.config.k
+        k = self.config.k if k is None else k
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a whole number of at least 1, got {k!r}")
         self._refresh()
+        where = checked_where_for(self.table, where)
         wanted = list(dict.fromkeys([*RESULT_COLUMNS, *columns, "vector"]))
         # quality re-rankers look at their ``depth`` nearest candidates: fetch at least that many
         limit = max(k * self.config.candidate_factor, self.config.min_candidates, getattr(self.reranker, "depth", 0))
@@ -136,14 +140,14 @@ class Searcher:
         try:
             found = query.to_arrow()
         except (ValueError, RuntimeError, OSError) as exc:
-            raise ValueError(f"search failed (check the where filter {where!r}): {exc}") from exc
+            raise WhereFilterError(f"bad where filter {shown(where)}: {one_line(exc)}") from exc
         return self._rerank(vectors, found, k, [c for c in wanted if c != "vector"])
 
     def _matching_rows(self, where: str) -> int:
         try:
             return self.table.count_rows(where)
         except (ValueError, RuntimeError, OSError) as exc:
-            raise ValueError(f"search failed (check the where filter {where!r}): {exc}") from exc
+            raise WhereFilterError(f"bad where filter {shown(where)}: {one_line(exc)}") from exc
 
     def _refresh(self) -> None:
         """Follow writes committed by others (an ingest, a review decision) since the last check."""
@@ -186,13 +190,20 @@ class Searcher:
         missing = [c for c in columns if c not in memory.loaded.metadata.columns]
         if missing:
             raise ValueError(f"unknown columns {missing}; the table has {memory.loaded.metadata.columns}")
+        metadata = memory.loaded.metadata
+        if memory.exact_distances and getattr(self.reranker, "ranks_by_distance", False):
+            # the index's distances are exact already: re-ranking its candidates would recompute them
+            # and re-sort; its k nearest are the answer (all queries at once, no per-query work)
+            positions, distances = memory.search(vectors, k)
+            valid = positions >= 0  # -1 pads a short result; valid entries are a prefix of each row
+            return self._results(np.repeat(np.arange(len(vectors), dtype=np.int32), valid.sum(axis=1)),
+                                 np.cumsum(valid, axis=1, dtype=np.int32)[valid], metadata[positions[valid], columns], distances[valid], columns)
         positions, distances = memory.search(vectors, limit)
         groups = []
         for q in range(len(vectors)):
             valid = positions[q] >= 0
             rows = positions[q][valid]
             groups.append(Candidates(rows, memory.loaded.vectors[rows], distances[q][valid]))
-        metadata = memory.loaded.metadata
         return self._rerank_groups(vectors, groups, k, lambda taken: metadata[taken, columns], columns)
 
     def _rerank(self, vectors: np.ndarray, found: pa.Table, k: int, columns: list[str]) -> pl.DataFrame:
@@ -220,12 +231,16 @@ class Searcher:
             ranks.append(np.arange(1, len(best_rows) + 1, dtype=np.int32))
             best.append(best_distances)
         taken = take(np.concatenate(rows_taken).astype(np.int64) if rows_taken else np.zeros(0, np.int64))
-        # built column by column in the final order: no lazy frame to plan per query
+        return self._results(_joined(query_of, np.int32), _joined(ranks, np.int32), taken, _joined(best, np.float32), columns)
+
+    @staticmethod
+    def _results(query_of: np.ndarray, ranks: np.ndarray, taken: pl.DataFrame, distances: np.ndarray, columns: list[str]) -> pl.DataFrame:
+        """The result frame, built column by column in the final order (no lazy frame to plan per query)."""
         return pl.DataFrame([
-            pl.Series("query", np.concatenate(query_of) if query_of else [], pl.Int32),
-            pl.Series("rank", np.concatenate(ranks) if ranks else [], pl.Int32),
+            pl.Series("query", query_of, pl.Int32),
+            pl.Series("rank", ranks, pl.Int32),
             *(taken.get_column(c) for c in RESULT_COLUMNS),
-            pl.Series("distance", np.concatenate(best) if best else [], pl.Float32),
+            pl.Series("distance", distances, pl.Float32),
             *(taken.get_column(c) for c in columns if c not in RESULT_COLUMNS),
         ])
 
@@ -247,6 +262,10 @@ class Searcher:
             for rank, (label, score) in enumerate(vote_classes(mine["label"].to_list(), mine["distance"].to_numpy(), top), start=1):
                 rows.append({"query": q, "rank": rank, "label": label, "score": score})
         return pl.DataFrame(rows, schema={"query": pl.Int32, "rank": pl.Int32, "label": pl.String, "score": pl.Float64})
+
+
+def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
 
 def _vectors(table: pa.Table) -> np.ndarray:

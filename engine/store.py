@@ -17,6 +17,7 @@ import pyarrow as pa
 import schemas
 from engine.encoders import Encoder
 from engine.faults import fault_point
+from engine.filters import combine_where, read_filtered
 from engine.storage import artifacts_dir, is_object_store, resolve_storage_options
 
 logger = logging.getLogger(__name__)
@@ -323,12 +324,14 @@ class Database:
 
     def images_frame(self, where: str | None = None, columns: Sequence[str] | None = None) -> pl.DataFrame:
         """The ``images`` table (optionally filtered) as a polars DataFrame."""
-        query = self.images.search().limit(None)
-        if where:
-            query = query.where(where)
+        table = self.images
+        query = table.search().limit(None)
+        condition = combine_where(table, where)
+        if condition:
+            query = query.where(condition)
         if columns:
             query = query.select(list(columns))
-        return pl.from_arrow(query.to_arrow())
+        return pl.from_arrow(read_filtered(query, where))
 
     def errors_frame(self) -> pl.DataFrame:
         return pl.from_arrow(self.errors.to_arrow()).sort("path")

@@ -37,6 +37,7 @@ from torch import nn
 import schemas
 from engine.encoders import encoder_fingerprint, resolve_device
 from engine.evaluation import evaluate
+from engine.filters import combine_where, read_filtered
 from engine.heads import HeadConfig, ProjectionHead, head_weights_sha, heads_dir, save_head
 from engine.store import Database, ModelRecord, utc_now
 
@@ -316,7 +317,8 @@ def class_targets(labels: np.ndarray) -> tuple[list[str], np.ndarray]:
 
 
 def _load_features(db: Database, parent: ModelRecord, where: str) -> tuple[np.ndarray, np.ndarray]:
-    found = db.embeddings(parent).search().where(f"({where}) AND label IS NOT NULL").select(["vector", "label"]).limit(None).to_arrow()
+    table = db.embeddings(parent)
+    found = read_filtered(table.search().where(combine_where(table, where, "label IS NOT NULL")).select(["vector", "label"]).limit(None), where)
     column = found.column("vector").combine_chunks()
     vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size).astype(np.float32)
     return vectors, np.asarray(found.column("label").to_pylist(), dtype=object)

@@ -9,6 +9,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from engine.heads import HeadConfig
@@ -65,6 +68,29 @@ def test_rle_round_trip_matches_brute_force():
     for bad in ("1", "0 2", "5 9", "a b"):
         with pytest.raises(ValueError):
             rle_decode(bad, 3, 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hnp.arrays(bool, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=24)))
+def test_property_rle_round_trips_any_mask(mask):
+    encoded = rle_encode(mask)
+    assert np.array_equal(rle_decode(encoded, *mask.shape), mask)
+    assert np.array_equal(rle_decode(encoded, *mask.shape), brute_force_decode(encoded, *mask.shape))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789 -x.\t", max_size=30), st.integers(-1, 6), st.integers(-1, 6))
+@example("9999999999999999999999 1", 3, 3)
+@example("1 -2", 3, 3)
+@example("9223372036854775807 9223372036854775807", 3, 3)
+def test_property_any_rle_text_decodes_to_its_runs_or_gives_a_value_error(encoded, height, width):
+    try:
+        mask = rle_decode(encoded, height, width)
+    except ValueError as error:
+        assert str(error)
+    else:
+        assert mask.shape == (height, width) and mask.dtype == bool
+        assert np.array_equal(mask, brute_force_decode(encoded, height, width))
 
 
 def write_rle_csv(path, rows):

@@ -104,3 +104,27 @@ def test_filtered_queries_still_use_lancedb_prefilter(seeded):
     result = Searcher(db, model, config("flat")).search_vectors(queries, k=10, where="label = 'coast'")
     order, distances = brute_force(queries, vectors, mask, 10)
     assert_same_neighbours(result, rows, order, distances)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_k_beyond_the_table_gives_every_row_once_in_distance_order(seeded, kind):
+    db, model, rows, vectors = seeded
+    queries = clustered_vectors(3, 32, clusters=8, seed=7)
+    result = Searcher(db, model, config(kind, persist=False)).search_vectors(queries, k=1000)
+    for q in range(3):
+        mine = result.filter(pl.col("query") == q)
+        assert mine["rank"].to_list() == list(range(1, mine.height + 1))
+        assert mine["image_id"].n_unique() == mine.height
+        assert (np.diff(mine["distance"].to_numpy()) >= -1e-6).all()
+    assert result.height == 3 * len(rows)  # an HNSW walk alone stopped at 357 of the 600 rows
+
+
+def test_quality_rerankers_still_see_the_candidates_of_the_memory_index(seeded):
+    db, model, rows, vectors = seeded
+    queries = clustered_vectors(4, 32, clusters=8, seed=3)
+    plain = Searcher(db, model, config("flat")).search_vectors(queries, k=5)
+    expanded = Searcher(db, model, dataclasses.replace(config("flat"), reranker="qe")).search_vectors(queries, k=5)
+    on_disk = Searcher(db, model, dataclasses.replace(config("off"), reranker="qe")).search_vectors(queries, k=5)
+    assert expanded["image_id"].to_list() == on_disk["image_id"].to_list()
+    np.testing.assert_allclose(expanded["distance"].to_numpy(), on_disk["distance"].to_numpy(), atol=1e-5)
+    assert plain.height == expanded.height == 20

@@ -146,10 +146,7 @@ class DataScreen(ConsoleScreen):
     def load_images(self, where: str | None) -> None:
         def read() -> None:
             db = self.lookalike.db
-            try:
-                matching = db.images_frame(where=where)
-            except ValueError as exc:  # LanceDB's parse and schema errors of the filter
-                raise ValueError(f"bad where filter {where!r}: {exc}") from exc
+            matching = db.images_frame(where=where)  # a bad filter raises a one-line WhereFilterError
             view = DataView(where, db.images.count_rows(), matching)
             self.ui(self._show, view, eda_summary(matching))
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.filters import combine_where, read_filtered
 from engine.reports.common import ReportDataMissing
 from engine.store import Database, ModelRecord
 
@@ -38,16 +39,12 @@ class EmbeddingSet:
 
 def load_embeddings(db: Database, model: ModelRecord, where: str | None = None, labelled: bool = True) -> EmbeddingSet:
     """Vectors and metadata of ``model``'s images matching ``where`` (only labelled ones by default)."""
-    clauses = [f"({where})"] if where else []
-    if labelled:
-        clauses.append("label IS NOT NULL")
-    query = db.embeddings(model).search().select(COLUMNS).limit(None)
-    if clauses:
-        query = query.where(" AND ".join(clauses))
-    try:
-        table = query.to_arrow()
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise ValueError(f"cannot read model {model.id} with filter {where!r}: {exc}") from exc
+    embeddings = db.embeddings(model)
+    query = embeddings.search().select(COLUMNS).limit(None)
+    condition = combine_where(embeddings, where, *(["label IS NOT NULL"] if labelled else []))
+    if condition:
+        query = query.where(condition)
+    table = read_filtered(query, where)
     column = table.column("vector").combine_chunks()
     vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, model.dim).astype(np.float32)
     ids = np.asarray(table.column("image_id").to_pylist(), dtype=object)
