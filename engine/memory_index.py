@@ -19,7 +19,7 @@ An index is tied to the table version it was read from; the searcher rebuilds it
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 class MemoryIndexConfig:
     """Whether and how a searcher keeps vectors in RAM.
 
-    ``kind``: ``auto`` (exact ``flat`` when the table has no LanceDB ANN index, i.e. when LanceDB would
-    scan every vector per query anyway; LanceDB otherwise), ``flat``, ``hnsw`` or ``off``.
+    ``kind``: ``auto`` (exact ``flat`` while the table is small enough to have no LanceDB ANN index,
+    ``hnsw`` once it has one), ``flat``, ``hnsw`` or ``off`` (always LanceDB). Tables over ``max_bytes``
+    are searched on disk by LanceDB whatever the kind.
     """
 
     kind: str = "auto"
@@ -62,6 +63,10 @@ class MemoryIndex:
         self.kind = kind
         self.loaded = loaded
         self.index = index
+        self._positions: pl.DataFrame | None = None  # image_id -> row position, built on first use
+        # rows matched by recent filters: an operator keeps a filter while changing the query, and the
+        # scalar scan costs more than the vector scan for broad filters (50 ms vs 19 ms at 50k rows)
+        self.filter_rows: dict[str, np.ndarray] = {}
 
     @property
     def version(self) -> int:
@@ -77,9 +82,30 @@ class MemoryIndex:
         candidates may still be approximate, as HNSW's are)."""
         return isinstance(self.index, (faiss.IndexFlat, faiss.IndexHNSWFlat))
 
-    def search(self, queries: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
-        """(positions, cosine distances) of the ``limit`` nearest rows per query; -1 pads short results."""
+    @property
+    def exact_scan_index(self) -> faiss.IndexFlat | None:
+        """The flat index holding every full vector (the index itself, or an HNSW graph's storage), for
+        exact scans of a subset of rows; None for an index that keeps no full vectors."""
+        if isinstance(self.index, faiss.IndexFlat):
+            return self.index
+        storage = getattr(self.index, "storage", None)
+        return faiss.downcast_index(storage) if storage is not None and self.exact_distances else None
+
+    def positions_of(self, image_ids: Sequence[str]) -> np.ndarray:
+        """Sorted row positions of ``image_ids`` in this version (ids it does not hold are left out)."""
+        if self._positions is None:
+            self._positions = self.loaded.metadata.select("image_id").with_row_index("position")
+        wanted = pl.DataFrame({"image_id": pl.Series(image_ids, dtype=pl.String)})
+        return np.sort(wanted.join(self._positions, on="image_id", how="inner")["position"].to_numpy().astype(np.int64))
+
+    def search(self, queries: np.ndarray, limit: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, cosine distances) of the ``limit`` nearest rows per query; -1 pads short results.
+
+        With ``rows`` (positions, e.g. the rows a filter matched), an exact scan of those rows only.
+        """
         queries = _normalised(np.ascontiguousarray(queries, dtype=np.float32))
+        if rows is not None:
+            return self._search_rows(queries, limit, rows)
         limit = min(limit, max(self.rows, 1))
         similarities, positions = self.index.search(queries, limit)
         short = np.flatnonzero((positions < 0).any(axis=1)) if self.rows else np.zeros(0, np.int64)
@@ -87,6 +113,20 @@ class MemoryIndex:
             # a graph walk can end before it has seen `limit` rows (k near the table's size): those
             # queries are answered exactly, so every query gets min(limit, rows) results
             similarities[short], positions[short] = faiss.knn(queries[short], self.loaded.vectors, limit, metric=faiss.METRIC_INNER_PRODUCT)
+        return positions, (1.0 - similarities).astype(np.float32)
+
+    def _search_rows(self, queries: np.ndarray, limit: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        exact = self.exact_scan_index
+        if exact is None:
+            raise ValueError(f"memory index {self.kind!r} keeps no full vectors to scan a subset of rows")
+        limit = min(limit, len(rows))
+        if limit == 0:
+            return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
+        member = np.zeros(self.rows, bool)
+        member[rows] = True
+        bitmap = np.packbits(member, bitorder="little")  # referenced by the selector: keep it alive here
+        selector = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bitmap))
+        similarities, positions = exact.search(queries, limit, params=faiss.SearchParameters(sel=selector))
         return positions, (1.0 - similarities).astype(np.float32)
 
 

@@ -96,14 +96,34 @@ def test_unknown_column_and_kind_are_clear_errors(seeded):
     assert list_memory_indexes() == ["flat", "hnsw"]
 
 
-def test_filtered_queries_still_use_lancedb_prefilter(seeded):
+@pytest.mark.parametrize("kind", ["off", "flat", "hnsw"])
+@pytest.mark.parametrize("where", ["label = 'coast'", "width < 60", "label = 'coast' AND width < 30", "label = 'nothing'"])
+def test_filtered_queries_match_brute_force_on_every_path(seeded, kind, where):
+    # off: LanceDB's prefiltered scan; flat and hnsw: the rows LanceDB's scalar scan matched, scanned exactly in RAM
     db, model, rows, vectors = seeded
-    frame = pl.DataFrame([{"label": r["label"]} for r in rows])
-    mask = frame.select(pl.sql_expr("label = 'coast'")).to_series().to_numpy()
+    frame = pl.DataFrame([{"label": r["label"], "width": r["width"]} for r in rows])
+    mask = frame.select(pl.sql_expr(where)).to_series().to_numpy()
     queries = clustered_vectors(3, 32, clusters=8, seed=8)
-    result = Searcher(db, model, config("flat")).search_vectors(queries, k=10, where="label = 'coast'")
-    order, distances = brute_force(queries, vectors, mask, 10)
-    assert_same_neighbours(result, rows, order, distances)
+    for reranker in ("faiss", "qe"):  # the direct path and the re-ranked one
+        searcher = Searcher(db, model, dataclasses.replace(config(kind, persist=False), reranker=reranker))
+        result = searcher.search_vectors(queries, k=10, where=where, columns=["width"])
+        assert (searcher.memory_index() is None) == (kind == "off")
+        assert result.height == 3 * min(10, int(mask.sum()))
+        assert set(result["image_id"]) <= {r["id"] for r, m in zip(rows, mask) if m}
+        if reranker == "faiss":
+            order, distances = brute_force(queries, vectors, mask, min(10, int(mask.sum())))
+            assert_same_neighbours(result, rows, order, distances)
+
+
+def test_filtered_in_memory_search_sees_rows_written_after_it_was_built(seeded):
+    db, model, rows, vectors = seeded
+    searcher = Searcher(db, model, dataclasses.replace(config("flat"), consistency_interval_s=0.0))
+    query = vectors[:1]
+    assert searcher.search_vectors(query, k=3, where="label = 'new'").height == 0
+    extra = synthetic_rows(605, ["new"], seed=5)[600:]
+    db.write_embedded(model, [dict(r, id=f"new{i}") for i, r in enumerate(extra)], vectors[:5])
+    found = searcher.search_vectors(query, k=3, where="label = 'new'")
+    assert found["image_id"].to_list()[0] == "new0" and found.height == 3
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
