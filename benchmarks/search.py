@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     parser.add_argument("--single", type=int, default=100, help="single queries timed for the latency percentiles")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--nprobes", type=int, default=20)
-    parser.add_argument("--refine", type=int, default=10)
+    parser.add_argument("--refine", type=int, default=SearchConfig.refine_factor, help="refine_factor of LanceDB + refine and Lookalike on disk")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="2,000 rows x 64, 50 queries: checks that everything runs")
     args = parser.parse_args(argv)

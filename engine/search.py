@@ -39,7 +39,9 @@ class SearchConfig:
     candidate_factor: int = 4  # candidates per query = k * factor (at least min_candidates)
     min_candidates: int = 50
     nprobes: int = 20  # IVF partitions probed once an index exists
-    refine_factor: int = 10  # LanceDB re-reads k x refine_factor rows exactly (PQ needs it for recall)
+    # LanceDB re-reads k x refine_factor rows exactly: PQ codes of 1280-d vectors rank too coarsely for
+    # less (100k rows, nprobes 20: recall@10 0.70 at 10, 1.0 at 50 for +5 ms; benchmarks/search.py)
+    refine_factor: int = 50
     reranker: str = "faiss"  # a name of engine.rerank.list_rerankers(), or quality stages chained with "+"
     reranker_configs: dict | None = None  # typed configs of the re-ranker (stage name -> config)
     vote_neighbours: int = 10  # neighbours that vote on the class of a query
