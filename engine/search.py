@@ -134,6 +134,12 @@ class Searcher:
             # exactly in RAM (LanceDB's own filtered scan re-reads every vector: ~0.5 s at 100k x 1280)
             rows = self._matching_positions(memory, where) if where else None
             return self._search_memory(memory, vectors, k, limit, [c for c in wanted if c != "vector"], rows)
+        # LanceDB's distances are exact (refined, or a flat scan): a re-ranker that only orders by exact
+        # distance would recompute them from re-read vectors, so its k nearest are taken as they are
+        direct = getattr(self.reranker, "ranks_by_distance", False)
+        if direct:
+            limit = k
+            wanted.remove("vector")
         query = self.table.search(vectors).distance_type(DISTANCE).limit(limit).select([*wanted, "_distance"])
         if where:
             query = query.where(where, prefilter=True)
@@ -149,7 +155,19 @@ class Searcher:
             found = query.to_arrow()
         except (ValueError, RuntimeError, OSError) as exc:
             raise WhereFilterError(f"bad where filter {shown(where)}: {one_line(exc)}") from exc
+        if direct:
+            return self._as_found(found, [c for c in wanted if c != "vector"])
         return self._rerank(vectors, found, k, [c for c in wanted if c != "vector"])
+
+    def _as_found(self, found: pa.Table, columns: list[str]) -> pl.DataFrame:
+        """LanceDB's rows in its order of distance, numbered per query."""
+        frame = pl.from_arrow(found)
+        if "query_index" not in frame.columns:  # a single query comes back without it
+            frame = frame.with_columns(pl.lit(0, pl.Int32).alias("query_index"))
+        frame = frame.sort(["query_index", "_distance"], maintain_order=True)
+        query_of = frame["query_index"].to_numpy()
+        ranks = frame.select(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over("query_index")).to_series().to_numpy()
+        return self._results(query_of, ranks, frame, frame["_distance"].to_numpy(), columns)
 
     def _matching_positions(self, memory: MemoryIndex, where: str) -> np.ndarray:
         """Row positions of the rows ``where`` matches in the memory index's table version."""
