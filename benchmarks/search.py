@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     parser.add_argument("--nprobes", type=int, default=20)
     parser.add_argument("--refine", type=int, default=SearchConfig.refine_factor, help="refine_factor of LanceDB + refine and Lookalike on disk")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--memory-budget-gb", type=float, default=MemoryIndexConfig.max_bytes / 2**30,
+                        help="MemoryIndexConfig.max_bytes for Lookalike's searchers (1M x 1280 needs about 5)")
+    parser.add_argument("--filtered-queries", type=int, default=200, help="queries per selectivity for filtered recall")
     parser.add_argument("--quick", action="store_true", help="2,000 rows x 64, 50 queries: checks that everything runs")
     args = parser.parse_args(argv)
     if args.quick:
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
         print(rows[-1], flush=True)
 
     record("exact (FAISS flat)", 0.0, args.rows * args.dim * 4, lambda q: flat.search(q[None], k), lambda: flat.search(queries, k), exact.tolist())
+    del flat  # each copy of the vectors is 4.9 GB at 1M x 1280: hold as few at once as possible
 
     start = time.perf_counter()
     ensure_index(table, IndexConfig(min_rows=0))
@@ -161,23 +165,27 @@ def main(argv: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     _, hnsw_found = hnsw.search(queries, k)
     record(f"FAISS HNSW{memory_defaults.hnsw_m} alone (efSearch {memory_defaults.hnsw_ef_search})", hnsw_build, faiss.serialize_index(hnsw).nbytes, lambda q: hnsw.search(q[None], k),
            lambda: hnsw.search(queries, k), hnsw_found.tolist())
+    del hnsw
 
     def lookalike_ids(frame: pl.DataFrame) -> list[list[int]]:
         grouped = frame.group_by("query", maintain_order=True).agg(pl.col("image_id")).sort("query")
         return [[int(i) for i in g] for g in grouped["image_id"]]
 
-    base = SearchConfig(k=k, nprobes=args.nprobes, refine_factor=args.refine)
+    budget = dataclasses.replace(MemoryIndexConfig(), max_bytes=int(args.memory_budget_gb * 2**30))
+    base = SearchConfig(k=k, nprobes=args.nprobes, refine_factor=args.refine, memory_index=budget)
     searcher = Searcher(db, model, dataclasses.replace(base, memory_index=MemoryIndexConfig(kind="off")))
     record("Lookalike on disk (IVF-PQ + refine + FAISS re-rank)", build_s, index_bytes, lambda q: searcher.search_vectors(q, k),
            lambda: searcher.search_vectors(queries, k), lookalike_ids(searcher.search_vectors(queries, k)))
     for kind in ("hnsw", "flat"):
-        in_memory = Searcher(db, model, dataclasses.replace(base, memory_index=MemoryIndexConfig(kind=kind, persist=False)))
+        # the HNSW graph is saved (as the default does), so the default searcher below loads it
+        in_memory = Searcher(db, model, dataclasses.replace(base, memory_index=dataclasses.replace(budget, kind=kind, persist=kind == "hnsw")))
         start = time.perf_counter()
         memory = in_memory.memory_index()  # loads the vectors from LanceDB and builds the FAISS index
         memory_build = time.perf_counter() - start
         size = faiss.serialize_index(memory.index).nbytes if kind == "hnsw" else memory.loaded.vectors.nbytes
         record(f"Lookalike in memory ({kind} + FAISS re-rank)", memory_build, size, lambda q, s=in_memory: s.search_vectors(q, k),
                lambda s=in_memory: s.search_vectors(queries, k), lookalike_ids(in_memory.search_vectors(queries, k)))
+        del in_memory, memory
     searcher = Searcher(db, model, base)  # the default: in memory while the vectors fit the budget
     on_disk = Searcher(db, model, dataclasses.replace(base, memory_index=MemoryIndexConfig(kind="off")))
 
@@ -188,7 +196,7 @@ def main(argv: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
         subset = np.flatnonzero(mask)
         sub = faiss.IndexFlatIP(args.dim)
         sub.add(vectors[subset])
-        filtered_queries = queries[:200]
+        filtered_queries = queries[: args.filtered_queries]
         _, local = sub.search(filtered_queries, k)
         truth = subset[local]
         memory = searcher.memory_index()
@@ -211,6 +219,7 @@ def main(argv: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
             on_disk.search_vectors(q, k, where=where)
             disk.append(time.perf_counter() - t)
         disk_found = lookalike_ids(on_disk.search_vectors(filtered_queries, k, where=where))
+        del sub
         filtered_rows.append({"selectivity": label, "where": where, "matching_rows": int(mask.sum()),
                               "queries_with_k_results": f"{int((counts == k).sum())}/{len(filtered_queries)}", "recall@10": round(recall_at_k(found, truth, k), 4),
                               "first_query_ms": round(first_ms, 2), "p50_ms_same_filter": round(1000 * statistics.median(single), 2),
