@@ -70,6 +70,11 @@ def recall_at_k(found: list[list[int]], truth: np.ndarray, k: int) -> float:
     return float(np.mean([len(set(f[:k]) & set(t[:k].tolist())) / k for f, t in zip(found, truth)]))
 
 
+def rss_gb() -> float:
+    """Current resident memory of this process (not the peak), GB."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
 def timed(fn, repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):
@@ -110,6 +115,7 @@ def main(argv: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     start = time.perf_counter()
     model = fill_database(db, vectors)
     load_s = time.perf_counter() - start
+    print(f"loaded into LanceDB in {load_s:.1f}s; process RSS {rss_gb():.2f} GB", flush=True)
     table = db.embeddings(model)
     ids = np.arange(args.rows)
 
@@ -129,7 +135,8 @@ def main(argv: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
         batch_s = statistics.median(timed(search_batch, 3))
         rows.append({"contender": name, "recall@10": round(recall_at_k(found, exact, k), 4),
                      "p50_ms": round(1000 * statistics.median(single), 2), "p99_ms": round(1000 * float(np.quantile(single, 0.99)), 2),
-                     "batch_qps": round(args.queries / batch_s, 1), "build_s": round(build_s, 1), "index_mb": round(size / 2**20, 1)})
+                     "batch_qps": round(args.queries / batch_s, 1), "build_s": round(build_s, 1), "index_mb": round(size / 2**20, 1),
+                     "process_rss_gb": round(rss_gb(), 2)})
         print(rows[-1], flush=True)
 
     record("exact (FAISS flat)", 0.0, args.rows * args.dim * 4, lambda q: flat.search(q[None], k), lambda: flat.search(queries, k), exact.tolist())

@@ -26,6 +26,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
@@ -189,13 +190,30 @@ def _hnsw(loaded: LoadedTable, config: MemoryIndexConfig, cache_file: Path | Non
 
 
 def load_table(table, version: int) -> LoadedTable:
-    """Every row of an embeddings table: vectors (normalised copies) and the other columns."""
-    data = table.search().limit(None).to_arrow()
-    column = data.column("vector").combine_chunks()
-    dim = column.type.list_size
-    vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=True)
-    metadata = pl.from_arrow(data.drop_columns(["vector"])).rechunk()  # one chunk: gathers stay O(k), not O(chunks)
-    return LoadedTable(version=version, vectors=_normalised(vectors), metadata=metadata)
+    """Every row of an embeddings table: vectors (normalised) and the other columns.
+
+    Read batch by batch into one preallocated array, normalised in place: the peak is about one copy of
+    the vectors (reading the whole Arrow table, flattening and normalising held four at once).
+    """
+    dim = table.schema.field("vector").type.list_size
+    expected = table.count_rows()
+    vectors = np.empty((expected, dim), np.float32)
+    extra: list[np.ndarray] = []  # rows committed between the count and the read
+    metadata_batches = []
+    filled = 0
+    for batch in table.search().limit(None).to_batches():
+        block = batch.column(batch.schema.get_field_index("vector")).flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+        block = _normalised(block.astype(np.float32, copy=False))
+        room = max(0, min(len(block), expected - filled))
+        vectors[filled : filled + room] = block[:room]
+        if room < len(block):
+            extra.append(block[room:])
+        filled += len(block)
+        metadata_batches.append(pl.from_arrow(batch.drop_columns(["vector"])))
+    vectors = np.concatenate([vectors[: min(filled, expected)], *extra]) if extra or filled < expected else vectors
+    metadata = pl.concat(metadata_batches).rechunk() if metadata_batches else pl.from_arrow(table.schema.empty_table().drop_columns(["vector"]))
+    pa.default_memory_pool().release_unused()  # hand the read buffers back to the OS
+    return LoadedTable(version=version, vectors=vectors, metadata=metadata)
 
 
 def table_bytes(rows: int, dim: int) -> int:
