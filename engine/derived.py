@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 import schemas
-from engine.encoders import Encoder, encoder_fingerprint
+from engine.encoders import Encoder, encoder_fingerprint, model_version_id
 from engine.ensembles import EnsembleConfig, EnsembleEncoder, concatenate_embeddings, member_weights
 from engine.filters import combine_where, read_filtered
 from engine.rerank import database_augmentation
@@ -206,7 +206,7 @@ class _SameEmbedding:
 
     @property
     def model_id(self) -> str:
-        return f"{self.name}-{self.fingerprint[:8]}"
+        return model_version_id(self.name, self.fingerprint)
 
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
         return self._parent.encode_images(images)
@@ -389,7 +389,7 @@ def publish_derived(db: Database, kind: str, parents: Sequence[ModelRecord], con
     artefact = derivation.fit(db, parents)
     dim = derivation.output_dim(parents, artefact)
     name, architecture, preprocessing, weights_sha, fingerprint = _identity(kind, parents, config, artefact, dim)
-    model_id = f"{name}-{fingerprint[:8]}"
+    model_id = model_version_id(name, fingerprint)
     existing = db.find_models(model_id=model_id)
     if existing:
         logger.info("derived version %s exists already", model_id)

@@ -76,7 +76,7 @@ class Encoder:
     @property
     def model_id(self) -> str:
         """Model-version id: the encoder name and a short fingerprint."""
-        return f"{self.name}-{self.fingerprint[:8]}"
+        return model_version_id(self.name, self.fingerprint)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """One RGB PIL image to the model's input tensor (CHW float)."""
@@ -101,6 +101,11 @@ class Encoder:
             tensors = torch.stack([self.preprocess(im) for im in images[start : start + self.batch_size]])
             chunks.append(self.encode_tensors(tensors))
         return np.concatenate(chunks)
+
+
+def model_version_id(name: str, fingerprint: str) -> str:
+    """A model version's id: its name and a short fingerprint (the same vectors give the same id)."""
+    return f"{name}-{fingerprint[:8]}"
 
 
 def encoder_fingerprint(architecture: str, weights_sha256: str, dim: int, preprocessing: str) -> str:

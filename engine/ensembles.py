@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from engine.encoders import model_version_id
+
 
 @dataclass(frozen=True)
 class EnsembleConfig:
@@ -60,7 +62,7 @@ class EnsembleEncoder:
 
     @property
     def model_id(self) -> str:
-        return f"{self.name}-{self.fingerprint[:8]}"
+        return model_version_id(self.name, self.fingerprint)
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:

@@ -36,7 +36,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 import schemas
-from engine.encoders import Encoder, EncoderConfig, create_encoder, file_sha256, resolve_device
+from engine.encoders import Encoder, EncoderConfig, create_encoder, file_sha256, model_version_id, resolve_device
 from engine.heads import BackboneWithHead, encoder_for_model, head_weights_sha, load_head
 from engine.store import Database, EncoderMismatchError, ModelRecord, sql_quote, utc_now
 from ingest.decode import decode_image
@@ -650,7 +650,7 @@ class MaskedEncoder(Encoder):
 
     @property
     def model_id(self) -> str:
-        return f"{self.name}+mask-{self.fingerprint[:8]}"
+        return model_version_id(f"{self.name}+mask", self.fingerprint)
 
     def preprocess_measured(self, image: Image.Image) -> tuple[torch.Tensor, dict]:
         """The masked image's input tensor, and its foreground fraction."""

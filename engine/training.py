@@ -35,7 +35,7 @@ from pytorch_metric_learning.distances import CosineSimilarity
 from torch import nn
 
 import schemas
-from engine.encoders import encoder_fingerprint, resolve_device
+from engine.encoders import encoder_fingerprint, model_version_id, resolve_device
 from engine.evaluation import evaluate
 from engine.filters import combine_where, read_filtered
 from engine.heads import HeadConfig, ProjectionHead, head_weights_sha, heads_dir, save_head
@@ -544,7 +544,7 @@ def publish_version(db: Database, parent: ModelRecord, *, name: str, config: Tra
     """Publish a trained version: its weights file is already written; ``write_embeddings`` writes its
     vectors; the ``models`` row comes last (the commit point), then the run's checkpoint goes."""
     fingerprint = encoder_fingerprint(architecture, weights_sha, dim, preprocessing)
-    model_id = f"{name}-{fingerprint[:8]}"
+    model_id = model_version_id(name, fingerprint)
     record = ModelRecord(
         id=model_id, encoder=name, architecture=architecture, weights_source=str(weights_path), weights_sha256=weights_sha,
         dim=dim, preprocessing=preprocessing, fingerprint=fingerprint,

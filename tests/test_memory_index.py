@@ -13,17 +13,8 @@ import pytest
 from engine.memory_index import MemoryIndexConfig, create_memory_index, list_memory_indexes, load_table
 from engine.search import SearchConfig, Searcher
 
-from conftest import clustered_vectors, make_vector_model, synthetic_rows
-from test_search import LABELS, assert_same_neighbours, brute_force
-
-
-@pytest.fixture
-def seeded(db):
-    model = make_vector_model(db, dim=32)
-    rows = synthetic_rows(600, LABELS)
-    vectors = clustered_vectors(600, 32, clusters=8)
-    db.write_embedded(model, rows, vectors)
-    return db, model, rows, vectors
+from conftest import clustered_vectors, synthetic_rows
+from test_search import LABELS, assert_same_neighbours, brute_force, seeded  # noqa: F401 - seeded is a fixture
 
 
 def config(kind: str, **changes) -> SearchConfig:
