@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from engine.distractors import DISTRACTOR_LABEL, CalibrationConfig, calibrate, evaluate_distractors, list_scorers, neighbourhood
-from engine.evaluation import load_split
-from engine.store import Database
+from engine.evaluation.distractors import DISTRACTOR_LABEL, calibrate, evaluate_distractors, list_scorers, neighbourhood
+from engine.evaluation.config import CalibrationConfig
+from engine.evaluation.metrics import load_split
+from engine.storage.database import Database
 
 
 def main() -> None:

@@ -20,10 +20,11 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from engine.evaluation import evaluate, load_split
-from engine.heads import HeadConfig
-from engine.store import Database
-from engine.training import FinetuneConfig, TrainConfig, train
+from engine.evaluation.metrics import evaluate, load_split
+from engine.encoders.config import HeadConfig
+from engine.storage.database import Database
+from engine.training.config import FinetuneConfig, TrainConfig
+from engine.training.api import train
 
 
 def main() -> None:

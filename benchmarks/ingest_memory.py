@@ -28,17 +28,18 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from ingest.scan import iter_image_files
+from engine.media.scan import iter_image_files
 
 FILES_PER_FOLDER = 1000
 
 CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
-from engine.encoders import EncoderConfig, create_encoder
-from engine.store import Database
+from engine.encoders.config import EncoderConfig
+from engine.encoders.factory import create_encoder
+from engine.storage.database import Database
 from ingest.pipeline import IngestConfig, ingest_files
-from ingest.scan import scan_folder
+from engine.media.scan import scan_folder
 root, db_path, n, model, weights = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5] or None
 encoder = create_encoder(EncoderConfig(name=model, weights=weights, device="cpu"))
 files = scan_folder(Path(root))[:n]

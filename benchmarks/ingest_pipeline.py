@@ -28,11 +28,13 @@ import numpy as np
 import polars as pl
 import torch
 
-from engine.encoders import EncoderConfig, create_encoder
-from engine.store import Database, utc_now
-from ingest.decode import content_id, decode_image
+from engine.encoders.config import EncoderConfig
+from engine.encoders.factory import create_encoder
+from engine.storage.database import Database
+from engine.core.clock import utc_now
+from engine.media.decode import content_id, decode_image
 from ingest.pipeline import IngestConfig, ingest_folder
-from ingest.scan import iter_image_files
+from engine.media.scan import iter_image_files
 
 
 def main(argv: list[str] | None = None) -> pl.DataFrame:

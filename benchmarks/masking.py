@@ -9,7 +9,7 @@ background, 80/20 stratified catalogue/query split) it measures, by garment clas
 * the encoding cost of masking: plain vs masked encoding of the same 32 images, interleaved, median;
 * P@1, P@5, mAP@5, full mAP and ingest images/s with no mask, with the learned mask (zero, blur, crop),
   with the true mask (same modes; images masked before ingest), and after training a head on the
-  stored features of the unmasked and the masked catalogue (regime 1 of engine.training).
+  stored features of the unmasked and the masked catalogue (regime 1 of engine.training.loop).
 
 Writes benchmarks/results/masking.csv.
 
@@ -30,15 +30,21 @@ import numpy as np
 import polars as pl
 import torch
 
-from engine.encoders import EncoderConfig, create_encoder
-from engine.evaluation import evaluate, load_split
-from engine.heads import HeadConfig
-from engine.masker import MaskedEncoder, apply_mask, list_mask_modes, load_masker, mask_iou, read_masks, resolve_masker
-from engine.store import Database, ModelRecord
-from engine.training import TrainConfig, train_head
-from ingest.decode import decode_image
+from engine.encoders.config import EncoderConfig
+from engine.encoders.factory import create_encoder
+from engine.evaluation.metrics import evaluate, load_split
+from engine.encoders.config import HeadConfig
+from engine.masking.encoder import MaskedEncoder
+from engine.masking.modes import apply_mask, list_mask_modes
+from engine.masking.store import load_masker, resolve_masker
+from engine.training.masker import mask_iou
+from engine.masking.masks import read_masks
+from engine.storage.database import Database, ModelRecord
+from engine.training.config import TrainConfig
+from engine.training.head import train_head
+from engine.media.decode import decode_image
 from ingest.pipeline import IngestConfig, ingest_folder
-from ingest.scan import iter_image_files
+from engine.media.scan import iter_image_files
 
 
 def score(db: Database, model: ModelRecord) -> dict:

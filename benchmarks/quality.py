@@ -28,16 +28,17 @@ import numpy as np
 import polars as pl
 import torch
 
-from engine.compare import PipelineSpec, evaluate_pipeline, rank_catalogue
-from engine.derived import DBAConfig, derivation_notes, is_derived, publish_derived, read_rows, vectors_of
-from engine.ensembles import EnsembleConfig
-from engine.evaluation import evaluate_ranking, load_split
-from engine.multilabel import label_iou_at_k, set_iou, vote_label_sets
-from engine.rerank import AugmentationConfig, KReciprocalConfig, QueryExpansionConfig, create_reranker, database_augmentation
-from engine.search import Searcher
-from engine.store import Database, ModelRecord
-from engine.whitening import WhiteningConfig, fit_whitening
-from ingest.decode import decode_image
+from engine.evaluation.compare import PipelineSpec, evaluate_pipeline, rank_catalogue
+from engine.versions.derived import DBAConfig, is_derived, publish_derived, read_rows, vectors_of
+from engine.encoders.ensembles import EnsembleConfig
+from engine.evaluation.metrics import evaluate_ranking, load_split
+from engine.evaluation.multilabel import label_iou_at_k, set_iou, vote_label_sets
+from engine.search.rerank import AugmentationConfig, KReciprocalConfig, QueryExpansionConfig, create_reranker
+from engine.vectors.expansion import database_augmentation
+from engine.search.searcher import Searcher
+from engine.storage.database import Database, ModelRecord
+from engine.encoders.whitening import WhiteningConfig, fit_whitening
+from engine.media.decode import decode_image
 
 CATALOGUE = "split = 'train'"
 QUERIES = "split = 'val'"
@@ -189,7 +190,7 @@ def main() -> None:
         ("dba version+qe", "qe", dba), ("dba version+qe+k-reciprocal", "qe+k-reciprocal", dba),
     ]
     # looked up late: `lookalike tta` may still be re-encoding when this script starts
-    tta = next((m for m in db.find_models() if (derivation_notes(m) or {}).get("derived") == "tta" and m.parent == base.id), None)
+    tta = next((m for m in db.find_models() if m.kind == "tta" and m.parent == base.id), None)
     print(f"tta {tta.id if tta else None}", flush=True)
     if tta is not None:
         pipelines += [("tta", "faiss", tta), ("tta+qe", "qe", tta)]

@@ -19,11 +19,11 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from engine.search import Searcher
-from engine.store import Database
-from ingest.decode import decode_image
+from engine.search.searcher import Searcher
+from engine.storage.database import Database
+from engine.media.decode import decode_image
 from ingest.pipeline import ingest_files
-from ingest.scan import scan_folder
+from engine.media.scan import scan_folder
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -28,12 +28,14 @@ from pathlib import Path
 
 import polars as pl
 
-from engine.encoders import EncoderConfig, create_encoder
-from engine.search import SearchConfig, Searcher
-from engine.store import Database
+from engine.encoders.config import EncoderConfig
+from engine.encoders.factory import create_encoder
+from engine.search.config import SearchConfig
+from engine.search.searcher import Searcher
+from engine.storage.database import Database
 from ingest.distributed import RayConfig, import_ray, ingest_folder_ray
 from ingest.pipeline import IngestConfig, ingest_folder
-from ingest.scan import iter_image_files
+from engine.media.scan import iter_image_files
 
 
 def _copy(files: list[Path], folder: Path) -> None:

@@ -32,10 +32,12 @@ import faiss
 import numpy as np
 import polars as pl
 
-from engine.index import DISTANCE, IndexConfig, ensure_index
-from engine.memory_index import MemoryIndexConfig
-from engine.search import SearchConfig, Searcher
-from engine.store import Database, ModelRecord, utc_now
+from engine.storage.index import DISTANCE, IndexConfig, ensure_index
+from engine.search.config import MemoryIndexConfig
+from engine.search.config import SearchConfig
+from engine.search.searcher import Searcher
+from engine.storage.database import Database, ModelRecord
+from engine.core.clock import utc_now
 import schemas
 
 SELECTIVITIES = {"50%": "width < 500", "5%": "width < 50", "0.5%": "width < 5"}

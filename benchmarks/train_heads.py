@@ -17,10 +17,12 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from engine.evaluation import evaluate, load_split
-from engine.heads import HeadConfig
-from engine.store import Database
-from engine.training import TrainConfig, list_methods, train_head
+from engine.evaluation.metrics import evaluate, load_split
+from engine.encoders.config import HeadConfig
+from engine.storage.database import Database
+from engine.training.config import TrainConfig
+from engine.training.api import list_methods
+from engine.training.head import train_head
 
 
 def main() -> None:

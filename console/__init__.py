@@ -1,1 +1,2 @@
-"""Front ends of Lookalike: the ``lookalike`` command line (and, later, the Textual console)."""
+"""Front ends of Lookalike: ``cli`` (the ``lookalike`` command) and ``tui`` (the Textual console), both over
+``service``, the use cases they share. Dependency rule: cli -> tui -> service -> ingest -> engine -> schemas."""

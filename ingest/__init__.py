@@ -1,7 +1,7 @@
 """Lookalike ingest: scan folders, decode images, encode them and write them to the database."""
 
-from ingest.decode import DecodeError, decode_image
+from engine.media.decode import DecodeError, decode_image
 from ingest.pipeline import IngestConfig, IngestProgress, IngestReport, ingest_files, ingest_folder
-from ingest.scan import SourceFile, scan_folder
+from engine.media.scan import SourceFile, scan_folder
 
 __all__ = ["DecodeError", "IngestConfig", "IngestProgress", "IngestReport", "SourceFile", "decode_image", "ingest_files", "ingest_folder", "scan_folder"]

@@ -2,7 +2,7 @@
 
 The stages are the local pipeline's own code, only placed differently:
 
-* reader: :func:`ingest.scan.scan_folder` on the driver; the file list becomes a Ray dataset
+* reader: :func:`engine.media.scan.scan_folder` on the driver; the file list becomes a Ray dataset
   (``ray.data.from_items``);
 * mapper + encoder: ``map_batches`` over a pool of encoder actors (``ActorPoolStrategy``, one GPU each
   when the cluster has GPUs); each actor runs :func:`ingest.pipeline._map_file` (read, hash, skip known,
@@ -33,26 +33,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.encoders import Encoder, EncoderConfig, create_encoder
-from engine.store import Database, EncoderMismatchError
+from engine.encoders.factory import Encoder, create_encoder
+from engine.encoders.config import EncoderConfig
+from engine.storage.database import Database
+from engine.core.errors import EncoderMismatchError, IngestError, LookalikeError
 from ingest.pipeline import (
     IngestConfig,
     IngestReport,
-    ProgressCallback,
     _Collector,
     _finish,
     _map_file,
     _ordered_map,
     run_locked,
 )
-from ingest.scan import SourceFile, scan_folder
+from engine.media.scan import SourceFile, scan_folder
 
+from engine.core.progress import ProgressCallback, report as report_progress
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'lookalike[distributed]'"
 
 
-class RayNotInstalledError(RuntimeError):
+class RayNotInstalledError(LookalikeError, RuntimeError):
     """``--engine ray`` without Ray installed; the message says how to install it."""
 
 
@@ -128,9 +130,9 @@ def ingest_files_ray(
     """Ingest the given files (in the given order) on a Ray cluster; ``root`` is recorded as their source."""
     ray = import_ray()
     if config.image_hook is not None:
-        raise ValueError("masked ingest (--mask) runs on the local engine only; drop --engine ray or --mask")
+        raise IngestError("masked ingest (--mask) runs on the local engine only; drop --engine ray or --mask")
     if ray_config.workers < 1:
-        raise ValueError(f"--workers must be at least 1, not {ray_config.workers}")
+        raise IngestError(f"--workers must be at least 1, not {ray_config.workers}")
     root = Path(root).resolve()
     encoder = create_encoder(replace(encoder_config, device="cpu"))  # on the driver only for the model's identity
     return run_locked(db, root, lambda: _ingest_on_ray(ray, db, files, root, config, encoder_config, encoder, ray_config, progress))
@@ -189,8 +191,7 @@ def _ingest_on_ray(ray, db: Database, files: list[SourceFile], root: Path, confi
                 )
                 for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
                     _collect(collector, batch, model.id)
-                    if progress:
-                        progress(collector.state)
+                    report_progress(progress, collector.state.as_progress())
             collector.flush()
         finally:
             collector.writer.close()

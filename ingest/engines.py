@@ -6,10 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.encoders import Encoder, EncoderConfig, create_encoder
-from engine.store import Database
+from engine.encoders.factory import Encoder, create_encoder
+from engine.encoders.config import EncoderConfig
+from engine.storage.database import Database
 from ingest.distributed import RayConfig, ingest_folder_ray
-from ingest.pipeline import IngestConfig, IngestReport, ProgressCallback, ingest_folder
+from engine.core.progress import ProgressCallback
+from ingest.pipeline import IngestConfig, IngestReport, ingest_folder
+from engine.core.errors import IngestError
+from engine.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -26,22 +30,20 @@ class IngestJob:
 
 
 IngestEngine = Callable[[IngestJob], IngestReport]
-_ENGINES: dict[str, IngestEngine] = {}
+INGEST_ENGINES: Registry[IngestEngine] = Registry("ingest engine")
 
 
-def register_ingest_engine(name: str, engine: IngestEngine) -> None:
-    _ENGINES[name] = engine
+def register_ingest_engine(name: str, engine: IngestEngine, description: str = "") -> IngestEngine:
+    return INGEST_ENGINES.add(name, engine, description)
 
 
-def list_ingest_engines() -> list[str]:
-    return sorted(_ENGINES)
+def list_ingest_engines() -> dict[str, str]:
+    return INGEST_ENGINES.describe()
 
 
 def run_ingest(engine: str, job: IngestJob) -> IngestReport:
-    """Run ``job`` on the named engine."""
-    if engine not in _ENGINES:
-        raise ValueError(f"unknown ingest engine {engine!r}; choose one of {list_ingest_engines()}")
-    return _ENGINES[engine](job)
+    """Run ``job`` on the named engine; the error names the valid ones."""
+    return INGEST_ENGINES.get(engine)(job)
 
 
 def _local(job: IngestJob) -> IngestReport:
@@ -52,5 +54,5 @@ def _ray(job: IngestJob) -> IngestReport:
     return ingest_folder_ray(job.db, job.root, job.config, job.encoder_config, job.ray, job.progress)
 
 
-register_ingest_engine("local", _local)
-register_ingest_engine("ray", _ray)
+register_ingest_engine("local", _local, "decode threads and one encoder in this process")
+register_ingest_engine("ray", _ray, "decode and encode on a Ray cluster (pip install 'lookalike[distributed]')")

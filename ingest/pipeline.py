@@ -1,6 +1,6 @@
 """Ingest runner: reader -> mapper -> encoder -> writer, streamed with bounded memory.
 
-* reader: :func:`ingest.scan.scan_folder` lists files in a deterministic order;
+* reader: :func:`engine.media.scan.scan_folder` lists files in a deterministic order;
 * mapper: a thread pool reads, hashes, decodes and preprocesses files (Pillow and the tensor
   transforms release the GIL), running ahead of the encoder by a bounded window;
 * encoder: batches of preprocessed tensors go through the model on the main thread;
@@ -27,15 +27,18 @@ import polars as pl
 import torch
 from PIL import Image
 
-from engine.encoders import Encoder, EncoderConfig, create_encoder
-from engine.faults import fault_point
-from engine.index import IndexConfig, ensure_index
-from engine.maintenance import MaintenanceConfig, optimize_table
-from engine.lock import DatabaseNotWritableError, storage_failure, writer_lock
-from engine.store import Database, ModelRecord, utc_now
-from ingest.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_image
-from ingest.scan import SourceFile, scan_folder
+from engine.encoders.factory import Encoder, create_encoder
+from engine.encoders.config import EncoderConfig
+from engine.core.faults import fault_point
+from engine.storage.index import IndexConfig, ensure_index
+from engine.storage.maintenance import MaintenanceConfig, optimize_table
+from engine.storage.lock import DatabaseNotWritableError, storage_failure, writer_lock
+from engine.storage.database import Database, ModelRecord
+from engine.core.clock import utc_now
+from engine.media.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_image
+from engine.media.scan import SourceFile, scan_folder
 
+from engine.core.progress import Progress, ProgressCallback, report as report_progress
 logger = logging.getLogger(__name__)
 
 
@@ -63,12 +66,12 @@ class IngestConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     optimize: bool = True  # after an ingest that wrote rows: compact, update indices, clean up old versions
     maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
-    image_hook: ImageHook | None = None  # e.g. engine.masker.MaskedEncoder: masks images, stores foreground fractions
+    image_hook: ImageHook | None = None  # e.g. engine.masking.encoder.MaskedEncoder: masks images, stores foreground fractions
 
 
 @dataclass
 class IngestProgress:
-    """Counts so far, passed to the progress callback after every batch."""
+    """Counts so far; :meth:`as_progress` is the event the progress callback gets after every batch."""
 
     total: int
     done: int = 0
@@ -85,6 +88,11 @@ class IngestProgress:
     def images_per_second(self) -> float:
         return self.encoded / self.elapsed if self.elapsed > 0 else 0.0
 
+    def as_progress(self) -> Progress:
+        detail = f"{self.encoded} new, {self.skipped} known, {self.errors} errors, {self.images_per_second:.1f} img/s"
+        metrics = {"encoded": self.encoded, "skipped": self.skipped, "errors": self.errors, "images_per_second": self.images_per_second}
+        return Progress("ingest", self.done, self.total, "files", detail, metrics)
+
 
 @dataclass(frozen=True)
 class IngestReport:
@@ -98,7 +106,6 @@ class IngestReport:
     seconds: float
 
 
-ProgressCallback = Callable[[IngestProgress], None]
 
 
 @dataclass
@@ -128,7 +135,7 @@ def _map_file(source: SourceFile, root: Path, encoder: Encoder, known: set[str],
     image_id = content_id(data)
     if image_id in known:
         return _Mapped(source, skipped=True)
-    fault_point("ingest.decode")
+    fault_point("engine.media.decode")
     try:
         decoded = decode_image(data, max_pixels=max_pixels)
         tensor, measured = hook.preprocess_measured(decoded.image) if hook else (encoder.preprocess(decoded.image), None)
@@ -305,8 +312,7 @@ def _ingest_locked(db: Database, files: list[SourceFile], root: Path, config: In
                 batch.append(mapped)
                 if len(batch) >= encoder.batch_size:
                     encode_batch()
-                    if progress:
-                        progress(collector.state)
+                    report_progress(progress, collector.state.as_progress())
             collector.flush(when_full=True)
         encode_batch()
         collector.flush()
@@ -317,8 +323,7 @@ def _ingest_locked(db: Database, files: list[SourceFile], root: Path, config: In
 
 def _finish(db: Database, model: ModelRecord, config: IngestConfig, state: IngestProgress, progress: ProgressCallback | None) -> IngestReport:
     """After the last write: progress, the ANN index, table maintenance, the report."""
-    if progress:
-        progress(state)
+    report_progress(progress, state.as_progress())
     table = db.embeddings(model)
     fault_point("ingest.index")
     ensure_index(table, config.index)

@@ -6,7 +6,8 @@ Tables in a Lookalike database (a LanceDB directory):
     One row per distinct image *content* (``id`` is the BLAKE2b-128 hash of the file bytes), with the
     metadata read while decoding it.
 ``models``
-    One row per encoder version: architecture, weights and their checksum, dimension, preprocessing.
+    One row per model version: its kind and config (what rebuilds its encoder), architecture, weights and
+    their checksum, dimension, preprocessing, parent.
 ``embeddings__<model id>``
     One table per model version. Each version has its own vector width and its own ANN index, and
     dropping a version drops one table. The table repeats the filterable image metadata next to the
@@ -33,6 +34,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from engine.core.errors import LookalikeError
+
 SCHEMA_VERSION = "1"
 SCHEMA_VERSION_KEY = b"lookalike.schema_version"
 TABLE_KIND_KEY = b"lookalike.table"
@@ -50,7 +53,7 @@ FOREGROUND_TABLE = "foreground"
 EMBEDDINGS_PREFIX = "embeddings__"
 
 
-class SchemaMismatchError(RuntimeError):
+class SchemaMismatchError(LookalikeError, RuntimeError):
     """A table on disk was written with a schema this version of Lookalike cannot read."""
 
 
@@ -96,6 +99,10 @@ MODELS_SCHEMA = _with_metadata(
             pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
             pa.field("parent", pa.string()),
             pa.field("notes", pa.string()),
+            # what kind of version this is (engine.versions.kinds) and its parameters as JSON: together they
+            # rebuild the encoder. Added in release 0.2; a 0.1 database gains them on first open (nullable for that).
+            pa.field("kind", pa.string()),
+            pa.field("config", pa.string()),
         ]
     ),
     MODELS_TABLE,

@@ -12,8 +12,10 @@ import pytest
 import timm
 import torch
 
-from engine.encoders import Encoder, EncoderConfig, create_encoder
-from engine.store import Database, ModelRecord, utc_now
+from engine.encoders.factory import Encoder, create_encoder
+from engine.encoders.config import EncoderConfig
+from engine.storage.database import Database, ModelRecord
+from engine.core.clock import utc_now
 import schemas
 
 REPO = Path(__file__).resolve().parents[1]

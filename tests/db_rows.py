@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from engine.store import Database
+from engine.storage.database import Database
 
 
 def ingested_rows(db: Database) -> tuple[pl.DataFrame, dict[str, np.ndarray], pl.DataFrame]:

@@ -2,7 +2,7 @@
 
 Starting Python with torch, timm and LanceDB costs seconds of CPU per process, too much for dozens of
 killed runs in CI. A :class:`Zygote` process imports them once (and starts no thread pools or runtimes),
-then forks one child per job; a child sets ``LOOKALIKE_FAULTS`` (see :mod:`engine.faults`) and runs
+then forks one child per job; a child sets ``LOOKALIKE_FAULTS`` (see :mod:`engine.core.faults`) and runs
 the job until its fault kills it. The parent compares what the child left with a clean run:
 :func:`snapshot` reads every table into comparable form, :func:`integrity_problems` lists violations
 (duplicates, orphan embeddings, images without vectors, tables without a model row).
@@ -27,8 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data" / "samples"
 CORPUS = REPO / "tests" / "data" / "corpus"
-PRELOAD = ("numpy", "torch", "timm", "lancedb", "polars", "pyarrow", "PIL.Image", "engine.store", "engine.encoders",
-           "engine.training", "engine.detect", "engine.search", "ingest.pipeline")
+PRELOAD = ("numpy", "torch", "timm", "lancedb", "polars", "pyarrow", "PIL.Image", "engine.storage.database", "engine.encoders.factory",
+           "engine.training.api", "engine.evaluation.detect", "engine.search.searcher", "ingest.pipeline")
 
 
 # ---- the zygote ----------------------------------------------------------------------------------
@@ -175,20 +175,21 @@ class Zygote:
 
 
 def tiny_encoder(weights: str):
-    from engine.encoders import EncoderConfig, create_encoder
+    from engine.encoders.config import EncoderConfig
+    from engine.encoders.factory import create_encoder
 
     return create_encoder(EncoderConfig(name="test_efficientnet", weights=weights, device="cpu", batch_size=4))
 
 
 def ingest_config(index_min_rows: int = 16):
-    from engine.index import IndexConfig
+    from engine.storage.index import IndexConfig
     from ingest.pipeline import IngestConfig
 
     return IngestConfig(write_every=4, decode_workers=2, index=IndexConfig(min_rows=index_min_rows, num_partitions=2, num_sub_vectors=4))
 
 
 def job_ingest(job: dict) -> None:
-    from engine.store import Database
+    from engine.storage.database import Database
     from ingest.pipeline import ingest_folder
 
     ingest_folder(Database(job["db"]), job["folder"], ingest_config(job.get("index_min_rows", 16)), encoder=tiny_encoder(job["weights"]))
@@ -196,7 +197,7 @@ def job_ingest(job: dict) -> None:
 
 def job_hold_lock(job: dict) -> None:
     """Take the writer lock, say so through ``job['ready']``, and hold it until killed."""
-    from engine.lock import writer_lock
+    from engine.storage.lock import writer_lock
 
     with writer_lock(job["db"], "test holder"):
         Path(job["ready"]).write_text(str(os.getpid()))
@@ -211,8 +212,9 @@ def job_train(job: dict) -> None:
     """Train a head on the synthetic model; ``job['kill_at']`` names the moment to die."""
     import torch
 
-    import engine.training as training
-    from engine.store import Database
+    import engine.training.config as training
+    from engine.training.head import train_head
+    from engine.storage.database import Database
 
     db = Database(job["db"])
     parent = db.resolve_model(job["parent"])
@@ -253,16 +255,16 @@ def job_train(job: dict) -> None:
             original_add(self, record)
 
         Database.add_model = add_and_die
-    from engine.heads import HeadConfig
+    from engine.encoders.config import HeadConfig
 
     config = training.TrainConfig(**job["config"], head=HeadConfig(**job.get("head", {})))
-    training.train_head(db, parent, config, progress=progress)
+    train_head(db, parent, config, progress=progress)
 
 
 def job_decide(job: dict) -> None:
     """Decide a review item whose image joins the catalogue; ``kill_at`` names the moment to die."""
-    from engine.detect import Decision, decide
-    from engine.store import Database
+    from engine.evaluation.detect import Decision, decide
+    from engine.storage.database import Database
     from ingest.pipeline import add_to_catalogue
 
     db = Database(job["db"])
@@ -306,7 +308,7 @@ def make_fault_folder(target: Path, per_class: int = 4, classes: tuple[str, ...]
 # How often each point is passed in an ingest of make_fault_folder() with ingest_config() (counted:
 # decode 16 images + 1 duplicate + 3 broken files; 4 batches of 4; 4 writes; 3 tables compacted).
 POINT_HITS = {
-    "ingest.decode": 20,
+    "engine.media.decode": 20,
     "ingest.encode": 4,
     "ingest.write": 4,
     "store.images_written": 4,
@@ -317,7 +319,7 @@ POINT_HITS = {
     "ingest.done": 1,
 }
 KILLS_PER_POINT = {
-    "ingest.decode": 3, "ingest.encode": 2, "ingest.write": 2, "store.images_written": 4,
+    "engine.media.decode": 3, "ingest.encode": 2, "ingest.write": 2, "store.images_written": 4,
     "store.vectors_written": 3, "ingest.errors": 2, "ingest.index": 1, "ingest.optimize": 3,
 }
 
@@ -349,8 +351,8 @@ def snapshot(db_path: Path | str) -> dict:
     """Every table of a database in comparable form: volatile timestamps dropped, rows sorted by key."""
     import numpy as np
 
-    from engine.index import has_vector_index
-    from engine.store import Database
+    from engine.storage.index import has_vector_index
+    from engine.storage.database import Database
 
     db = Database(db_path)
     shot = {"tables": db.table_names(), "images": _rows(db.images, "id"), "errors": _rows(db.errors, "path"),

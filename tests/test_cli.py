@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from console.cli import main
+from console.cli.main import main
 
 from conftest import CORPUS, QUERIES, SAMPLES
 
@@ -88,7 +88,7 @@ def test_cli_calibrate_predict_review(tmp_path, tiny_weights, capsys):
 
 
 def test_reranker_option_takes_chains_and_names_the_choices_when_wrong(capsys):
-    from console.cli import build_parser
+    from console.cli.main import build_parser
 
     parsed = build_parser().parse_args(["search", "--reranker", "qe+k-reciprocal", "x.jpg"])
     assert parsed.reranker == "qe+k-reciprocal"

@@ -14,10 +14,10 @@ import pytest_textual_snapshot
 from rich.console import Console
 from textual.widgets import Button, DataTable, Input, ProgressBar, Sparkline, Static
 
-from console.app import ConsoleConfig, LookalikeApp
-from console.widgets import Thumbnail
-from engine.detect import enqueue_for_review, review_frame
-from ingest.decode import content_id
+from console.tui.app import ConsoleConfig, LookalikeApp
+from console.tui.widgets import Thumbnail
+from engine.evaluation.detect import enqueue_for_review, review_frame
+from engine.media.decode import content_id
 from ingest.pipeline import IngestConfig, ingest_folder
 
 from conftest import CORPUS, QUERIES, SAMPLES
@@ -374,8 +374,8 @@ def test_library_layout_snapshot(tmp_path, tiny_encoder, snap_compare):
 
 
 def test_console_command_is_registered(tmp_path):
-    from console import cli
-    from console.cli_console import cmd_console
+    from console.cli import main as cli
+    from console.cli.tui_command import cmd_console
 
     args = cli.build_parser().parse_args(["console", "--db", str(tmp_path / "db"), "--no-images", "--encoder", "test_efficientnet"])
     assert args.func is cmd_console and args.db == str(tmp_path / "db") and args.no_images and args.encoder == "test_efficientnet"

@@ -10,25 +10,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from engine.detect import Decision, DistractorDetector, calibrate_model, decide, enqueue_for_review, latest_calibration, review_frame, write_submission
-from engine.distractors import (
-    DISTRACTOR_LABEL,
-    CalibrationConfig,
-    calibrate,
-    create_scorer,
-    distractor_ap_pairs,
-    evaluate_distractors,
-    insert_distractor,
-    list_scorers,
-    map5_curve,
-    map5_with_distractors,
-    neighbourhood,
-    roc_auc,
-    roc_curve,
-    simulate_folds,
-)
-from engine.search import Searcher
-from ingest.decode import content_id
+from engine.evaluation.detect import Decision, DistractorDetector, calibrate_model, decide, enqueue_for_review, latest_calibration, review_frame, write_submission
+from engine.evaluation.distractors import DISTRACTOR_LABEL, calibrate, create_scorer, distractor_ap_pairs, evaluate_distractors, insert_distractor, list_scorers, map5_curve, map5_with_distractors, neighbourhood, roc_auc, roc_curve, simulate_folds
+from engine.evaluation.config import CalibrationConfig
+from engine.search.searcher import Searcher
+from engine.media.decode import content_id
 from ingest.pipeline import IngestConfig, add_to_catalogue, ingest_folder
 
 from conftest import QUERIES, SAMPLES

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from engine.encoders import EncoderConfig
-from engine.store import Database
+from engine.encoders.config import EncoderConfig
+from engine.storage.database import Database
 from ingest.distributed import RayConfig, RayNotInstalledError, import_ray, ingest_folder_ray
 from ingest.pipeline import IngestConfig, ingest_folder
 
@@ -18,7 +18,7 @@ from db_rows import assert_same_rows
 
 
 def test_without_ray_the_engine_says_how_to_install_it(monkeypatch, tmp_path, tiny_weights, capsys):
-    from console.cli import main
+    from console.cli.main import main
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails as if it were not installed
     with pytest.raises(RayNotInstalledError, match=r"pip install 'lookalike\[distributed\]'"):
@@ -67,7 +67,7 @@ def test_ray_ingest_writes_the_rows_of_a_local_ingest_and_is_idempotent(ray_clus
     assert distributed.images_frame().filter(distributed.images_frame()["path"].str.contains("zz_copy")).height == 0
 
     # re-ingest through the CLI: nothing new, the same rows
-    from console.cli import main
+    from console.cli.main import main
 
     tiny = ["--model", "test_efficientnet", "--weights", str(tiny_weights), "--device", "cpu", "--batch-size", "4"]
     assert main(["ingest", str(photo_folder), "--split", "train", "--db", distributed.uri, *tiny, "--engine", "ray", "--workers", "2"]) == 0

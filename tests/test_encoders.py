@@ -8,16 +8,12 @@ import timm
 import torch
 from PIL import Image
 
-from engine.encoders import (
-    EncoderConfig,
-    UnknownEncoderError,
-    _load_state_dict,
-    _packaged_lite_weights,
-    convert_lite_state_dict,
-    create_encoder,
-    list_encoders,
-)
-from ingest.decode import decode_image
+from engine.encoders.config import EncoderConfig, list_encoders
+from engine.core.errors import EncoderError
+from engine.encoders.factory import _load_state_dict, create_encoder
+from engine.encoders.lite import _packaged_lite_weights
+from engine.encoders.lite import convert_lite_state_dict
+from engine.media.decode import decode_image
 
 from conftest import CORPUS, QUERIES
 
@@ -27,7 +23,7 @@ def test_registry_lists_the_lite_family():
 
 
 def test_unknown_encoder_names_the_valid_choices():
-    with pytest.raises(UnknownEncoderError, match="efficientnet_lite0"):
+    with pytest.raises(EncoderError, match="efficientnet_lite0"):
         create_encoder("no_such_model_anywhere")
 
 
@@ -88,8 +84,8 @@ def test_batching_does_not_change_vectors(tiny_weights):
 @pytest.mark.slow
 def test_pretrained_weights_beat_random_weights_on_real_images(default_encoder, tmp_path):
     """Same architecture, same split: the packaged ImageNet weights must retrieve far better than random ones."""
-    from engine.evaluation import evaluate
-    from ingest.scan import scan_folder, stratified_holdout
+    from engine.evaluation.metrics import evaluate
+    from engine.media.scan import scan_folder, stratified_holdout
 
     from conftest import SAMPLES
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.evaluation import (
+from engine.evaluation.metrics import (
     average_precision,
     average_precision_at_k,
     evaluate,
@@ -14,7 +14,7 @@ from engine.evaluation import (
     mean_average_precision,
     precision_at_k,
 )
-from engine.voting import vote_classes
+from engine.search.voting import vote_classes
 
 
 def test_precision_at_k_hand_worked():

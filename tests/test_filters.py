@@ -15,11 +15,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from engine.evaluation import load_split
-from engine.filters import MAX_FILTER_CHARS, WhereFilterError, check_where
-from engine.search import Searcher
-from engine.store import Database
-from engine.training import TrainConfig, train_head
+from engine.evaluation.metrics import load_split
+from engine.storage.filters import MAX_FILTER_CHARS, WhereFilterError, check_where
+from engine.search.searcher import Searcher
+from engine.storage.database import Database
+from engine.training.config import TrainConfig
+from engine.training.head import train_head
 
 from conftest import clustered_vectors, make_vector_model, synthetic_rows
 
@@ -140,7 +141,7 @@ def test_k_below_one_or_not_whole_is_refused_by_the_api(seeded, k):
     (["train", "--epochs", "0"], "argument --epochs: 0 is out of range"),
 ])
 def test_numeric_options_are_validated_with_clear_messages(argv, message, capsys):
-    from console.cli import build_parser
+    from console.cli.main import build_parser
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(argv)

@@ -14,15 +14,22 @@ import pytest
 import timm
 import torch
 
-from engine.augment import create_augmentation, list_augmentations
-from engine.encoders import EncoderConfig, create_encoder
-from engine.finetune import ImageData, backbone_blocks, prepare_backbone
-from engine.heads import BackboneWithHead, HeadConfig, ProjectionHead, encoder_for_model
-from engine.search import Searcher
-from engine.selfsupervised import consistency_loss, rotate_batch
-from engine.training import FinetuneConfig, TrainConfig, TrainingInterrupted, create_loss, list_methods, train, train_head
+from engine.training.augment import create_augmentation, list_augmentations
+from engine.encoders.config import EncoderConfig
+from engine.encoders.factory import create_encoder
+from engine.training.finetune import ImageData, backbone_blocks, prepare_backbone
+from engine.encoders.heads import BackboneWithHead, ProjectionHead
+from engine.versions import encoder_for_model
+from engine.encoders.config import HeadConfig
+from engine.search.searcher import Searcher
+from engine.training.selfsupervised import consistency_loss, rotate_batch
+from engine.training.config import FinetuneConfig, TrainConfig
+from engine.training.loop import TrainingInterrupted
+from engine.training.methods import create_loss
+from engine.training.api import list_methods, train
+from engine.training.head import train_head
 from ingest.pipeline import IngestConfig, ingest_files
-from ingest.scan import SourceFile, scan_folder
+from engine.media.scan import SourceFile, scan_folder
 
 from conftest import SAMPLES
 
@@ -75,7 +82,7 @@ def test_finetuning_moves_only_the_unfrozen_block_and_publishes_a_whole_version(
     events = []
     result = train(db, parent, tiny_config(), progress=events.append)
     model = result.model
-    assert [e.epoch for e in events] == [1, 2] and model.parent == parent.id and model.id.startswith("test_efficientnet+ft-arcface-")
+    assert [e.done for e in events if e.task == "train"] == [1, 2] and model.parent == parent.id and model.id.startswith("test_efficientnet+ft-arcface-")
     assert Path(model.weights_source).is_relative_to(Path(db.uri)) and Path(model.weights_source).is_file()
     after = backbone_state(db, model)
     assert after.keys() == before.keys()
@@ -111,7 +118,7 @@ def test_interrupted_finetuning_resumes(sample_db):
     assert [m.id for m in db.find_models()] == [parent.id]  # no half version
     events = []
     result = train(db, parent, config, progress=events.append)
-    assert [e.epoch for e in events] == [2, 3]
+    assert [e.done for e in events if e.task == "train"] == [2, 3]
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert not list((Path(db.uri) / "checkpoints").glob("*.pt"))
 
@@ -212,7 +219,7 @@ def test_augmentations_follow_the_model_data_config():
 
 
 def test_cli_trains_both_regimes_and_names_wrong_combinations(sample_db, capsys):
-    from console.cli import main
+    from console.cli.main import main
 
     db, parent = sample_db
     tiny = ["--db", db.uri, "--dim", "16", "--hidden", "32", "--batch-size", "8"]
@@ -229,8 +236,8 @@ def test_reembedding_encodes_like_ingest_and_records_missing_or_changed_files(db
     import shutil
 
     import schemas
-    from engine.evaluation import load_split
-    from engine.finetune import reembed_images
+    from engine.evaluation.metrics import load_split
+    from engine.training.finetune import reembed_images
 
     folder = tmp_path / "images"
     files = []

@@ -24,16 +24,18 @@ from hypothesis import strategies as st
 from PIL import Image, features
 
 import fault_harness as harness
-from engine.detect import Decision, decide, enqueue_for_review, review_frame
-from engine.faults import FAULT_POINTS, parse_faults, reset_fault_counts
-from engine.heads import HeadConfig, load_head
-from engine.lock import LOCK_FILE, DatabaseBusyError, DatabaseNotWritableError, writer_lock
-from engine.search import Searcher
-from engine.store import Database
-from engine.training import TrainConfig, train_head
-from ingest.decode import DecodeError, content_id, decode_image
+from engine.evaluation.detect import Decision, decide, enqueue_for_review, review_frame
+from engine.core.faults import FAULT_POINTS, parse_faults, reset_fault_counts
+from engine.encoders.config import HeadConfig
+from engine.encoders.heads import load_head
+from engine.storage.lock import LOCK_FILE, DatabaseBusyError, DatabaseNotWritableError, writer_lock
+from engine.search.searcher import Searcher
+from engine.storage.database import Database
+from engine.training.config import TrainConfig
+from engine.training.head import train_head
+from engine.media.decode import DecodeError, content_id, decode_image
 from ingest.pipeline import _map_file, add_to_catalogue, ingest_folder
-from ingest.scan import SourceFile
+from engine.media.scan import SourceFile
 
 from conftest import CORPUS, QUERIES, REPO, SAMPLES, clustered_vectors, make_vector_model, synthetic_rows
 
@@ -332,12 +334,12 @@ def test_kill_plan_is_seeded_and_covers_every_stage():
     assert KILL_PLAN == harness.kill_plan(FAULT_SEED) and len(KILL_PLAN) >= 20
     assert len(set(KILL_PLAN)) == len(KILL_PLAN)
     stages = {parse_faults(spec)[0].point for spec in KILL_PLAN}
-    assert stages >= {"ingest.decode", "ingest.encode", "ingest.write", "store.images_written", "store.vectors_written", "ingest.index", "ingest.optimize"}
+    assert stages >= {"engine.media.decode", "ingest.encode", "ingest.write", "store.images_written", "store.vectors_written", "ingest.index", "ingest.optimize"}
     assert harness.kill_plan(FAULT_SEED + 1) != KILL_PLAN
 
 
 def test_fault_specs_are_validated_with_the_valid_choices():
-    with pytest.raises(ValueError, match="ingest.decode"):
+    with pytest.raises(ValueError, match="engine.media.decode"):
         parse_faults("ingest.nowhere@1=kill")
     with pytest.raises(ValueError, match="enospc"):
         parse_faults("ingest.write@1=explode")
@@ -505,7 +507,7 @@ def test_a_second_ingest_is_refused_while_one_runs_and_a_killed_holder_leaves_no
         ingest_folder(Database(path), fault_folder, harness.ingest_config(), encoder=tiny_encoder)
     os.kill(pid, 9)  # the holder dies without releasing anything
     assert zygote.wait().killed
-    with caplog.at_level("WARNING", logger="engine.lock"):
+    with caplog.at_level("WARNING", logger="engine.storage.lock"):
         ingest_folder(Database(path), fault_folder, harness.ingest_config(), encoder=tiny_encoder)
     assert f"stale writer lock of pid {pid}" in caplog.text
     final = harness.snapshot(path)
@@ -642,7 +644,7 @@ def test_review_decision_killed_is_stored_whole_or_not_and_can_be_made_again(kil
 
 
 def test_cli_prints_busy_and_full_disk_as_one_line_errors(tmp_path, tiny_weights, capsys, monkeypatch, fault_folder):
-    from console.cli import main
+    from console.cli.main import main
 
     db = str(tmp_path / "db")
     model = ["--model", "test_efficientnet", "--weights", str(tiny_weights)]

@@ -13,8 +13,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from engine.search import Searcher
-from engine.store import Database
+from engine.search.searcher import Searcher
+from engine.storage.database import Database
 from ingest.pipeline import IngestConfig, ingest_folder
 
 from conftest import CORPUS, REPO, SAMPLES
@@ -104,8 +104,9 @@ KILLED_INGEST = textwrap.dedent(
     """
     import os, signal, sys
     sys.path.insert(0, {repo!r})
-    from engine.encoders import EncoderConfig, create_encoder
-    from engine.store import Database
+    from engine.encoders.config import EncoderConfig
+    from engine.encoders.factory import create_encoder
+    from engine.storage.database import Database
     from ingest.pipeline import IngestConfig, ingest_folder
 
     original = Database.write_embedded

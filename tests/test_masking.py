@@ -14,31 +14,19 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from engine.heads import HeadConfig
-from engine.masker import (
-    MaskedEncoder,
-    MaskSource,
-    MaskerConfig,
-    MaskerTrainConfig,
-    apply_mask,
-    encoder_for_masked_model,
-    foreground_fraction,
-    foreground_frame,
-    load_masker,
-    mask_preview,
-    maskers_frame,
-    masking_of,
-    pair_images_with_masks,
-    query_encoder,
-    read_masks,
-    resolve_masker,
-    rle_decode,
-    rle_encode,
-    train_masker,
-)
-from engine.search import Searcher
-from engine.store import Database, EncoderMismatchError
-from engine.training import TrainConfig, train_head
+from engine.encoders.config import HeadConfig
+from engine.masking.encoder import MaskedEncoder, masking_of
+from engine.masking.masks import MaskSource, foreground_fraction, pair_images_with_masks, read_masks, rle_decode, rle_encode
+from engine.masking.unet import MaskerConfig
+from engine.training.masker import MaskerTrainConfig, train_masker
+from engine.masking.modes import apply_mask, mask_preview
+from engine.versions import encoder_for_model, query_encoder
+from engine.masking.store import foreground_frame, load_masker, maskers_frame, resolve_masker
+from engine.search.searcher import Searcher
+from engine.storage.database import Database
+from engine.core.errors import EncoderMismatchError
+from engine.training.config import TrainConfig
+from engine.training.head import train_head
 from ingest.pipeline import IngestConfig, ingest_folder
 
 from conftest import SAMPLES
@@ -273,7 +261,7 @@ def test_masked_ingest_records_its_masker_and_refuses_other_masking(masker_db, t
     trained = train_head(db, model, TrainConfig(method="bce", head=HeadConfig(kind="linear", out_dim=16), epochs=2, patience=5,
                                                 catalogue_where="split = 'train'", min_class_size=1, device="cpu"))
     assert masking_of(trained.model) == masking_of(model)
-    rebuilt = encoder_for_masked_model(db, trained.model, "cpu")
+    rebuilt = encoder_for_model(db, trained.model, "cpu")
     assert rebuilt.fingerprint == trained.model.fingerprint
     Searcher(db, trained.model, encoder=rebuilt).search_files(paths[:1], k=1)
     # and a searcher given no encoder (review --assign, the console) builds the masked one itself
@@ -282,7 +270,7 @@ def test_masked_ingest_records_its_masker_and_refuses_other_masking(masker_db, t
 
 
 def test_cli_train_masker_preview_and_masked_search(masker_db, tiny_weights, tmp_path, capsys):
-    from console.cli import main
+    from console.cli.main import main
 
     db, record, root = masker_db
     weights = str(tiny_weights)

@@ -10,8 +10,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from engine.memory_index import MemoryIndexConfig, create_memory_index, list_memory_indexes, load_table
-from engine.search import SearchConfig, Searcher
+from engine.search.config import MemoryIndexConfig
+from engine.search.memory_index import create_memory_index, list_memory_indexes, load_table
+from engine.search.config import SearchConfig
+from engine.search.searcher import Searcher
 
 from conftest import clustered_vectors, synthetic_rows
 from test_search import LABELS, assert_same_neighbours, brute_force, seeded  # noqa: F401 - seeded is a fixture
@@ -84,7 +86,7 @@ def test_unknown_column_and_kind_are_clear_errors(seeded):
         Searcher(db, model).search_vectors(vectors[:1], k=3, columns=["colour"])
     with pytest.raises(ValueError, match=r"choose one of \['flat', 'hnsw'\]"):
         create_memory_index("ivf", load_table(db.embeddings(model), 1))
-    assert list_memory_indexes() == ["flat", "hnsw"]
+    assert list(list_memory_indexes()) == ["flat", "hnsw"]
 
 
 @pytest.mark.parametrize("kind", ["off", "flat", "hnsw"])

@@ -13,9 +13,10 @@ import socket
 import numpy as np
 import pytest
 
-from engine.search import SearchConfig, Searcher
-from engine.storage import StorageConfigError, artifacts_dir, is_object_store, resolve_storage_options
-from engine.store import Database
+from engine.search.config import SearchConfig
+from engine.search.searcher import Searcher
+from engine.storage.location import StorageConfigError, artifacts_dir, is_object_store, resolve_storage_options
+from engine.storage.database import Database
 from ingest.pipeline import ingest_folder
 
 from conftest import CORPUS, QUERIES, SAMPLES
@@ -158,7 +159,7 @@ def test_ingest_search_filter_and_reingest_on_s3_match_a_local_folder(request, s
 
 
 def test_cli_commands_work_unchanged_against_s3(request, s3_env, small_folder, tiny_weights, capsys):
-    from console.cli import main
+    from console.cli.main import main
 
     uri = s3_uri(request)
     tiny = ["--model", "test_efficientnet", "--weights", str(tiny_weights), "--device", "cpu", "--batch-size", "8"]
@@ -182,7 +183,7 @@ def test_cli_commands_work_unchanged_against_s3(request, s3_env, small_folder, t
 
 
 def test_a_head_trained_on_an_s3_database_keeps_its_weights_in_the_artifacts_folder(request, s3_env, small_folder, tiny_weights, tmp_path, capsys):
-    from console.cli import main
+    from console.cli.main import main
 
     uri = s3_uri(request)
     tiny = ["--model", "test_efficientnet", "--weights", str(tiny_weights), "--device", "cpu", "--batch-size", "8"]

@@ -9,26 +9,19 @@ import polars as pl
 import pytest
 import torch
 
-from engine.compare import PipelineSpec, compare_pipelines, parse_pipelines, rank_catalogue
-from engine.derived import DBAConfig, publish_derived, read_rows, refresh_derived, vectors_of
-from engine.ensembles import EnsembleConfig, concatenate_embeddings
-from engine.evaluation import evaluate, evaluate_ranking, exact_ranking
-from engine.heads import encoder_for_model
-from engine.multilabel import label_iou_at_k, vote_label_sets
-from engine.rerank import (
-    AugmentationConfig,
-    Candidates,
-    KReciprocalConfig,
-    QueryExpansionConfig,
-    alpha_query_expansion,
-    create_reranker,
-    database_augmentation,
-    k_reciprocal_distances,
-)
-from engine.search import SearchConfig, Searcher
-from engine.store import EncoderMismatchError
-from engine.tta import TTAConfig, TTAModel, crop_boxes
-from engine.whitening import WhiteningConfig, fit_whitening
+from engine.evaluation.compare import PipelineSpec, compare_pipelines, parse_pipelines, rank_catalogue
+from engine.versions.derived import DBAConfig, publish_derived, read_rows, refresh_derived, vectors_of
+from engine.encoders.ensembles import EnsembleConfig, concatenate_embeddings
+from engine.evaluation.metrics import evaluate, evaluate_ranking, exact_ranking
+from engine.versions import encoder_for_model
+from engine.evaluation.multilabel import label_iou_at_k, vote_label_sets
+from engine.search.rerank import AugmentationConfig, Candidates, KReciprocalConfig, QueryExpansionConfig, create_reranker
+from engine.vectors.expansion import alpha_query_expansion, database_augmentation, k_reciprocal_distances
+from engine.search.config import SearchConfig
+from engine.search.searcher import Searcher
+from engine.core.errors import EncoderMismatchError
+from engine.encoders.tta import TTAConfig, TTAModel, crop_boxes
+from engine.encoders.whitening import WhiteningConfig, fit_whitening
 from ingest import IngestConfig, scan_folder
 from ingest.pipeline import ingest_files
 
@@ -336,7 +329,7 @@ def test_whitening_and_dba_versions_are_stored_and_refreshed(seeded):
 
 @pytest.fixture(scope="module")
 def sample_db(tmp_path_factory, tiny_encoder):
-    from engine.store import Database
+    from engine.storage.database import Database
 
     db = Database(tmp_path_factory.mktemp("quality") / "db")
     # three classes (36 images) keep the TTA re-encoding quick
@@ -383,7 +376,7 @@ def test_derived_versions_embed_queries_exactly_like_the_catalogue(sample_db, ti
 
 
 def test_cli_derives_versions_and_compares_pipelines(sample_db, capsys):
-    from console.cli import main
+    from console.cli.main import main
 
     uri = sample_db.uri
     assert main(["whiten", "--db", uri, "--dim", "8", "--power", "0.25"]) == 0
@@ -399,7 +392,7 @@ def test_cli_derives_versions_and_compares_pipelines(sample_db, capsys):
 
 
 def test_predict_label_sets_votes_over_stored_label_lists(db):
-    from engine.multilabel import predict_label_sets
+    from engine.evaluation.multilabel import predict_label_sets
 
     model = make_vector_model(db, dim=16)
     rows = synthetic_rows(200, LABELS)

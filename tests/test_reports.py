@@ -12,19 +12,21 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
-from console.cli import main
-from engine.detect import calibrate_model, latest_calibration
-from engine.distractors import CalibrationConfig, roc_auc
-from engine.evaluation import average_precision, evaluate, load_split
-from engine.heads import HeadConfig
+from console.cli.main import main
+from engine.evaluation.detect import calibrate_model, latest_calibration
+from engine.evaluation.config import CalibrationConfig
+from engine.evaluation.distractors import roc_auc
+from engine.evaluation.metrics import average_precision, evaluate, load_split
+from engine.encoders.config import HeadConfig
 from engine.reports import MapConfig, ReportConfig, ReportContext, build_report, build_section, plot_pngs, write_report
 from engine.reports.curves import calibration_scores
 from engine.reports.data import EmbeddingSet, load_embeddings
 from engine.reports.eda import SkewConfig, duplicate_warnings, near_duplicate_groups, skew_summary, split_skew_warnings
 from engine.reports.embedding_map import ProjectionCache, embedding_map, project
 from engine.reports.retrieval import RECALL_GRID, interpolated_precision
-from engine.store import Database
-from engine.training import TrainConfig, train_head
+from engine.storage.database import Database
+from engine.training.config import TrainConfig
+from engine.training.head import train_head
 from ingest.pipeline import IngestConfig, ingest_folder
 
 from conftest import SAMPLES, clustered_vectors, synthetic_rows

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ingest.decode import DecodeError, content_id, decode_image
-from ingest.scan import read_label_csv, scan_folder, stratified_holdout
+from engine.media.decode import DecodeError, content_id, decode_image
+from engine.media.scan import read_label_csv, scan_folder, stratified_holdout
 
 from conftest import CORPUS, SAMPLES
 

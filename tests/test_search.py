@@ -6,9 +6,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from engine.index import IndexConfig, ensure_index, has_vector_index
-from engine.search import SearchConfig, Searcher
-from engine.store import Database, EncoderMismatchError, ModelNotFoundError
+from engine.storage.index import IndexConfig, ensure_index, has_vector_index
+from engine.search.config import SearchConfig
+from engine.search.searcher import Searcher
+from engine.storage.database import Database, ModelNotFoundError
+from engine.core.errors import EncoderMismatchError
 
 from conftest import clustered_vectors, make_vector_model, synthetic_rows
 

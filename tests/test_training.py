@@ -9,10 +9,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from engine.evaluation import evaluate, load_split
-from engine.heads import HeadConfig
-from engine.search import Searcher
-from engine.training import TrainConfig, TrainingInterrupted, create_loss, list_methods, stratified_validation, train_head
+from engine.evaluation.metrics import evaluate, load_split
+from engine.encoders.config import HeadConfig
+from engine.search.searcher import Searcher
+from engine.training.config import TrainConfig
+from engine.training.loop import TrainingInterrupted, stratified_validation
+from engine.training.methods import create_loss
+from engine.training.api import list_methods
+from engine.training.head import train_head
 from ingest.pipeline import IngestConfig, ingest_folder
 
 from conftest import SAMPLES, make_vector_model, synthetic_rows
@@ -82,7 +86,7 @@ def test_published_version_is_whole_and_traceable(noisy_db):
     assert model.parent == parent.id and model.dim == 16 and model.id.startswith("synthetic+arcface-")
     notes = json.loads(model.notes)
     assert [h["epoch"] for h in notes["history"]] == [1, 2, 3, 4] and notes["config"]["method"] == "arcface"
-    assert [e.epoch for e in events] == [1, 2, 3, 4]
+    assert [e.done for e in events if e.task == "train"] == [1, 2, 3, 4]
     assert db.embeddings(model).count_rows() == db.embeddings(parent).count_rows() == 360
     stored = pl.from_arrow(db.embeddings(model).search().select(["image_id", "vector"]).limit(None).to_arrow())
     norms = np.linalg.norm(np.stack(stored["vector"].to_numpy()), axis=1)
@@ -106,7 +110,7 @@ def test_interrupted_run_resumes_where_it_stopped(noisy_db):
     assert [m.id for m in db.find_models()] == [parent.id]  # no half model version
     events = []
     result = train_head(db, parent, config, progress=events.append)
-    assert [e.epoch for e in events] == [4, 5, 6]
+    assert [e.done for e in events if e.task == "train"] == [4, 5, 6]
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5, 6]
 
 

@@ -30,8 +30,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.tools.make_fashion_samples import CLASSES, SOURCE, read_idx  # noqa: E402
-from engine.masker import rle_encode  # noqa: E402
-from ingest.scan import iter_image_files  # noqa: E402
+from engine.masking.masks import rle_encode  # noqa: E402
+from engine.media.scan import iter_image_files  # noqa: E402
 
 
 def background_crop(path: Path, side: int, rng: np.random.Generator) -> Image.Image:

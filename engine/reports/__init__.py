@@ -1,6 +1,6 @@
 """Visual reports: EDA, embedding maps, retrieval galleries, per-class curves, training and distractor curves.
 
-Pure API over a :class:`engine.store.Database`: functions return matplotlib ``Figure`` objects (drawn on
+Pure API over a :class:`engine.storage.database.Database`: functions return matplotlib ``Figure`` objects (drawn on
 their own Agg canvas, never through pyplot) or PNG bytes, and ``write_report`` writes PNGs plus one
 self-contained HTML page. The console draws on the same functions.
 """

@@ -13,12 +13,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ingest.decode import to_rgb
+from engine.media.decode import to_rgb
+from engine.core.errors import LookalikeError
 
 logger = logging.getLogger(__name__)
 
 
-class ReportDataMissing(LookupError):
+class ReportDataMissing(LookalikeError, LookupError):
     """A figure cannot be drawn because the database lacks what it shows (the message says what to run)."""
 
 

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 
-from engine.detect import StoredCalibration
-from engine.distractors import CalibrationConfig, create_scorer, neighbourhood, simulate_folds
+from engine.evaluation.detect import StoredCalibration
+from engine.evaluation.config import CalibrationConfig
+from engine.evaluation.distractors import create_scorer, neighbourhood, simulate_folds
 from engine.reports.common import ReportDataMissing, class_colours, new_figure
-from engine.store import ModelRecord
+from engine.storage.database import ModelRecord
 
 
 @dataclass(frozen=True)

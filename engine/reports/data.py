@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.filters import combine_where, read_filtered
+from engine.storage.filters import combine_where, read_filtered
 from engine.reports.common import ReportDataMissing
-from engine.store import Database, ModelRecord
+from engine.storage.database import Database, ModelRecord
 
 COLUMNS = ["image_id", "path", "label", "split", "vector"]
 

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from scipy.stats import binom
 
 from engine.reports.common import load_thumbnail, new_figure, show_thumbnail
+from engine.core.errors import ReportError
 
 NO_SPLIT = "(none)"
 
@@ -67,7 +68,7 @@ def split_counts(images: pl.DataFrame) -> pl.DataFrame:
 def feature_shares(images: pl.DataFrame, feature: str) -> pl.DataFrame:
     """Per split and value of one feature: count, split total and share."""
     if feature not in FEATURES:
-        raise ValueError(f"unknown image feature {feature!r}; choose one of {sorted(FEATURES)}")
+        raise ReportError(f"unknown image feature {feature!r}; choose one of {sorted(FEATURES)}")
     frame = _with_split(images).select("split", FEATURES[feature].alias("value"))
     counts = frame.group_by("split", "value").agg(pl.len().alias("count"))
     totals = frame.group_by("split").agg(pl.len().alias("total"))
@@ -249,7 +250,7 @@ def _split_histogram(axis, frame: pl.DataFrame, column: str, splits: Sequence[st
 def eda_figure(images: pl.DataFrame) -> Figure:
     """Counts per split and label, and width, height, size, mode/channels and file size per split."""
     if images.height == 0:
-        raise ValueError("the images table is empty: nothing to analyse")
+        raise ReportError("the images table is empty: nothing to analyse")
     frame = _with_split(images)
     splits = sorted(frame["split"].unique().to_list())
     colours = _split_colours(splits)

@@ -21,7 +21,9 @@ from matplotlib.lines import Line2D
 
 from engine.reports.common import class_colours, new_figure
 from engine.reports.data import EmbeddingSet
+from engine.core.errors import ReportError
 
+from engine.core.registry import Registry
 logger = logging.getLogger(__name__)
 
 
@@ -39,29 +41,20 @@ class MapConfig:
 
 
 Projector = Callable[[np.ndarray, MapConfig], np.ndarray]
-_PROJECTORS: dict[str, tuple[Projector, str]] = {}
+PROJECTORS: Registry[Projector] = Registry("projection")
 
 
 def register_projector(name: str, description: str) -> Callable[[Projector], Projector]:
-    def decorate(func: Projector) -> Projector:
-        if name in _PROJECTORS:
-            raise ValueError(f"projection {name!r} is already registered")
-        _PROJECTORS[name] = (func, description)
-        return func
-
-    return decorate
+    return PROJECTORS.register(name, description)
 
 
 def list_projectors() -> dict[str, str]:
-    return {name: description for name, (_, description) in sorted(_PROJECTORS.items())}
+    return PROJECTORS.describe()
 
 
 def create_projector(name: str) -> Projector:
     """A projection by name; the error names the valid choices."""
-    try:
-        return _PROJECTORS[name][0]
-    except KeyError:
-        raise ValueError(f"unknown projection {name!r}; choose one of {sorted(_PROJECTORS)}") from None
+    return PROJECTORS.get(name)
 
 
 @register_projector("umap", "UMAP (umap-learn), cosine metric; slow first fit (numba JIT), cached")
@@ -93,7 +86,7 @@ def _pca(vectors: np.ndarray, config: MapConfig) -> np.ndarray:
 def project(vectors: np.ndarray, config: MapConfig) -> np.ndarray:
     """2-D coordinates of ``vectors`` with the configured projection."""
     if len(vectors) < 3:
-        raise ValueError(f"an embedding map needs at least 3 points, got {len(vectors)}")
+        raise ReportError(f"an embedding map needs at least 3 points, got {len(vectors)}")
     return np.asarray(create_projector(config.method)(np.asarray(vectors, np.float32), config), dtype=np.float32)
 
 
@@ -157,7 +150,7 @@ def embedding_map(model_id: str, catalogue: EmbeddingSet, queries: EmbeddingSet 
 def embedding_map_figure(maps: list[EmbeddingMap], columns: int = 2) -> Figure:
     """One panel per model version: catalogue points coloured by class, queries as outlined markers."""
     if not maps:
-        raise ValueError("no embedding maps to draw")
+        raise ReportError("no embedding maps to draw")
     colours = class_colours([str(l) for m in maps for l in m.labels])
     columns = min(columns, len(maps))
     rows = int(np.ceil(len(maps) / columns))

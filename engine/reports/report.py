@@ -18,13 +18,16 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
-from engine.detect import latest_calibration
-from engine.evaluation import EvaluationResult, load_split
+from engine.evaluation.detect import latest_calibration
+from engine.evaluation.metrics import EvaluationResult, load_split
 from engine.reports import curves, eda, embedding_map, html, retrieval
 from engine.reports.common import ReportDataMissing, figure_png
 from engine.reports.data import EmbeddingSet, load_embeddings, require_rows
-from engine.store import Database, ModelRecord
+from engine.storage.database import Database, ModelRecord
+from engine.core.splits import CATALOGUE_WHERE, QUERY_WHERE
 
+from engine.core.progress import Progress, ProgressCallback, report as report_progress
+from engine.core.registry import Registry
 logger = logging.getLogger(__name__)
 
 CACHE_FOLDER = "report_cache"  # under the database folder
@@ -34,8 +37,8 @@ CACHE_FOLDER = "report_cache"  # under the database folder
 class ReportConfig:
     """What the report shows and on which rows."""
 
-    catalogue_where: str = "split = 'train'"
-    query_where: str = "split = 'val'"
+    catalogue_where: str = CATALOGUE_WHERE
+    query_where: str = QUERY_WHERE
     k: int = 5
     vote_neighbours: int = 10
     gallery_queries: int = 8
@@ -113,30 +116,21 @@ class ReportContext:
 
 
 PlotBuilder = Callable[[ReportContext], ReportSection]
-_PLOTS: dict[str, tuple[PlotBuilder, str]] = {}
+PLOTS: Registry[PlotBuilder] = Registry("plot", sort=False)  # a report draws them in this order
 
 
 def register_plot(name: str, description: str) -> Callable[[PlotBuilder], PlotBuilder]:
-    def decorate(builder: PlotBuilder) -> PlotBuilder:
-        if name in _PLOTS:
-            raise ValueError(f"plot {name!r} is already registered")
-        _PLOTS[name] = (builder, description)
-        return builder
-
-    return decorate
+    return PLOTS.register(name, description)
 
 
 def list_plots() -> dict[str, str]:
     """Plot names (in report order) and what each shows."""
-    return {name: description for name, (_, description) in _PLOTS.items()}
+    return PLOTS.describe()
 
 
 def create_plot(name: str) -> PlotBuilder:
     """A plot builder by name; the error names the valid choices."""
-    try:
-        return _PLOTS[name][0]
-    except KeyError:
-        raise ValueError(f"unknown plot {name!r}; choose one of {list(_PLOTS)}") from None
+    return PLOTS.get(name)
 
 
 def build_section(context: ReportContext, name: str) -> ReportSection:
@@ -150,14 +144,14 @@ def build_section(context: ReportContext, name: str) -> ReportSection:
 
 
 def build_report(db: Database, model: str | ModelRecord | None = None, config: ReportConfig = ReportConfig(),
-                 plots: list[str] | None = None, progress: Callable[[str], None] | None = None) -> Report:
+                 plots: list[str] | None = None, progress: ProgressCallback | None = None) -> Report:
     """Every registered plot (or the ones named) for a model version (default: the active one)."""
     record = model if isinstance(model, ModelRecord) else db.resolve_model(model)
     context = ReportContext(db, record, config)
     sections = []
-    for name in plots or list(_PLOTS):
-        if progress:
-            progress(name)
+    names = plots or PLOTS.names()
+    for position, name in enumerate(names):
+        report_progress(progress, Progress("report", position, len(names), "sections", name))
         sections.append(build_section(context, name))
     return Report(f"Lookalike report: {record.id}", record.id, sections)
 

@@ -1,7 +1,7 @@
 """Retrieval analysis of a query split against the catalogue: galleries, per-class PR curves, confusion.
 
 Everything is computed from one exact cosine ranking of the whole catalogue per query (FAISS flat, the
-same ranking ``engine.evaluation.evaluate`` scores), in chunks of queries so memory stays bounded.
+same ranking ``engine.evaluation.metrics.evaluate`` scores), in chunks of queries so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
-from engine.evaluation import EvaluationResult, average_precision, average_precision_at_k, exact_ranking
+from engine.evaluation.metrics import EvaluationResult, average_precision, average_precision_at_k, exact_ranking
 from engine.reports.common import class_colours, load_thumbnail, new_figure, show_thumbnail
 from engine.reports.data import EmbeddingSet
-from engine.voting import vote_classes
+from engine.search.voting import vote_classes
+from engine.core.errors import ReportError
 
 RECALL_GRID = np.linspace(0.0, 1.0, 101)
 
@@ -32,7 +33,7 @@ class RetrievalAnalysis:
     ap: np.ndarray  # (n,) full-ranking average precision
     voted: np.ndarray  # (n,) top class by k-NN voting (object)
     precision_at_recall: np.ndarray  # (n, len(RECALL_GRID)) interpolated precision
-    p_at_1: np.ndarray  # (n,) as in engine.evaluation.evaluate
+    p_at_1: np.ndarray  # (n,) as in engine.evaluation.metrics.evaluate
     p_at_5: np.ndarray  # (n,)
     ap_at_5: np.ndarray  # (n,) Kaggle AP@5 of the voted top-5 classes
 
@@ -58,7 +59,7 @@ def interpolated_precision(relevant: np.ndarray, grid: np.ndarray = RECALL_GRID)
 def analyse_retrieval(queries: EmbeddingSet, catalogue: EmbeddingSet, k: int = 5, vote_neighbours: int = 10, chunk: int = 256) -> RetrievalAnalysis:
     """Rank the whole catalogue for every query and keep what the figures need."""
     if len(queries) == 0 or len(catalogue) == 0:
-        raise ValueError(f"nothing to analyse: {len(queries)} queries, {len(catalogue)} catalogue images")
+        raise ReportError(f"nothing to analyse: {len(queries)} queries, {len(catalogue)} catalogue images")
     labels = catalogue.labels
     keep = max(k, vote_neighbours)
     top_rows, top_distances, ap, voted, pr, p1, p5, ap5 = [], [], [], [], [], [], [], []
@@ -81,7 +82,7 @@ def analyse_retrieval(queries: EmbeddingSet, catalogue: EmbeddingSet, k: int = 5
 
 
 def evaluation_of(analysis: RetrievalAnalysis) -> EvaluationResult:
-    """The metrics of ``engine.evaluation.evaluate`` (overall and per class) from the chunked analysis."""
+    """The metrics of ``engine.evaluation.metrics.evaluate`` (overall and per class) from the chunked analysis."""
     per_query = pl.DataFrame({"label": analysis.queries.labels.astype(str), "P@1": analysis.p_at_1, "P@5": analysis.p_at_5,
                               "mAP@5": analysis.ap_at_5, "AP": analysis.ap})
     per_class = (
@@ -119,7 +120,7 @@ def gallery_figure(analysis: RetrievalAnalysis, rows: Sequence[int], title: str,
     """Each query with its top-k results: thumbnails, labels, distances, green/red frames for right/wrong."""
     rows = list(rows)
     if not rows:
-        raise ValueError("no queries to show in the gallery")
+        raise ReportError("no queries to show in the gallery")
     k = analysis.top_rows.shape[1]
     figure = new_figure(1.75 * (k + 1), 2.05 * len(rows), dpi=90)
     axes = figure.subplots(len(rows), k + 1, squeeze=False)

@@ -1,0 +1,390 @@
+"""The ``lookalike`` command line: each command opens the database and calls one use case.
+
+Building the parser imports no engine module that loads torch, timm or LanceDB (``--help`` is instant);
+each command imports what it needs when it runs. Defaults come from the engine's typed configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from console.cli.arguments import non_negative_float, non_negative_int, open_fraction, positive_float, positive_int, unit_fraction
+from console.cli.options import REGISTRIES, registered, registry_names
+from console.cli.output import print_error, print_frame, progress_bar
+from engine.core.errors import InvalidRequestError, LookalikeError
+from engine.core.splits import CATALOGUE_SPLIT, CATALOGUE_WHERE, QUERY_SPLIT, split_where
+from engine.encoders.config import DEFAULT_ENCODER, HEAD_KINDS, EncoderConfig, HeadConfig
+from engine.evaluation.config import CALIBRATION_OBJECTIVES, CalibrationConfig
+from engine.search.config import SearchConfig
+from engine.training.config import FinetuneConfig, TrainConfig
+
+PROGRAM = "lookalike"
+EXIT_USER_ERROR = 2  # a LookalikeError: one line, the cause and the fix
+EXIT_BUG = 1  # anything else: a traceback
+
+# Feature areas keep their sub-commands in their own module, each exposing ``add_commands(sub, *, common, search_opts)``.
+FEATURE_COMMAND_MODULES: tuple[str, ...] = ("console.cli.tui_command", "console.cli.masking", "console.cli.reports", "console.cli.quality", "console.cli.scale")
+
+# ---- catalogue ---------------------------------------------------------------------------------------
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from console.service.catalogue import IngestRequest, ingest
+    from engine.storage.database import Database
+    from ingest.distributed import RayConfig
+    from ingest.pipeline import IngestConfig
+
+    db = Database(args.db)
+    config = IngestConfig(labels_csv=args.labels, split=args.split, holdout=args.holdout, holdout_split=args.holdout_split,
+                          seed=args.seed, decode_workers=args.workers)
+    request = IngestRequest(
+        args.folder, config, EncoderConfig(name=args.model, weights=args.weights, device=args.device, batch_size=args.batch_size),
+        mask=args.mask, mask_mode=args.mask_mode, engine=args.engine,
+        ray=RayConfig(address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker),
+    )
+    with progress_bar() as show:
+        report = ingest(db, request, progress=show)
+    print(
+        f"ingested {args.folder}: {report.total} files, {report.encoded} encoded, {report.skipped} already known, "
+        f"{report.errors} errors in {report.seconds:.1f}s -> model {report.model_id}, database {db.uri}"
+    )
+    if report.errors:
+        print("see the errors with: lookalike errors" + (f" --db {args.db}" if args.db else ""))
+    return 0
+
+
+def _searcher(args: argparse.Namespace):  # noqa: ANN202 - engine.search.searcher.Searcher
+    from console.service.search import open_searcher
+    from engine.storage.database import Database
+
+    config = SearchConfig(k=args.k, reranker=args.reranker)
+    return open_searcher(Database(args.db), args.model, config, getattr(args, "mask", None), getattr(args, "mask_mode", None))
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from console.service.search import query_paths, search
+
+    searcher = _searcher(args)
+    columns = [c for c in (args.columns or "").split(",") if c]
+    if args.id:
+        vectors, names = searcher.vectors_of(args.id), None
+    else:
+        if not args.queries:
+            raise InvalidRequestError("give query image files or --id IMAGE_ID")
+        paths = query_paths(args.queries)
+        vectors, names = searcher.encode_files(paths), paths
+    outcome = search(searcher, vectors, where=args.where, columns=columns, query_names=names)
+    print_frame(outcome.results)
+    if args.predict:
+        print_frame(outcome.predictions)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from engine.evaluation.detect import calibrate_model
+    from engine.storage.database import Database
+
+    db = Database(args.db)
+    model = db.resolve_model(args.model)
+    config = CalibrationConfig(scorer=args.scorer, objective=args.objective, target_fpr=args.target_fpr, folds=args.folds, seed=args.seed)
+    stored = calibrate_model(db, model, config, catalogue_where=args.catalogue_where)
+    folds = stored.details["data"]["folds"]
+    print(
+        f"calibrated model {model.id}: scorer {stored.scorer}, objective {stored.objective}, threshold {stored.threshold:.4f}\n"
+        f"on {stored.details['data']['catalogue_images']} catalogue images of {stored.details['data']['classes']} classes, "
+        f"{len(folds)} folds holding out {[f['held_out_classes'] for f in folds]}\n"
+        f"simulated AUROC {stored.auroc:.3f}, MAP@5 with -1 {stored.map5:.3f} (calibration {stored.id}, now active)"
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from console.service.search import predict_folder, query_paths
+
+    outcome = predict_folder(_searcher(args), query_paths([args.queries]), Path(args.out), queue_for_review=not args.no_review)
+    print(f"{outcome.queries} queries, {outcome.flagged} flagged as distractors (threshold {outcome.threshold:.4f}); "
+          f"wrote {outcome.out}; {outcome.queued} queued for review")
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from console.service.catalogue import decide_review
+    from engine.evaluation.detect import Decision, review_frame
+    from engine.storage.database import Database
+
+    db = Database(args.db)
+    if args.review_id is None:
+        frame = review_frame(db, None if args.status == "all" else args.status)
+        print_frame(frame.select("id", "path", "score", "suggested", "status", "label", "decided_by", "decided_at") if frame.height else frame)
+        return 0
+    if not (args.confirm or args.assign or args.add):
+        raise InvalidRequestError("to decide a review item give --confirm, --assign CLASS or --add CLASS")
+    status, label = ("distractor", None) if args.confirm else ("assigned", args.assign) if args.assign else ("added", args.add)
+    row = decide_review(db, Decision(args.review_id, status, label, args.by), model=args.model)
+    print(f"review {row['id']}: {row['status']}" + (f" as {row['label']}, joined the catalogue" if row["label"] else ""))
+    return 0
+
+
+def cmd_calibrations(args: argparse.Namespace) -> int:
+    from engine.evaluation.detect import calibrations_frame
+    from engine.storage.database import Database
+
+    print_frame(calibrations_frame(Database(args.db)))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.compare:
+        return importlib.import_module("console.cli.quality").run_compare(args)
+    from engine.evaluation.metrics import evaluate, load_split
+    from engine.media.scan import scan_folder
+
+    searcher = _searcher(args)
+    catalogue, catalogue_labels = load_split(searcher.table, split_where(args.catalogue_split))
+    if args.query_dir:
+        files = [f for f in scan_folder(Path(args.query_dir)) if f.labels]
+        queries, query_labels = searcher.encode_files([f.path for f in files]), [f.labels[0] for f in files]
+    else:
+        queries, query_labels = load_split(searcher.table, split_where(args.query_split))
+    result = evaluate(queries, query_labels, catalogue, catalogue_labels, vote_neighbours=searcher.config.vote_neighbours)
+    print(f"model {searcher.model.id}: {result.queries} queries against {result.catalogue} catalogue images")
+    print_frame(result.as_frame())
+    if args.per_class:
+        print_frame(result.per_class)
+    return 0
+
+
+# ---- model versions ----------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from console.service.training import config_for_regime, train_version
+    from engine.storage.database import Database
+
+    db = Database(args.db)
+    head = HeadConfig(kind=args.head, out_dim=args.dim, hidden_dim=args.hidden, dropout=args.dropout)
+    finetune = FinetuneConfig(unfreeze_blocks=args.unfreeze_blocks, backbone_lr=args.backbone_lr, lora=args.lora, lora_rank=args.lora_rank,
+                              image_size=args.image_size, unlabelled_dir=args.unlabelled, unlabelled_where=args.unlabelled_where,
+                              consistency_weight=args.consistency_weight, workers=args.workers)
+    config = config_for_regime(args.regime, method=args.method, head=head, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                               patience=args.patience, catalogue_where=args.catalogue_where, seed=args.seed, device=args.device, finetune=finetune)
+    parent = db.resolve_model(args.parent)
+    with progress_bar(lines=True) as show:
+        result = train_version(db, parent.id, config, activate=args.activate, progress=show)
+    print(f"trained {result.model.id} from {parent.id}: {result.epochs_run} epochs, best val mAP@5 {result.val_map5:.4f} "
+          f"at epoch {result.best_epoch}, {result.seconds:.1f}s")
+    if args.activate:
+        print(f"{result.model.id} is now the active model")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from console.service.training import model_versions
+    from engine.storage.database import Database
+
+    db = Database(args.db)
+    if args.activate:
+        print(f"{db.activate_model(args.activate).id} is now the active model")
+        return 0
+    frame = model_versions(db)
+    if not frame.height:
+        print("no models yet: run lookalike ingest")
+        return 0
+    print_frame(frame.select("id", "active", "kind", "parent", "method", "dim", "val_map5", "created_at"))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from engine.storage.database import Database
+
+    db = Database(args.db)
+    print(f"database {db.uri}")
+    print_frame(db.summary())
+    models = db.models_frame()
+    if models.height:
+        print_frame(models.select("id", "kind", "encoder", "architecture", "dim", "weights_sha256", "created_at"))
+    images = db.images_frame(columns=["split", "label"])
+    if images.height:
+        print_frame(images.group_by("split", "label").len().sort("split", "label"))
+    return 0
+
+
+def cmd_errors(args: argparse.Namespace) -> int:
+    from engine.storage.database import Database
+
+    print_frame(Database(args.db).errors_frame())
+    return 0
+
+
+def cmd_encoders(args: argparse.Namespace) -> int:
+    print("\n".join(registry_names("encoders")))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for name, description in registry_names(args.family).items():
+        print(f"{name:20s} {description}")
+    return 0
+
+
+# ---- the parser ----------------------------------------------------------------------------------------
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{PROGRAM} {version(PROGRAM)}"
+    except PackageNotFoundError:
+        return f"{PROGRAM} (not installed)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROGRAM, description="Embedded image-retrieval database.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug); errors with their traceback")
+    parser.add_argument("--version", action="version", version=_version())
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=None, help="database folder or object-store URI, e.g. s3://bucket/path (default: $LOOKALIKE_DB or data/lookalike.lancedb)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ingest = sub.add_parser("ingest", parents=[common], help="scan a folder and add its images")
+    ingest.add_argument("folder", type=Path)
+    ingest.add_argument("--labels", type=Path, help="CSV: image file name, space-separated class ids")
+    ingest.add_argument("--model", default=DEFAULT_ENCODER, help="encoder: a registered one (lookalike list encoders) or any timm architecture with --weights")
+    ingest.add_argument("--weights", help="local weights file for the encoder")
+    ingest.add_argument("--split", help="split name for these images (e.g. train)")
+    ingest.add_argument("--holdout", type=open_fraction, help="move this fraction of each class to --holdout-split (stratified)")
+    ingest.add_argument("--holdout-split", default=QUERY_SPLIT)
+    ingest.add_argument("--seed", type=int, default=0)
+    ingest.add_argument("--batch-size", type=positive_int, default=EncoderConfig.batch_size)
+    ingest.add_argument("--workers", type=positive_int, default=2, help="decode threads (local engine) or encoder actors (--engine ray)")
+    ingest.add_argument("--engine", default="local", type=registered("ingest-engines"), help="where the stages run: local or ray (lookalike list ingest-engines)")
+    ingest.add_argument("--address", help="Ray cluster address with --engine ray (default: the local machine)")
+    ingest.add_argument("--gpus-per-worker", type=non_negative_float, help="GPUs per Ray encoder actor (default: 1 when the cluster has GPUs)")
+    ingest.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    importlib.import_module("console.cli.masking").add_mask_options(ingest, "mask images with this stored masker before encoding (see lookalike maskers)")
+    ingest.set_defaults(func=cmd_ingest)
+
+    search_opts = argparse.ArgumentParser(add_help=False, parents=[common])
+    search_opts.add_argument("--model", help="model id or encoder name (default: the active model)")
+    search_opts.add_argument("-k", type=positive_int, default=SearchConfig.k)
+    search_opts.add_argument("--reranker", default=SearchConfig.reranker, type=registered("rerankers", chains=True),
+                             help="a re-ranker (lookalike list rerankers), or quality stages chained with '+' (e.g. qe+k-reciprocal)")
+
+    search = sub.add_parser("search", parents=[search_opts], help="find the catalogue images nearest to query images")
+    search.add_argument("queries", nargs="*", help="query image files or folders")
+    search.add_argument("--id", action="append", help="search with a stored image id (repeatable)")
+    search.add_argument("--where", help="SQL filter over image metadata, e.g. \"label = 'coast' AND width >= 256\"")
+    search.add_argument("--columns", help="extra columns to show, comma-separated (e.g. split,width)")
+    search.add_argument("--predict", action="store_true", help="also print the top-5 classes by k-NN voting")
+    importlib.import_module("console.cli.masking").add_mask_options(search, "mask queries with this masker (default: as the model's catalogue was masked); another masking is refused")
+    search.set_defaults(func=cmd_search)
+
+    evaluation = sub.add_parser("eval", parents=[search_opts], help="P@1, P@5, mAP@5 and mAP of a model")
+    evaluation.add_argument("--catalogue-split", default=CATALOGUE_SPLIT)
+    evaluation.add_argument("--query-split", default=QUERY_SPLIT)
+    evaluation.add_argument("--query-dir", help="labelled query folder instead of --query-split")
+    evaluation.add_argument("--per-class", action="store_true")
+    evaluation.add_argument("--compare", metavar="PIPELINES", help="pipelines side by side, RERANKER[@MODEL] comma-separated, e.g. base,qe,dba,k-reciprocal,qe+k-reciprocal@MODEL")
+    evaluation.set_defaults(func=cmd_eval)
+
+    calibrate = sub.add_parser("calibrate", parents=[common], help="calibrate the distractor threshold on the catalogue")
+    calibrate.add_argument("--model", help="model id or encoder name (default: the active model)")
+    calibrate.add_argument("--scorer", default=CalibrationConfig.scorer, type=registered("scorers"), help="distractor scorer (lookalike list scorers)")
+    calibrate.add_argument("--objective", default=CalibrationConfig.objective, choices=CALIBRATION_OBJECTIVES,
+                           help="map5: best MAP@5 with -1; fpr: flag at most --target-fpr of known images; roc: nearest the top-left corner")
+    calibrate.add_argument("--target-fpr", type=open_fraction, default=CalibrationConfig.target_fpr)
+    calibrate.add_argument("--folds", type=positive_int, default=CalibrationConfig.folds)
+    calibrate.add_argument("--seed", type=int, default=CalibrationConfig.seed)
+    calibrate.add_argument("--catalogue-where", default=CATALOGUE_WHERE, help="which rows are the catalogue")
+    calibrate.set_defaults(func=cmd_calibrate)
+    sub.add_parser("calibrations", parents=[common], help="stored calibrations, newest first").set_defaults(func=cmd_calibrations)
+
+    predict = sub.add_parser("predict", parents=[search_opts], help="top-5 classes with -1 for distractors, as a Kaggle CSV")
+    predict.add_argument("queries", help="query folder (or one image)")
+    predict.add_argument("--out", default="submission.csv")
+    predict.add_argument("--no-review", action="store_true", help="do not queue flagged queries for review")
+    predict.set_defaults(func=cmd_predict)
+
+    review = sub.add_parser("review", parents=[common], help="the distractor review queue; with an id, decide it")
+    review.add_argument("review_id", nargs="?")
+    review.add_argument("--status", default="pending", help="pending, distractor, assigned, added or all")
+    review.add_argument("--model", help="model whose encoder adds images to the catalogue (default: the one that flagged it)")
+    decision = review.add_mutually_exclusive_group()
+    decision.add_argument("--confirm", action="store_true", help="confirm it is a distractor")
+    decision.add_argument("--assign", metavar="CLASS", help="it belongs to this known class (joins the catalogue)")
+    decision.add_argument("--add", metavar="CLASS", help="it is a new class (joins the catalogue)")
+    review.add_argument("--by", default=os.environ.get("USER", "unknown"), help="who decides")
+    review.set_defaults(func=cmd_review)
+
+    train = sub.add_parser("train", parents=[common], help="train a head on stored features, or fine-tune the backbone on the images")
+    train.add_argument("--regime", default=TrainConfig.regime, type=registered("regimes"),
+                       help="head: a head on the parent's stored features (fast); finetune: last backbone blocks (or LoRA) and a head on augmented images")
+    train.add_argument("--method", default=TrainConfig.method, type=registered("methods"), help="lookalike list methods; simsiam and rotation need no labels (finetune regime)")
+    train.add_argument("--parent", help="model whose features to train on (default: the active model)")
+    train.add_argument("--head", default=HeadConfig.kind, choices=HEAD_KINDS)
+    train.add_argument("--dim", type=positive_int, default=HeadConfig.out_dim)
+    train.add_argument("--hidden", type=positive_int, default=HeadConfig.hidden_dim)
+    train.add_argument("--dropout", type=unit_fraction, default=HeadConfig.dropout)
+    train.add_argument("--epochs", type=positive_int, help="default: the regime's")
+    train.add_argument("--batch-size", type=positive_int, help="default: the regime's")
+    train.add_argument("--lr", type=positive_float, default=TrainConfig.lr)
+    train.add_argument("--patience", type=positive_int, default=TrainConfig.patience)
+    train.add_argument("--catalogue-where", default=TrainConfig.catalogue_where)
+    train.add_argument("--seed", type=int, default=TrainConfig.seed)
+    train.add_argument("--device")
+    train.add_argument("--activate", action="store_true", help="make the new model the default")
+    tuning = train.add_argument_group("fine-tuning (--regime finetune)")
+    tuning.add_argument("--unfreeze-blocks", type=non_negative_int, default=FinetuneConfig.unfreeze_blocks, help="the last N blocks of the backbone learn (0: head only)")
+    tuning.add_argument("--backbone-lr", type=positive_float, default=FinetuneConfig.backbone_lr)
+    tuning.add_argument("--lora", action="store_true", help="LoRA adapters on the linear layers of those blocks instead (ViT backbones)")
+    tuning.add_argument("--lora-rank", type=positive_int, default=FinetuneConfig.lora_rank)
+    tuning.add_argument("--image-size", type=positive_int, help="training crop size (default: the model's; embedding keeps the model's)")
+    tuning.add_argument("--workers", type=non_negative_int, default=FinetuneConfig.workers, help="image decoding processes")
+    unlabelled = tuning.add_mutually_exclusive_group()
+    unlabelled.add_argument("--unlabelled", metavar="DIR", help="unlabelled images for consistency regularisation")
+    unlabelled.add_argument("--unlabelled-where", metavar="SQL", help="stored images to use unlabelled, e.g. \"split = 'new'\"")
+    tuning.add_argument("--consistency-weight", type=non_negative_float, default=FinetuneConfig.consistency_weight, help="weight of the weak/strong consistency term")
+    train.set_defaults(func=cmd_train)
+
+    models = sub.add_parser("models", parents=[common], help="model versions; --activate ID picks the default")
+    models.add_argument("--activate", metavar="MODEL_ID")
+    models.set_defaults(func=cmd_models)
+
+    sub.add_parser("info", parents=[common], help="tables, models and label counts").set_defaults(func=cmd_info)
+    sub.add_parser("errors", parents=[common], help="files that could not be ingested").set_defaults(func=cmd_errors)
+    sub.add_parser("encoders", help="registered encoders").set_defaults(func=cmd_encoders)
+    listing = sub.add_parser("list", help="what a registry holds: encoders, methods, rerankers, kinds, ...")
+    listing.add_argument("family", choices=sorted(REGISTRIES))
+    listing.set_defaults(func=cmd_list)
+    for module_name in FEATURE_COMMAND_MODULES:
+        importlib.import_module(module_name).add_commands(sub, common=common, search_opts=search_opts)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except LookalikeError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print_error(str(exc))
+        return EXIT_USER_ERROR
+    except Exception as exc:  # a bug: say so, with the traceback to report
+        traceback.print_exc()
+        print_error(f"{type(exc).__name__}: {exc} (this is a bug in Lookalike; please report it with the traceback above)")
+        return EXIT_BUG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Retrieval-quality commands: derived model versions (``whiten``, ``dba``, ``ensemble``, ``tta``,
+``refresh``) and ``eval --compare`` (pipelines side by side). Thin layer over ``engine.versions.derived`` and
+``engine.evaluation.compare``."""
+
+from __future__ import annotations
+
+import argparse
+
+from console.cli.output import progress_bar
+from console.cli.arguments import crop_fraction, non_negative_float, non_negative_int, positive_float, positive_int
+from engine.core.splits import CATALOGUE_WHERE, split_where
+from engine.core.errors import InvalidRequestError
+
+
+def _print(frame) -> None:  # noqa: ANN001 - a polars frame
+    import polars as pl
+
+    with pl.Config(tbl_rows=max(frame.height, 1), tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=220, float_precision=4):
+        print(frame)
+
+
+def _publish(args: argparse.Namespace, kind: str, parents: list[str | None], config) -> int:  # noqa: ANN001
+    from engine.versions.derived import publish_derived
+    from engine.storage.database import Database
+
+    db = Database(args.db)
+    records = [db.resolve_model(p) for p in parents]
+
+    with progress_bar() as show:
+        record = publish_derived(db, kind, records, config, progress=show, device=getattr(args, "device", None))
+    print(f"{kind} version {record.id} of {[r.id for r in records]}: dim {record.dim}")
+    if args.activate:
+        db.activate_model(record.id)
+        print(f"{record.id} is now the active model")
+    return 0
+
+
+def cmd_whiten(args: argparse.Namespace) -> int:
+    from engine.encoders.whitening import WhiteningConfig
+
+    config = WhiteningConfig(out_dim=args.dim or None, power=args.power, epsilon=args.epsilon, catalogue_where=args.catalogue_where)
+    return _publish(args, "whiten", [args.parent], config)
+
+
+def cmd_dba(args: argparse.Namespace) -> int:
+    from engine.versions.derived import DBAConfig
+
+    return _publish(args, "dba", [args.parent], DBAConfig(neighbours=args.neighbours, alpha=args.alpha, catalogue_where=args.catalogue_where))
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from engine.encoders.ensembles import EnsembleConfig
+
+    weights = tuple(float(w) for w in args.weights.split(",")) if args.weights else None
+    return _publish(args, "ensemble", list(args.members), EnsembleConfig(weights=weights))
+
+
+def cmd_tta(args: argparse.Namespace) -> int:
+    from engine.encoders.tta import TTAConfig
+
+    scales = tuple(float(s) for s in args.scales.split(","))
+    config = TTAConfig(flip=not args.no_flip, crops=args.crops, crop_fraction=args.crop_fraction, scales=scales)
+    print(f"re-encoding every stored image with {config.views} views each")
+    return _publish(args, "tta", [args.parent], config)
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from engine.versions.derived import derived_versions, refresh_derived
+    from engine.storage.database import Database
+
+    db = Database(args.db)
+    versions = [db.resolve_model(m) for m in args.models] if args.models else derived_versions(db)
+    if not versions:
+        print("no derived versions to refresh")
+    for version in versions:
+        written = refresh_derived(db, version, device=args.device)
+        print(f"{version.id}: {written} rows written")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """``lookalike eval --compare``: pipelines side by side on the stored query and catalogue splits."""
+    from engine.evaluation.compare import compare_pipelines, parse_pipelines
+    from engine.storage.database import Database
+
+    specs = parse_pipelines(args.compare)
+    if args.query_dir:
+        raise InvalidRequestError("--compare evaluates the stored --query-split; it does not take --query-dir")
+    frame = compare_pipelines(
+        Database(args.db), specs, args.model, catalogue_where=split_where(args.catalogue_split),
+        query_where=split_where(args.query_split), k=args.k,
+        progress=lambda done: print(f"{done.spec.text}: P@1 {done.result.p_at_1:.4f}  mAP {done.result.mean_ap:.4f}", flush=True),
+    )
+    _print(frame)
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction, *, common: argparse.ArgumentParser, search_opts: argparse.ArgumentParser) -> None:
+    derived = argparse.ArgumentParser(add_help=False, parents=[common])
+    derived.add_argument("--activate", action="store_true", help="make the new version the default")
+    catalogue = argparse.ArgumentParser(add_help=False)
+    catalogue.add_argument("--parent", help="model version to derive from (default: the active model)")
+    catalogue.add_argument("--catalogue-where", default=CATALOGUE_WHERE, help="rows that are the catalogue")
+
+    whiten = sub.add_parser("whiten", parents=[derived, catalogue], help="PCA-whitening fitted on the catalogue, as a new model version")
+    whiten.add_argument("--dim", type=non_negative_int, default=256, help="principal axes kept (0: all)")
+    whiten.add_argument("--power", type=non_negative_float, default=0.5, help="eigenvalue power: 0.5 full whitening, 0 rotation only")
+    whiten.add_argument("--epsilon", type=positive_float, default=1e-3, help="regulariser, relative to the largest eigenvalue")
+    whiten.set_defaults(func=cmd_whiten)
+
+    dba = sub.add_parser("dba", parents=[derived, catalogue], help="database-side augmentation of the catalogue, as a new model version")
+    dba.add_argument("--neighbours", type=positive_int, default=5)
+    dba.add_argument("--alpha", type=non_negative_float, default=3.0)
+    dba.set_defaults(func=cmd_dba)
+
+    ensemble = sub.add_parser("ensemble", parents=[derived], help="concatenate normalised embeddings of several versions")
+    ensemble.add_argument("members", nargs="+", help="model ids or encoder names (at least 2)")
+    ensemble.add_argument("--weights", help="comma-separated weights, one per member (default: equal)")
+    ensemble.set_defaults(func=cmd_ensemble)
+
+    tta = sub.add_parser("tta", parents=[derived], help="re-encode every stored image with test-time augmentation, as a new version")
+    tta.add_argument("--parent", help="model version whose encoder to augment (default: the active model)")
+    tta.add_argument("--no-flip", action="store_true", help="no horizontal mirror")
+    tta.add_argument("--crops", type=int, default=0, choices=[0, 1, 5])
+    tta.add_argument("--crop-fraction", type=crop_fraction, default=0.875)
+    tta.add_argument("--scales", default="1.0", help="comma-separated input scales, e.g. 1.0,1.15")
+    tta.add_argument("--device", help="cpu, cuda (default: cuda when present)")
+    tta.set_defaults(func=cmd_tta)
+
+    refresh = sub.add_parser("refresh", parents=[common], help="bring derived versions up to date after an ingest")
+    refresh.add_argument("models", nargs="*", help="derived versions (default: all)")
+    refresh.add_argument("--device")
+    refresh.set_defaults(func=cmd_refresh)

@@ -1,0 +1,106 @@
+"""Use cases that read: open a searcher on a model version, search (with the distractor verdict and the
+voted classes), predict a query folder as a Kaggle CSV (queueing flagged queries for review)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import polars as pl
+
+from engine.core.errors import InvalidRequestError, MissingFileError, NotFoundError
+from engine.evaluation.detect import DistractorDetector, enqueue_for_review, write_submission
+from engine.media.decode import content_id
+from engine.media.scan import scan_folder
+from engine.search.config import SearchConfig
+from engine.search.searcher import Searcher
+from engine.storage.database import Database
+from engine.versions import query_encoder
+
+CONTENT_ID = re.compile(r"^[0-9a-f]{32}$")  # an image id: the BLAKE2b-128 hash of its bytes
+
+
+def open_searcher(db: Database, model: str | None = None, config: SearchConfig = SearchConfig(),
+                  mask: str | None = None, mask_mode: str | None = None) -> Searcher:
+    """A searcher on a model version (default: the active one); queries are masked as its catalogue was."""
+    record = db.resolve_model(model)
+    return Searcher(db, record, config, encoder=query_encoder(db, record, mask, mask_mode))
+
+
+def query_paths(queries: Sequence[str | Path]) -> list[Path]:
+    """Query image files: files as given, folders scanned (sorted, recursive)."""
+    paths: list[Path] = []
+    for query in queries:
+        query = Path(query).expanduser()
+        paths.extend(f.path for f in scan_folder(query)) if query.is_dir() else paths.append(query)
+    if not paths:
+        raise InvalidRequestError("no query images: give image files or folders")
+    return paths
+
+
+def query_vectors(searcher: Searcher, query: str) -> np.ndarray:
+    """The vector of one query: an image file is encoded, a catalogue image id is looked up."""
+    path = Path(query).expanduser()
+    if path.is_file():
+        return searcher.encode_files([path])
+    if CONTENT_ID.match(query):
+        try:
+            return searcher.vectors_of([query])
+        except KeyError:
+            raise NotFoundError(f"no catalogue image with id {query} in model {searcher.model.id}") from None
+    raise MissingFileError(f"{query!r} is neither an image file nor a catalogue image id")
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """What one search found: the ranked results (with the distractor columns when the version is
+    calibrated), the voted classes per query, and the distractor verdict per query."""
+
+    model_id: str
+    results: pl.DataFrame
+    predictions: pl.DataFrame
+    verdicts: pl.DataFrame | None  # query, distractor_score, is_distractor, threshold; None without a calibration
+
+
+def search(searcher: Searcher, vectors: np.ndarray, *, k: int | None = None, where: str | None = None,
+           columns: Sequence[str] = (), query_names: Sequence[str] | None = None) -> SearchOutcome:
+    """Search, vote and score the queries ``vectors``: the sequence every front end shows."""
+    results = searcher.search_vectors(vectors, k=k, where=where, columns=columns)
+    if query_names is not None:
+        results = results.with_columns(pl.Series("query_path", [str(query_names[q]) for q in results["query"]], pl.String))
+    predictions = searcher.predict(vectors, where=where)
+    detector = DistractorDetector.for_searcher(searcher)
+    verdicts = None
+    if detector is not None:
+        scores, flagged = detector.score(vectors)
+        verdicts = pl.DataFrame({"query": np.arange(len(scores), dtype=np.int32), "distractor_score": scores, "is_distractor": flagged,
+                                 "threshold": np.full(len(scores), detector.calibration.threshold)})
+        results = results.join(verdicts.drop("threshold"), on="query", how="left")
+    return SearchOutcome(searcher.model.id, results, predictions, verdicts)
+
+
+@dataclass(frozen=True)
+class PredictOutcome:
+    queries: int
+    flagged: int
+    threshold: float
+    queued: int
+    out: Path
+
+
+def predict_folder(searcher: Searcher, paths: Sequence[Path], out: Path, *, queue_for_review: bool = True) -> PredictOutcome:
+    """Top-5 classes with ``-1`` for distractors as a Kaggle CSV; flagged queries join the review queue."""
+    detector = DistractorDetector.for_searcher(searcher)
+    if detector is None:
+        raise NotFoundError(f"model {searcher.model.id} has no distractor calibration: run lookalike calibrate first")
+    vectors = searcher.encode_files(paths)
+    predictions = detector.predict(vectors)
+    write_submission(Path(out), [p.name for p in paths], predictions)
+    queued = 0
+    if queue_for_review:
+        ids = [content_id(p.read_bytes()) for p in paths]
+        queued = enqueue_for_review(searcher.db, searcher.model, ids, [str(p.resolve()) for p in paths], predictions, detector.calibration.threshold)
+    return PredictOutcome(len(paths), int(predictions["is_distractor"].sum()), detector.calibration.threshold, queued, Path(out))

@@ -1,0 +1,45 @@
+"""Use cases of model versions: train one (with the regime's defaults), list them with what made each."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+
+import polars as pl
+
+from engine.core.progress import ProgressCallback
+from engine.storage.database import Database
+from engine.training import TrainConfig, TrainResult, train
+from engine.training.config import regime_defaults
+
+
+def train_version(db: Database, parent: str | None, config: TrainConfig, *, activate: bool = False,
+                  progress: ProgressCallback | None = None, should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """Train ``config`` on ``parent`` (default: the active version) and publish the new version."""
+    result = train(db, db.resolve_model(parent), config, progress=progress, should_stop=should_stop)
+    if activate:
+        db.activate_model(result.model.id)
+    return result
+
+
+def config_for_regime(regime: str, **given: object) -> TrainConfig:
+    """A :class:`TrainConfig` for ``regime`` with its epochs and batch size unless given; None values are not given."""
+    values = {name: value for name, value in given.items() if value is not None}
+    return replace(TrainConfig(regime=regime, **regime_defaults(regime)), **values)
+
+
+def model_versions(db: Database) -> pl.DataFrame:
+    """Model versions, newest first: kind, method, validation mAP@5 and which one is active."""
+    frame = db.models_frame()
+    if not frame.height:
+        return frame
+    notes = [json.loads(n) if n else {} for n in frame["notes"]]
+    kinds = [record.kind for record in (db.resolve_model(i) for i in frame["id"])]
+    active = db.active_model_id() or frame["id"][0]
+    return frame.with_columns(
+        (pl.col("id") == active).alias("active"),
+        pl.Series("kind", kinds, pl.String),
+        pl.Series("method", [n.get("method") for n in notes], pl.String),
+        pl.Series("val_map5", [n.get("val_map5") for n in notes], pl.Float64),
+    ).select("id", "active", "kind", "parent", "method", "dim", "val_map5", "created_at")

@@ -1,0 +1,192 @@
+"""Data: the ``images`` table through polars, filtered with the search ``where`` syntax, and an EDA summary."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from rich.console import Group
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Button, DataTable, Footer, Header, Input, Static
+
+from console.tui.screens.base import ConsoleScreen
+from console.tui.screens.figure import FigureScreen, png_picture
+from console.tui.widgets import bar_chart, fill_table
+from engine.core.errors import NotFoundError
+
+logger = logging.getLogger(__name__)
+
+SHOWN_ROWS = 500  # rows put in the table; the summary covers every matching row
+BROWSE_COLUMNS = ["id", "label", "split", "width", "height", "channels", "mode", "format", "bytes", "path"]
+SIZE_BUCKETS = [0, 64, 128, 256, 512, 1024, 2048]
+
+
+@dataclass(frozen=True)
+class DataView:
+    where: str | None
+    total: int
+    matching: pl.DataFrame
+
+
+def size_histogram(frame: pl.DataFrame) -> list[tuple[str, int]]:
+    """Images per bucket of their longer side, in pixels."""
+    longer = frame.select(pl.max_horizontal("width", "height").alias("side"))["side"]
+    edges = [*SIZE_BUCKETS, None]
+    counts = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (longer >= low) & (longer < high) if high is not None else longer >= low
+        counts.append((f"{low}-{high - 1}px" if high is not None else f">={low}px", int(inside.sum())))
+    return [(name, n) for name, n in counts if n]
+
+
+def reports_eda():
+    """The reports module's EDA functions (engine.reports, optional): None where it is not installed."""
+    try:
+        return importlib.import_module("engine.reports.eda")
+    except ImportError as exc:
+        logger.info("no EDA figures: %s", exc)
+        return None
+
+
+def skew_text(frame: pl.DataFrame) -> Text | None:
+    """Split-dependent image properties, from the reports module when present."""
+    eda = reports_eda()
+    if eda is None or frame["split"].n_unique() < 2:
+        return None
+    warnings = eda.split_skew_warnings(frame)
+    text = Text("Split skews\n", style="bold")
+    if not warnings:
+        text.append("  none found\n", style="dim")
+    for warning in warnings:
+        text.append(f"  ! {warning.message}\n", style="yellow")
+    return text
+
+
+def eda_summary(frame: pl.DataFrame) -> Group:
+    """Sizes, modes, channels, formats and label counts of the images, as text charts."""
+    if not frame.height:
+        return Group(Text("no images match", style="dim"))
+
+    def counts(column: str, top: int = 15) -> list[tuple[str, int]]:
+        grouped = frame.group_by(column).len().sort(["len", column], descending=[True, False], nulls_last=True).head(top)
+        return [("(none)" if value is None else str(value), n) for value, n in grouped.iter_rows()]
+
+    stats = frame.select(
+        *(getattr(pl.col(c), f)().alias(f"{c}_{f}") for c in ("width", "height", "bytes") for f in ("min", "median", "max"))
+    ).row(0, named=True)
+    sizes = Text("Sizes\n", style="bold")
+    for column in ("width", "height", "bytes"):
+        sizes.append(f"  {column:<7} min {stats[column + '_min']:.0f}  median {stats[column + '_median']:.0f}  max {stats[column + '_max']:.0f}\n")
+    labels = frame["label"].n_unique()
+    return Group(
+        Text(f"{frame.height} images, {labels} label{'' if labels == 1 else 's'}\n", style="bold"),
+        sizes,
+        bar_chart(size_histogram(frame), title="Longer side"),
+        bar_chart(counts("label"), title=f"Labels (top {min(15, labels)})"),
+        bar_chart(counts("split"), title="Splits"),
+        bar_chart(counts("mode"), title="Modes"),
+        bar_chart(counts("channels"), title="Channels"),
+        bar_chart(counts("format"), title="Formats"),
+        *([skews] if (skews := skew_text(frame)) is not None else []),
+    )
+
+
+class DataScreen(ConsoleScreen):
+    """Browse and summarise the images; s searches with the highlighted image."""
+
+    AUTO_FOCUS = "#data-where"
+
+    BINDINGS = [
+        ("ctrl+r", "reload", "Reload"),
+        ("s", "search_selected", "Search with selected"),
+        ("f", "figure", "EDA figure"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._view: DataView | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(classes="row"):
+            yield Input(placeholder="where, e.g. label = 'coat' AND width >= 28 (empty: every image)", id="data-where")
+            yield Button("Filter", id="data-filter", variant="primary")
+        yield Static("", id="data-message")
+        with Horizontal(id="data-body"):
+            yield DataTable(id="data-table", cursor_type="row", classes="panel")
+            with VerticalScroll(id="data-eda", classes="panel"):
+                yield Static("", id="data-summary")
+        yield Footer()
+
+    def action_reload(self) -> None:
+        self.reload()
+
+    def reload(self) -> None:
+        """Re-read the images under the filter on show (the last applied one, not a half-typed one)."""
+        if self._view is None:
+            self.apply_filter()
+        else:
+            self.load_images(self._view.where)
+
+    @on(Button.Pressed, "#data-filter")
+    @on(Input.Submitted, "#data-where")
+    def apply_filter(self) -> None:
+        where = self.query_one("#data-where", Input).value.strip() or None
+        self.say("data-message", f"reading images{' where ' + where if where else ''}…")
+        self.load_images(where)
+
+    @work(thread=True, exclusive=True, group="data")
+    def load_images(self, where: str | None) -> None:
+        def read() -> None:
+            db = self.lookalike.db
+            matching = db.images_frame(where=where)  # a bad filter raises a one-line WhereFilterError
+            view = DataView(where, db.images.count_rows(), matching)
+            self.ui(self._show, view, eda_summary(matching))
+
+        self.guarded("data-message", "filtering", read)
+
+    def _show(self, view: DataView, summary: Group) -> None:
+        self._view = view
+        shown = view.matching.head(SHOWN_ROWS).select(BROWSE_COLUMNS) if view.matching.height else view.matching
+        fill_table(self.query_one("#data-table", DataTable), shown, "no images match")
+        more = f" (first {SHOWN_ROWS} shown)" if view.matching.height > SHOWN_ROWS else ""
+        self.say("data-message", f"{view.matching.height} of {view.total} images match{' where ' + view.where if view.where else ''}{more}")
+        self.query_one("#data-summary", Static).update(summary)
+
+    def action_search_selected(self) -> None:
+        table = self.query_one("#data-table", DataTable)
+        if self._view is None or not self._view.matching.height or table.cursor_row < 0:
+            return
+        self.lookalike.search_for_image(self._view.matching["id"][min(table.cursor_row, self._view.matching.height - 1, SHOWN_ROWS - 1)])
+
+    def action_figure(self) -> None:
+        if self._view is None or not self._view.matching.height:
+            self.say("data-message", "no images to draw", error=True)
+            return
+        self.say("data-message", "drawing the EDA figure…")
+        self.draw_figure(self._view)
+
+    @work(thread=True, exclusive=True, group="data-figure")
+    def draw_figure(self, view: DataView) -> None:
+        def draw() -> None:
+            eda = reports_eda()
+            if eda is None:
+                raise NotFoundError("EDA figures need the reports module (engine.reports), which is not installed")
+            from engine.reports.common import figure_png
+
+            png = figure_png(eda.eda_figure(view.matching))
+            path = Path(tempfile.gettempdir()) / f"lookalike-eda-{time.strftime('%Y%m%d-%H%M%S')}.png"
+            path.write_bytes(png)
+            title = f"EDA of {view.matching.height} images{' where ' + view.where if view.where else ''}: {path}"
+            self.ui(self.say, "data-message", f"EDA figure saved to {path}")
+            self.ui(self.open_modal, FigureScreen(self.lookalike.image_class, [("eda", png_picture(png))], title))
+
+        self.guarded("data-message", "the EDA figure", draw)

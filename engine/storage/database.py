@@ -1,0 +1,388 @@
+"""The embedded database: LanceDB tables on disk, opened and checked against ``schemas``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import lancedb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+import schemas
+from engine.core.clock import utc_now
+from engine.core.splits import sql_quote
+from engine.core.errors import EncoderMismatchError, NotFoundError, StorageError
+from engine.storage import migrations
+from engine.core.faults import fault_point
+from engine.storage.filters import combine_where, read_filtered
+from engine.storage.location import artifacts_dir, is_object_store, resolve_storage_options
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DB_ENV = "LOOKALIKE_DB"
+DEFAULT_DB_PATH = Path("data") / "lookalike.lancedb"
+ACTIVE_MODEL_KEY = "active_model"
+RELOCATABLE_DEPTH = 3  # a moved database finds its files at most this many path parts below its folder
+EXTERNAL_KIND = "external"
+
+
+class VersionSource(Protocol):
+    """What :meth:`Database.register_model` records of an encoder (``engine.encoders.factory.Encoder``)."""
+
+    name: str
+    architecture: str
+    weights_source: str
+    weights_sha256: str
+    dim: int
+    preprocessing: str
+    fingerprint: str
+    model_id: str
+    version_kind: str
+    version_config: dict[str, Any]
+
+
+class ModelNotFoundError(NotFoundError):
+    """No model version matches the name asked for."""
+
+
+def default_db_path() -> str:
+    """``$LOOKALIKE_DB`` if set, else ``data/lookalike.lancedb`` under the working directory."""
+    return os.environ.get(DEFAULT_DB_ENV) or str(DEFAULT_DB_PATH)
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One row of the ``models`` table."""
+
+    id: str
+    encoder: str
+    architecture: str
+    weights_source: str
+    weights_sha256: str
+    dim: int
+    preprocessing: str
+    fingerprint: str
+    embeddings_table: str
+    created_at: datetime
+    parent: str | None = None
+    notes: str | None = None
+    kind: str = EXTERNAL_KIND  # see engine.versions.kinds; "external": vectors made outside Lookalike
+    config: str = "{}"  # JSON: the kind's parameters
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The kind's parameters (the ``config`` column, parsed)."""
+        return json.loads(self.config or "{}")
+
+
+class Database:
+    """A Lookalike database: a LanceDB directory holding the tables described in ``schemas``.
+
+    Opening checks every known table's schema version; an incompatible table raises
+    :class:`schemas.SchemaMismatchError` before anything is read or written.
+    """
+
+    def __init__(self, uri: str | os.PathLike[str] | None = None) -> None:
+        self.uri = str(uri or default_db_path())
+        # object stores (s3://...): endpoint and keys from the environment or the storage config, never logged
+        self.storage_options = resolve_storage_options(self.uri)
+        self._db = lancedb.connect(self.uri, storage_options=self.storage_options.as_dict() or None)
+        self._check_schemas()
+
+    def __repr__(self) -> str:
+        return f"Database({self.uri!r})"
+
+    @property
+    def is_object_store(self) -> bool:
+        return is_object_store(self.uri)
+
+    @property
+    def connection(self) -> lancedb.DBConnection:
+        """The LanceDB connection (with the storage options), for tables outside ``schemas``."""
+        return self._db
+
+    def local_folder(self, name: str) -> Path:
+        """A local folder for non-table files (weights, caches): inside a local database, else per URI."""
+        return artifacts_dir(self.uri, name)
+
+    def artifact(self, recorded: str | os.PathLike[str]) -> Path:
+        """A file the database recorded by absolute path (weights, parameters), found again after the database
+        folder was moved or copied: the recorded path if it exists, else the same file under this database's folder.
+        Checksums and fingerprints, checked by the callers, keep a different file from passing for it."""
+        path = Path(recorded)
+        if path.exists() or self.is_object_store:
+            return path
+        root = Path(self.uri)
+        for depth in range(1, RELOCATABLE_DEPTH + 1):
+            moved = root.joinpath(*path.parts[-depth:])
+            if moved.exists():
+                return moved
+        return path
+
+    # ---- tables ---------------------------------------------------------------------------------
+
+    def table_names(self) -> list[str]:
+        names: list[str] = []
+        page_token = None
+        while True:
+            listing = self._db.list_tables(page_token=page_token)
+            names.extend(listing.tables)
+            page_token = listing.page_token
+            if not page_token:
+                return sorted(names)
+
+    def _check_schemas(self) -> None:
+        fixed = {
+            schemas.IMAGES_TABLE: schemas.IMAGES_SCHEMA,
+            schemas.MODELS_TABLE: schemas.MODELS_SCHEMA,
+            schemas.ERRORS_TABLE: schemas.ERRORS_SCHEMA,
+            schemas.CALIBRATIONS_TABLE: schemas.CALIBRATIONS_SCHEMA,
+            schemas.REVIEW_TABLE: schemas.REVIEW_SCHEMA,
+            schemas.SETTINGS_TABLE: schemas.SETTINGS_SCHEMA,
+        }
+        for name in self.table_names():
+            table = self._open_listed(name)
+            if table is None:
+                continue
+            if name == schemas.MODELS_TABLE and migrations.needs_upgrade(table):
+                self._upgrade_models(table)
+                table = self._open_listed(name)
+            if name in fixed:
+                schemas.check_compatible(name, table.schema, fixed[name])
+            elif name.startswith(schemas.EMBEDDINGS_PREFIX):
+                on_disk = table.schema
+                dim = on_disk.field("vector").type.list_size if "vector" in on_disk.names else 1
+                schemas.check_compatible(name, on_disk, schemas.embeddings_schema(dim, "", ""))
+
+    def _upgrade_models(self, table: lancedb.table.Table) -> None:
+        """Record the kind of every version of a database from release 0.1 (see ``migrations``)."""
+        try:
+            migrations.upgrade_models(table)
+        except OSError as error:  # a read-only database: readers infer the kinds the same way
+            raise StorageError(f"database {self.uri} was written by release 0.1 and must be upgraded once, but it cannot be "
+                               f"written ({error}); open it once with write permission") from error
+
+    def _open_listed(self, name: str) -> lancedb.table.Table | None:
+        """A listed table, or None for one whose creation was killed before its first commit.
+
+        Such a folder holds no data (no version manifest); LanceDB lists it but cannot open it, and
+        ``create_table(exist_ok=True)`` creates the table over it on first use.
+        """
+        try:
+            return self._db.open_table(name)
+        except ValueError:
+            folder = None if is_object_store(self.uri) else Path(self.uri) / f"{name}.lance"
+            if folder is None or any((folder / "_versions").glob("*.manifest")):
+                raise
+            logger.warning("table %s was never committed (an interrupted create): it will be created on first use", name)
+            return None
+
+    def _table(self, name: str, schema: pa.Schema) -> lancedb.table.Table:
+        return self._db.create_table(name, schema=schema, exist_ok=True)
+
+    @property
+    def images(self) -> lancedb.table.Table:
+        return self._table(schemas.IMAGES_TABLE, schemas.IMAGES_SCHEMA)
+
+    @property
+    def models(self) -> lancedb.table.Table:
+        return self._table(schemas.MODELS_TABLE, schemas.MODELS_SCHEMA)
+
+    @property
+    def errors(self) -> lancedb.table.Table:
+        return self._table(schemas.ERRORS_TABLE, schemas.ERRORS_SCHEMA)
+
+    @property
+    def calibrations(self) -> lancedb.table.Table:
+        return self._table(schemas.CALIBRATIONS_TABLE, schemas.CALIBRATIONS_SCHEMA)
+
+    @property
+    def settings(self) -> lancedb.table.Table:
+        return self._table(schemas.SETTINGS_TABLE, schemas.SETTINGS_SCHEMA)
+
+    def get_setting(self, key: str) -> str | None:
+        rows = self.settings.search().where(f"key = {sql_quote(key)}").limit(None).to_arrow().to_pylist()
+        return rows[0]["value"] if rows else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        row = pa.Table.from_pylist([{"key": key, "value": value, "updated_at": utc_now()}], schema=schemas.SETTINGS_SCHEMA)
+        self.settings.merge_insert("key").when_matched_update_all().when_not_matched_insert_all().execute(row)
+
+    @property
+    def review(self) -> lancedb.table.Table:
+        return self._table(schemas.REVIEW_TABLE, schemas.REVIEW_SCHEMA)
+
+    def embeddings(self, model: ModelRecord) -> lancedb.table.Table:
+        """The embeddings table of a model version (created on first use)."""
+        schema = schemas.embeddings_schema(model.dim, model.id, model.fingerprint)
+        table = self._table(model.embeddings_table, schema)
+        recorded = (table.schema.metadata or {}).get(schemas.ENCODER_FINGERPRINT_KEY, b"").decode()
+        if recorded != model.fingerprint:
+            raise EncoderMismatchError(
+                f"table {model.embeddings_table} holds vectors of encoder fingerprint {recorded}, "
+                f"not {model.fingerprint}"
+            )
+        return table
+
+    # ---- models ---------------------------------------------------------------------------------
+
+    def register_model(self, encoder: VersionSource, notes: str | None = None) -> ModelRecord:
+        """The model version of ``encoder``, added to ``models`` on first use."""
+        existing = self.find_models(model_id=encoder.model_id)
+        if existing:
+            return existing[0]
+        record = ModelRecord(
+            id=encoder.model_id,
+            encoder=encoder.name,
+            architecture=encoder.architecture,
+            weights_source=encoder.weights_source,
+            weights_sha256=encoder.weights_sha256,
+            dim=encoder.dim,
+            preprocessing=encoder.preprocessing,
+            fingerprint=encoder.fingerprint,
+            embeddings_table=schemas.embeddings_table_name(encoder.model_id),
+            created_at=utc_now(),
+            notes=notes,
+            kind=encoder.version_kind,
+            config=json.dumps(encoder.version_config, sort_keys=True, default=str),
+        )
+        self.add_model(record)
+        logger.info("registered model %s", record.id)
+        return record
+
+    def add_model(self, record: ModelRecord) -> None:
+        """Insert a model version (no-op when its id exists)."""
+        row = pa.Table.from_pylist([record.__dict__], schema=schemas.MODELS_SCHEMA)
+        self.models.merge_insert("id").when_not_matched_insert_all().execute(row)
+        if self.active_model_id() is None:
+            self.set_setting(ACTIVE_MODEL_KEY, record.id)  # the first model is the default until another is activated
+
+    def find_models(self, model_id: str | None = None, encoder: str | None = None) -> list[ModelRecord]:
+        """Model versions, newest first, optionally by id or by encoder name."""
+        table = self.models
+        clauses = []
+        if model_id:
+            clauses.append(f"id = {sql_quote(model_id)}")
+        if encoder:
+            clauses.append(f"encoder = {sql_quote(encoder)}")
+        query = table.search().where(" AND ".join(clauses)) if clauses else table.search()
+        rows = query.limit(None).to_arrow().to_pylist() if clauses else table.to_arrow().to_pylist()
+        rows.sort(key=lambda r: r["created_at"], reverse=True)
+        return [ModelRecord(**migrations.with_kind(row)) for row in rows]
+
+    def activate_model(self, model_id: str) -> ModelRecord:
+        """Make a model version the default of search, eval and predict."""
+        record = self.resolve_model(model_id)
+        self.set_setting(ACTIVE_MODEL_KEY, record.id)
+        return record
+
+    def active_model_id(self) -> str | None:
+        return self.get_setting(ACTIVE_MODEL_KEY)
+
+    def resolve_model(self, name: str | None = None) -> ModelRecord:
+        """A model version by id or encoder name; with no name, the active one (else the newest)."""
+        name = name or self.active_model_id()
+        candidates = (self.find_models(model_id=name) or self.find_models(encoder=name)) if name else self.find_models()
+        if not candidates:
+            known = [m.id for m in self.find_models()]
+            wanted = f"model {name!r}" if name else "any model"
+            raise ModelNotFoundError(
+                f"no {wanted} in database {self.uri}; models here: {known or 'none (run lookalike ingest first)'}"
+            )
+        return candidates[0]
+
+    def models_frame(self) -> pl.DataFrame:
+        frame = pl.from_arrow(self.models.to_arrow())
+        return frame.sort("created_at", descending=True) if frame.height else frame
+
+    # ---- writes ---------------------------------------------------------------------------------
+
+    def known_image_ids(self, model: ModelRecord) -> set[str]:
+        """Ids of images that already have a vector from ``model``."""
+        column = self.embeddings(model).search().select(["image_id"]).limit(None).to_arrow().column("image_id")
+        return set(column.to_pylist())
+
+    def write_embedded(self, model: ModelRecord, image_rows: Sequence[dict], vectors: np.ndarray) -> None:
+        """Upsert images and their vectors, keyed by content hash (idempotent, resumable).
+
+        Images are written before their vectors: a crash in between leaves an image without a
+        vector, which the next ingest encodes again; never a vector without its image.
+        """
+        if not image_rows:
+            return
+        if vectors.shape != (len(image_rows), model.dim):
+            raise EncoderMismatchError(f"expected {len(image_rows)} vectors of dim {model.dim}, got {vectors.shape}")
+        images = pa.Table.from_pylist(list(image_rows), schema=schemas.IMAGES_SCHEMA)
+        self.images.merge_insert("id").when_not_matched_insert_all().execute(images)
+        fault_point("store.images_written")
+        self.write_vectors(model, images.column("id"), images, vectors)
+        fault_point("store.vectors_written")
+        self.clear_errors([row["path"] for row in image_rows])
+
+    def write_vectors(self, model: ModelRecord, image_ids: pa.Array, metadata: pa.Table, vectors: np.ndarray) -> None:
+        """Upsert vectors of already-stored images; ``metadata`` holds their image metadata columns."""
+        schema = schemas.embeddings_schema(model.dim, model.id, model.fingerprint)
+        embedded = pa.table(
+            {
+                "image_id": image_ids,
+                "model_id": pa.array([model.id] * len(image_ids), pa.string()),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel()), model.dim),
+                **{name: metadata.column(name) for name in schemas.IMAGE_METADATA_COLUMNS},
+            },
+            schema=schema,
+        )
+        self.embeddings(model).merge_insert("image_id").when_not_matched_insert_all().execute(embedded)
+
+    def relabel(self, image_id: str, label: str, split: str | None) -> None:
+        """Give a stored image a class and split, in ``images`` and every embeddings table."""
+        values = {"label": label, "labels": [label], "split": split}
+        where = f"id = {sql_quote(image_id)}"
+        self.images.update(where=where, values=values)
+        for name in self.table_names():
+            if name.startswith(schemas.EMBEDDINGS_PREFIX):
+                self._db.open_table(name).update(where=f"image_id = {sql_quote(image_id)}", values=values)
+
+    def record_errors(self, rows: Iterable[dict]) -> None:
+        """Upsert ``ingest_errors`` rows (path, reason, source, when), keyed by path."""
+        rows = list(rows)
+        if rows:
+            table = pa.Table.from_pylist(rows, schema=schemas.ERRORS_SCHEMA)
+            self.errors.merge_insert("path").when_matched_update_all().when_not_matched_insert_all().execute(table)
+
+    def clear_errors(self, paths: Sequence[str]) -> None:
+        """Forget past errors of files that have now been ingested."""
+        errors = self.errors
+        if paths and errors.count_rows():
+            errors.delete("path IN (" + ", ".join(sql_quote(p) for p in paths) + ")")
+
+    # ---- reads ----------------------------------------------------------------------------------
+
+    def images_frame(self, where: str | None = None, columns: Sequence[str] | None = None) -> pl.DataFrame:
+        """The ``images`` table (optionally filtered) as a polars DataFrame."""
+        table = self.images
+        query = table.search().limit(None)
+        condition = combine_where(table, where)
+        if condition:
+            query = query.where(condition)
+        if columns:
+            query = query.select(list(columns))
+        return pl.from_arrow(read_filtered(query, where))
+
+    def errors_frame(self) -> pl.DataFrame:
+        return pl.from_arrow(self.errors.to_arrow()).sort("path")
+
+    def summary(self) -> pl.DataFrame:
+        """Row counts of every table."""
+        names = self.table_names()
+        return pl.DataFrame(
+            {"table": names, "rows": [self._db.open_table(n).count_rows() for n in names]},
+            schema={"table": pl.String, "rows": pl.Int64},
+        )

@@ -1,0 +1,63 @@
+"""Trained versions: a projection head on the parent's features (``head``), and a fine-tuned backbone with
+its head stored as one network (``finetuned``). Both files live beside the database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from timm.data import resolve_model_data_config
+
+from engine.core.checksums import file_sha256
+from engine.core.errors import MissingFileError
+from engine.encoders.config import EncoderConfig
+from engine.encoders.factory import Encoder, resolve_device
+from engine.encoders.heads import BackboneWithHead, create_backbone, head_from_saved, head_weights_sha, load_finetuned_file, load_head
+from engine.storage.database import Database, ModelRecord
+from engine.versions.kinds import BuildContext, SingleParent, register_kind
+
+HEADS_FOLDER = "heads"
+FINETUNED_FOLDER = "finetuned"
+
+
+def heads_dir(db: Database) -> Path:
+    return db.local_folder(HEADS_FOLDER)
+
+
+def finetuned_dir(db: Database) -> Path:
+    return db.local_folder(FINETUNED_FOLDER)
+
+
+def weights_file(db: Database, record: ModelRecord) -> Path:
+    path = db.artifact(record.weights_source)
+    if not path.is_file():
+        raise MissingFileError(f"weights of model {record.id} not found at {path}; restore the file or publish the version again")
+    return path
+
+
+@register_kind("head")
+class HeadKind(SingleParent):
+    """A projection head trained on the parent's stored features; the parent's encoder with the head appended."""
+
+    def build(self, context: BuildContext, record: ModelRecord) -> Encoder:
+        path = weights_file(context.db, record)
+        parent = context.db.resolve_model(record.parent)
+        base = context.encoder_of(parent)
+        return base.derive(name=record.encoder, model=BackboneWithHead(base.model, load_head(path)), weights_source=str(path),
+                           weights_sha256=head_weights_sha(parent.weights_sha256, file_sha256(path)))
+
+
+@register_kind("finetuned")
+class FinetunedKind(SingleParent):
+    """A backbone fine-tuned with a head, stored whole (LoRA adapters merged)."""
+
+    def build(self, context: BuildContext, record: ModelRecord) -> Encoder:
+        path = weights_file(context.db, record)
+        saved = load_finetuned_file(path)
+        backbone = create_backbone(saved["architecture"])
+        backbone.load_state_dict(saved["backbone"], strict=True)
+        defaults = EncoderConfig()
+        return Encoder(
+            name=record.encoder, architecture=saved["architecture"], model=BackboneWithHead(backbone, head_from_saved(saved["head"])),
+            weights_source=str(path), weights_sha256=file_sha256(path), data_config=dict(resolve_model_data_config(backbone)),
+            device=resolve_device(context.device), batch_size=defaults.batch_size, amp=defaults.amp,
+        )
