@@ -221,7 +221,7 @@ def job_train(job: dict) -> None:
     kill_at, kill_epoch = job["kill_at"].partition(":")[::2]
     progress = None
     if kill_at == "epoch":  # after the epoch's checkpoint is on disk
-        progress = lambda event: _die() if event.epoch == int(kill_epoch) else None  # noqa: E731
+        progress = lambda event: _die() if event.task == "train" and event.done == int(kill_epoch) else None  # noqa: E731
     elif kill_at == "checkpoint":  # a torn checkpoint write: half a temporary file, the old checkpoint kept
         original_save, saves = torch.save, {"n": 0}
 
