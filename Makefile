@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DB ?= data/lookalike.lancedb
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast clean-db
+.PHONY: install demo lint test test-fast clean-db
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,11 @@ demo: install
 	$(BIN)/lookalike ingest data/samples --split train --db $(DB)
 	$(BIN)/lookalike search data/queries/sandal_test_00008.png -k 5 --predict --db $(DB)
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: install

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from engine.evaluation.distractors import DISTRACTOR_LABEL, calibrate, evaluate_distractors, list_scorers, neighbourhood
 from engine.evaluation.config import CalibrationConfig
+from engine.evaluation.distractors import DISTRACTOR_LABEL, calibrate, evaluate_distractors, list_scorers, neighbourhood
 from engine.evaluation.metrics import load_split
 from engine.storage.database import Database
 

@@ -20,11 +20,11 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from engine.evaluation.metrics import evaluate, load_split
 from engine.encoders.config import HeadConfig
+from engine.evaluation.metrics import evaluate, load_split
 from engine.storage.database import Database
-from engine.training.config import FinetuneConfig, TrainConfig
 from engine.training.api import train
+from engine.training.config import FinetuneConfig, TrainConfig
 
 
 def main() -> None:
@@ -70,7 +70,7 @@ def main() -> None:
                                                  seed=seed, regime="finetune", warmup_epochs=1, finetune=finetune)))
             for regime, config in runs:
                 started = time.perf_counter()
-                result = train(db, parent, config, progress=lambda e: print(f"  {regime} epoch {e.epoch}/{e.epochs} loss {e.loss:.4f} val mAP@5 {e.val_map5:.4f} {e.seconds:.0f}s", flush=True))
+                result = train(db, parent, config, progress=lambda e, regime=regime: print(f"  {regime} {e.task} {e.done}/{e.total} {e.detail}", flush=True))
                 rows.append(score(result.model, regime, method, time.perf_counter() - started, seed, result.epochs_run))
                 print(json.dumps(rows[-1]), flush=True)
     frame = pl.DataFrame(rows).with_columns(

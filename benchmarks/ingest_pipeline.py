@@ -24,17 +24,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import torch
 
+from engine.core.clock import utc_now
 from engine.encoders.config import EncoderConfig
 from engine.encoders.factory import create_encoder
-from engine.storage.database import Database
-from engine.core.clock import utc_now
 from engine.media.decode import content_id, decode_image
-from ingest.pipeline import IngestConfig, ingest_folder
 from engine.media.scan import iter_image_files
+from engine.storage.database import Database
+from ingest.pipeline import IngestConfig, ingest_folder
 
 
 def main(argv: list[str] | None = None) -> pl.DataFrame:

@@ -30,21 +30,20 @@ import numpy as np
 import polars as pl
 import torch
 
-from engine.encoders.config import EncoderConfig
+from engine.encoders.config import EncoderConfig, HeadConfig
 from engine.encoders.factory import create_encoder
 from engine.evaluation.metrics import evaluate, load_split
-from engine.encoders.config import HeadConfig
 from engine.masking.encoder import MaskedEncoder
+from engine.masking.masks import read_masks
 from engine.masking.modes import apply_mask, list_mask_modes
 from engine.masking.store import load_masker, resolve_masker
-from engine.training.masker import mask_iou
-from engine.masking.masks import read_masks
+from engine.media.decode import decode_image
+from engine.media.scan import iter_image_files
 from engine.storage.database import Database, ModelRecord
 from engine.training.config import TrainConfig
 from engine.training.head import train_head
-from engine.media.decode import decode_image
+from engine.training.masker import mask_iou
 from ingest.pipeline import IngestConfig, ingest_folder
-from engine.media.scan import iter_image_files
 
 
 def score(db: Database, model: ModelRecord) -> dict:

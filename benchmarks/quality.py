@@ -28,17 +28,17 @@ import numpy as np
 import polars as pl
 import torch
 
-from engine.evaluation.compare import PipelineSpec, evaluate_pipeline, rank_catalogue
-from engine.versions.derived import DBAConfig, is_derived, publish_derived, read_rows, vectors_of
 from engine.encoders.ensembles import EnsembleConfig
+from engine.encoders.whitening import WhiteningConfig, fit_whitening
+from engine.evaluation.compare import PipelineSpec, evaluate_pipeline, rank_catalogue
 from engine.evaluation.metrics import evaluate_ranking, load_split
 from engine.evaluation.multilabel import label_iou_at_k, set_iou, vote_label_sets
+from engine.media.decode import decode_image
 from engine.search.rerank import AugmentationConfig, KReciprocalConfig, QueryExpansionConfig, create_reranker
-from engine.vectors.expansion import database_augmentation
 from engine.search.searcher import Searcher
 from engine.storage.database import Database, ModelRecord
-from engine.encoders.whitening import WhiteningConfig, fit_whitening
-from engine.media.decode import decode_image
+from engine.vectors.expansion import database_augmentation
+from engine.versions.derived import DBAConfig, is_derived, publish_derived, read_rows, vectors_of
 
 CATALOGUE = "split = 'train'"
 QUERIES = "split = 'val'"

@@ -19,11 +19,11 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from engine.media.decode import decode_image
+from engine.media.scan import scan_folder
 from engine.search.searcher import Searcher
 from engine.storage.database import Database
-from engine.media.decode import decode_image
 from ingest.pipeline import ingest_files
-from engine.media.scan import scan_folder
 
 REPO = Path(__file__).resolve().parents[1]
 

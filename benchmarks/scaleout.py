@@ -30,12 +30,12 @@ import polars as pl
 
 from engine.encoders.config import EncoderConfig
 from engine.encoders.factory import create_encoder
+from engine.media.scan import iter_image_files
 from engine.search.config import SearchConfig
 from engine.search.searcher import Searcher
 from engine.storage.database import Database
 from ingest.distributed import RayConfig, import_ray, ingest_folder_ray
 from ingest.pipeline import IngestConfig, ingest_folder
-from engine.media.scan import iter_image_files
 
 
 def _copy(files: list[Path], folder: Path) -> None:
@@ -114,19 +114,19 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
                        "ray, 1 worker x 1 CPU": (str(work / f"ray1-{round_}"), 1), "ray, 2 workers x 1 CPU": (str(work / f"ray2-{round_}"), 2)}
             for contender, (uri, workers) in targets.items():
                 if workers is None:
-                    run = lambda: ingest_folder(Database(uri), folder, config, encoder)  # noqa: E731
+                    run = lambda uri=uri: ingest_folder(Database(uri), folder, config, encoder)  # noqa: E731
                 else:
-                    run = lambda: ingest_folder_ray(Database(uri), folder, config, encoder_config, RayConfig(workers=workers))  # noqa: E731
+                    run = lambda uri=uri, workers=workers: ingest_folder_ray(Database(uri), folder, config, encoder_config, RayConfig(workers=workers))  # noqa: E731
                 seconds, report = _timed(run)
                 record("ingest", contender, seconds, report.encoded)
             for name, uri in (("local folder", targets["local pipeline"][0]), ("s3:// (moto)", targets["local pipeline -> s3:// (moto)"][0])):
-                seconds, db = _timed(lambda: Database(uri))
+                seconds, db = _timed(lambda uri=uri: Database(uri))
                 record("open", name, seconds, 0)
                 searcher = Searcher(db, config=SearchConfig(k=10), encoder=encoder)
                 ids = db.images_frame(columns=["id"])["id"].sort().to_list()[: args.queries]
                 vectors = searcher.vectors_of(ids)
                 for label, where in (("unfiltered", None), ("where label = 'coast'", "label = 'coast'")):
-                    times = [_timed(lambda: searcher.search_vectors(vectors, where=where))[0] for _ in range(args.repeats)]
+                    times = [_timed(lambda searcher=searcher, vectors=vectors, where=where: searcher.search_vectors(vectors, where=where))[0] for _ in range(args.repeats)]
                     record("search", f"{name}, {label}, first call", times[0], len(ids))
                     record("search", f"{name}, {label}, warm median", statistics.median(times[1:]), len(ids))
     finally:

@@ -32,13 +32,12 @@ import faiss
 import numpy as np
 import polars as pl
 
-from engine.storage.index import DISTANCE, IndexConfig, ensure_index
-from engine.search.config import MemoryIndexConfig
-from engine.search.config import SearchConfig
+import schemas
+from engine.core.clock import utc_now
+from engine.search.config import MemoryIndexConfig, SearchConfig
 from engine.search.searcher import Searcher
 from engine.storage.database import Database, ModelRecord
-from engine.core.clock import utc_now
-import schemas
+from engine.storage.index import DISTANCE, IndexConfig, ensure_index
 
 SELECTIVITIES = {"50%": "width < 500", "5%": "width < 50", "0.5%": "width < 5"}
 
@@ -141,7 +140,7 @@ def main(argv: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
                      "process_rss_gb": round(rss_gb(), 2)})
         print(rows[-1], flush=True)
 
-    record("exact (FAISS flat)", 0.0, args.rows * args.dim * 4, lambda q: flat.search(q[None], k), lambda: flat.search(queries, k), exact.tolist())
+    record("exact (FAISS flat)", 0.0, args.rows * args.dim * 4, lambda q: flat.search(q[None], k), lambda: flat.search(queries, k), exact.tolist())  # noqa: F821 - called before the del below
     del flat  # each copy of the vectors is 4.9 GB at 1M x 1280: hold as few at once as possible
 
     start = time.perf_counter()
@@ -172,8 +171,8 @@ def main(argv: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     hnsw.hnsw.efSearch = memory_defaults.hnsw_ef_search
     hnsw_build = time.perf_counter() - start
     _, hnsw_found = hnsw.search(queries, k)
-    record(f"FAISS HNSW{memory_defaults.hnsw_m} alone (efSearch {memory_defaults.hnsw_ef_search})", hnsw_build, faiss.serialize_index(hnsw).nbytes, lambda q: hnsw.search(q[None], k),
-           lambda: hnsw.search(queries, k), hnsw_found.tolist())
+    record(f"FAISS HNSW{memory_defaults.hnsw_m} alone (efSearch {memory_defaults.hnsw_ef_search})", hnsw_build, faiss.serialize_index(hnsw).nbytes, lambda q: hnsw.search(q[None], k),  # noqa: F821 - called before the del below
+           lambda: hnsw.search(queries, k), hnsw_found.tolist())  # noqa: F821
     del hnsw
 
     def lookalike_ids(frame: pl.DataFrame) -> list[list[int]]:

@@ -107,9 +107,9 @@ def _mount_tmpfs(target: Path, size: str) -> None:
 
 def real_fs(work: Path) -> pl.DataFrame:
     """A really full disk and a really read-only folder (tmpfs mounts; needs root and mount(8))."""
-    from engine.storage.lock import DatabaseNotWritableError
     from engine.search.searcher import Searcher
     from engine.storage.database import Database
+    from engine.storage.lock import DatabaseNotWritableError
     from ingest.pipeline import ingest_folder
 
     encoder = harness.tiny_encoder(str(_weights(work)))

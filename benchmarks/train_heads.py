@@ -17,11 +17,11 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from engine.evaluation.metrics import evaluate, load_split
 from engine.encoders.config import HeadConfig
+from engine.evaluation.metrics import evaluate, load_split
 from engine.storage.database import Database
-from engine.training.config import TrainConfig
 from engine.training.api import list_methods
+from engine.training.config import TrainConfig
 from engine.training.head import train_head
 
 

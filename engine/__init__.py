@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from engine.encoders.config import EncoderConfig, list_encoders
     from engine.encoders.factory import Encoder, create_encoder
     from engine.evaluation.metrics import EvaluationResult, evaluate
-    from engine.search.rerank import create_reranker, list_rerankers
     from engine.search.config import SearchConfig
+    from engine.search.rerank import create_reranker, list_rerankers
     from engine.search.searcher import Searcher
     from engine.storage.database import Database, ModelNotFoundError, ModelRecord
     from engine.versions import encoder_for_model

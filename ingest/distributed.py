@@ -25,18 +25,21 @@ from __future__ import annotations
 import logging
 import math
 import pickle
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from engine.encoders.factory import Encoder, create_encoder
-from engine.encoders.config import EncoderConfig
-from engine.storage.database import Database
 from engine.core.errors import EncoderMismatchError, IngestError, LookalikeError
+from engine.core.progress import ProgressCallback
+from engine.core.progress import report as report_progress
+from engine.encoders.config import EncoderConfig
+from engine.encoders.factory import Encoder, create_encoder
+from engine.media.scan import SourceFile, scan_folder
+from engine.storage.database import Database
 from ingest.pipeline import (
     IngestConfig,
     IngestReport,
@@ -46,9 +49,7 @@ from ingest.pipeline import (
     _ordered_map,
     run_locked,
 )
-from engine.media.scan import SourceFile, scan_folder
 
-from engine.core.progress import ProgressCallback, report as report_progress
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'lookalike[distributed]'"

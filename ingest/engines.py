@@ -6,14 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.encoders.factory import Encoder, create_encoder
+from engine.core.progress import ProgressCallback
+from engine.core.registry import Registry
 from engine.encoders.config import EncoderConfig
+from engine.encoders.factory import Encoder, create_encoder
 from engine.storage.database import Database
 from ingest.distributed import RayConfig, ingest_folder_ray
-from engine.core.progress import ProgressCallback
 from ingest.pipeline import IngestConfig, IngestReport, ingest_folder
-from engine.core.errors import IngestError
-from engine.core.registry import Registry
 
 
 @dataclass(frozen=True)

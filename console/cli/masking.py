@@ -9,10 +9,11 @@ import argparse
 import json
 from pathlib import Path
 
-from console.cli.output import print_frame, progress_bar
 from console.cli.arguments import open_fraction, positive_float, positive_int
 from console.cli.options import registered
+from console.cli.output import print_frame, progress_bar
 from engine.core.errors import InvalidRequestError
+
 
 def add_mask_options(parser: argparse.ArgumentParser, help_mask: str) -> None:
     """``--mask`` and ``--mask-mode`` of ingest and search."""
@@ -21,10 +22,10 @@ def add_mask_options(parser: argparse.ArgumentParser, help_mask: str) -> None:
 
 
 def cmd_train_masker(args: argparse.Namespace) -> int:
-    from engine.masking.unet import MaskerConfig
-    from engine.training.masker import MaskerTrainConfig, train_masker
     from engine.masking.masks import pair_images_with_masks, read_masks
+    from engine.masking.unet import MaskerConfig
     from engine.storage.database import Database
+    from engine.training.masker import MaskerTrainConfig, train_masker
 
     db = Database(args.db)
     masks = read_masks(args.masks, args.format)
@@ -82,11 +83,11 @@ def _show_foreground(db, model_name: str) -> int:
 
 def cmd_mask_preview(args: argparse.Namespace) -> int:
     from engine.masking.masks import foreground_fraction, read_masks
-    from engine.masking.store import load_masker
     from engine.masking.modes import mask_preview
-    from engine.storage.database import Database
+    from engine.masking.store import load_masker
     from engine.media.decode import decode_image
     from engine.media.scan import iter_image_files
+    from engine.storage.database import Database
 
     paths = [p for given in args.images for p in (sorted(iter_image_files(Path(given))) if Path(given).is_dir() else [Path(given)])]
     if not paths:

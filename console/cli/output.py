@@ -19,7 +19,7 @@ FRAME_WIDTH_CHARS = 200
 FRAME_STRING_CHARS = 80
 
 
-def print_frame(frame: "pl.DataFrame") -> None:
+def print_frame(frame: pl.DataFrame) -> None:
     """A frame on stdout, every row and column."""
     import polars as pl
 
@@ -32,7 +32,7 @@ def print_error(message: str) -> None:
 
 
 @contextmanager
-def progress_bar(lines: bool = False) -> Iterator["ProgressCallback"]:
+def progress_bar(lines: bool = False) -> Iterator[ProgressCallback]:
     """The one renderer of :class:`engine.core.progress.Progress` events: a rich bar per task on stderr.
 
     With ``lines``, each event is also printed as a line on stdout (training epochs: a log worth keeping).
@@ -44,7 +44,7 @@ def progress_bar(lines: bool = False) -> Iterator["ProgressCallback"]:
     with RichProgress(*columns, console=stderr, transient=lines) as bar:
         tasks: dict[str, int] = {}
 
-        def show(event: "Progress") -> None:
+        def show(event: Progress) -> None:
             if event.task not in tasks:
                 tasks[event.task] = bar.add_task(event.task, total=event.total, detail="")
             bar.update(tasks[event.task], total=event.total, completed=event.done, detail=event.detail)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import argparse
 
-from console.cli.output import progress_bar
 from console.cli.arguments import crop_fraction, non_negative_float, non_negative_int, positive_float, positive_int
-from engine.core.splits import CATALOGUE_WHERE, split_where
+from console.cli.output import progress_bar
 from engine.core.errors import InvalidRequestError
+from engine.core.splits import CATALOGUE_WHERE, split_where
 
 
 def _print(frame) -> None:  # noqa: ANN001 - a polars frame
@@ -20,8 +20,8 @@ def _print(frame) -> None:  # noqa: ANN001 - a polars frame
 
 
 def _publish(args: argparse.Namespace, kind: str, parents: list[str | None], config) -> int:  # noqa: ANN001
-    from engine.versions.derived import publish_derived
     from engine.storage.database import Database
+    from engine.versions.derived import publish_derived
 
     db = Database(args.db)
     records = [db.resolve_model(p) for p in parents]
@@ -65,8 +65,8 @@ def cmd_tta(args: argparse.Namespace) -> int:
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:
-    from engine.versions.derived import derived_versions, refresh_derived
     from engine.storage.database import Database
+    from engine.versions.derived import derived_versions, refresh_derived
 
     db = Database(args.db)
     versions = [db.resolve_model(m) for m in args.models] if args.models else derived_versions(db)

@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from console.cli.output import print_frame
 from console.cli.arguments import non_negative_int, positive_int, similarity
+from console.cli.output import print_frame
 from engine.core.splits import CATALOGUE_WHERE, QUERY_WHERE
 
 PLOT_NAMES = ("eda", "umap", "gallery", "pr", "curves", "distractors")  # the registered plots, for --help only

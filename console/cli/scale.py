@@ -13,8 +13,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
     import polars as pl
 
-    from engine.storage.maintenance import MaintenanceConfig, optimize_database
     from engine.storage.database import Database
+    from engine.storage.maintenance import MaintenanceConfig, optimize_database
 
     if args.keep_versions_hours < 0:
         raise InvalidRequestError(f"--keep-versions-hours must not be negative, not {args.keep_versions_hours}")

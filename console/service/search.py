@@ -4,9 +4,9 @@ voted classes), predict a query folder as a Kaggle CSV (queueing flagged queries
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import polars as pl

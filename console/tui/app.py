@@ -16,19 +16,19 @@ from textual.app import App
 from textual.binding import Binding
 from textual.widget import Widget
 
+from console.service.catalogue import ingest_encoder
+from console.service.search import open_searcher
 from console.tui.screens.data import DataScreen
 from console.tui.screens.library import LibraryScreen
 from console.tui.screens.review import ReviewScreen
 from console.tui.screens.search import SearchScreen
 from console.tui.screens.train import TrainScreen
 from console.tui.widgets import image_widget_class
-from console.service.catalogue import ingest_encoder
-from console.service.search import open_searcher
 from engine.encoders.config import EncoderConfig
 from engine.encoders.factory import Encoder
+from engine.search.config import SearchConfig
 from engine.search.searcher import Searcher
 from engine.storage.database import Database
-from engine.search.config import SearchConfig
 
 logger = logging.getLogger(__name__)
 

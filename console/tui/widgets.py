@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from datetime import datetime
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl

@@ -25,9 +25,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from engine.core.errors import InvalidRequestError
 
+from engine.core.errors import InvalidRequestError
 from engine.core.registry import Registry
+
 logger = logging.getLogger(__name__)
 
 FAULTS_ENV = "LOOKALIKE_FAULTS"

@@ -36,7 +36,7 @@ class EncoderSpec:
     name: str
     architecture: str
     default_weights: Callable[[], Path] | None
-    convert_state_dict: Callable[[dict[str, "torch.Tensor"], Any], dict[str, "torch.Tensor"]] | None
+    convert_state_dict: Callable[[dict[str, torch.Tensor], Any], dict[str, torch.Tensor]] | None
     description: str
 
 

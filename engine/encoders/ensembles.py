@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from engine.encoders.identity import model_version_id
 from engine.core.errors import EncoderError
+from engine.encoders.identity import model_version_id
 
 
 @dataclass(frozen=True)

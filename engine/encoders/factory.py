@@ -75,7 +75,7 @@ class Encoder:
     def version_config(self) -> dict[str, Any]:
         return {"name": self.name, "weights": self.weights_source}
 
-    def derive(self, **changes: Any) -> "Encoder":
+    def derive(self, **changes: Any) -> Encoder:
         """This encoder with some fields changed (another network, name or weights identity).
 
         The one path by which an encoder is transformed (a head appended, a whitening or TTA wrapped

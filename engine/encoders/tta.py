@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
 from engine.core.errors import EncoderError
 
 

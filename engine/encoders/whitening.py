@@ -7,14 +7,15 @@ features stop counting twice. The fitted transform is stored as a model version 
 """
 
 from __future__ import annotations
-from engine.core.splits import CATALOGUE_WHERE
-from engine.core.errors import EncoderError
 
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+from engine.core.errors import EncoderError
+from engine.core.splits import CATALOGUE_WHERE
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from engine.core.errors import EvaluationError
+from engine.core.splits import CATALOGUE_WHERE, QUERY_WHERE
 from engine.evaluation.metrics import EvaluationResult, evaluate_ranking, load_split
-from engine.search.rerank import Candidates, Reranker, create_reranker
 from engine.search.config import SearchConfig
+from engine.search.rerank import Candidates, Reranker, create_reranker
 from engine.search.searcher import Searcher
 from engine.storage.database import Database, ModelRecord
-from engine.core.splits import CATALOGUE_WHERE, QUERY_WHERE
-from engine.core.errors import EvaluationError
 
 BASE = "base"
 MODEL_SEPARATOR = "@"
@@ -37,7 +37,7 @@ class PipelineSpec:
     model: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "PipelineSpec":
+    def parse(cls, text: str) -> PipelineSpec:
         text = text.strip()
         reranker, _, model = text.partition(MODEL_SEPARATOR)
         if not reranker:

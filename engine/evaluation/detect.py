@@ -21,14 +21,23 @@ import polars as pl
 import pyarrow as pa
 
 import schemas
-from engine.evaluation.distractors import DISTRACTOR_LABEL, Calibration, Neighbourhood, calibrate, class_centroids, create_scorer, insert_distractor, voted_classes
+from engine.core.clock import utc_now
+from engine.core.errors import EvaluationError, UnknownIdError
+from engine.core.splits import CATALOGUE_WHERE
 from engine.evaluation.config import CalibrationConfig
+from engine.evaluation.distractors import (
+    DISTRACTOR_LABEL,
+    Calibration,
+    Neighbourhood,
+    calibrate,
+    class_centroids,
+    create_scorer,
+    insert_distractor,
+    voted_classes,
+)
 from engine.evaluation.metrics import load_split
 from engine.search.searcher import Searcher
 from engine.storage.database import Database, ModelRecord, sql_quote
-from engine.core.clock import utc_now
-from engine.core.splits import CATALOGUE_WHERE
-from engine.core.errors import EvaluationError, UnknownIdError
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +118,7 @@ class DistractorDetector:
         self._scorer = create_scorer(calibration.scorer)
 
     @classmethod
-    def for_searcher(cls, searcher: Searcher) -> "DistractorDetector | None":
+    def for_searcher(cls, searcher: Searcher) -> DistractorDetector | None:
         calibration = latest_calibration(searcher.db, searcher.model)
         return cls(searcher, calibration) if calibration else None
 

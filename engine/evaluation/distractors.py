@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass, field
 import faiss
 import numpy as np
 
-from engine.evaluation.metrics import average_precision_at_k
-from engine.search.voting import vote_classes
 from engine.core.errors import EvaluationError
-
 from engine.core.registry import Registry
 from engine.evaluation.config import CalibrationConfig
+from engine.evaluation.metrics import average_precision_at_k
+from engine.search.voting import vote_classes
+
 logger = logging.getLogger(__name__)
 
 DISTRACTOR_LABEL = "-1"
@@ -228,7 +228,7 @@ class Calibration:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "Calibration":
+    def from_json(cls, text: str) -> Calibration:
         return cls(**json.loads(text))
 
     def flag(self, scores: np.ndarray) -> np.ndarray:

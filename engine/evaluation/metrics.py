@@ -14,9 +14,9 @@ import faiss
 import numpy as np
 import polars as pl
 
-from engine.storage.filters import combine_where, read_filtered
-from engine.search.voting import vote_classes
 from engine.core.errors import EvaluationError
+from engine.search.voting import vote_classes
+from engine.storage.filters import combine_where, read_filtered
 
 
 def precision_at_k(retrieved: np.ndarray, truth: np.ndarray, k: int) -> float:

@@ -7,9 +7,10 @@ Label sets are sequences of strings; internally they become multi-hot matrices o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from engine.core.errors import EvaluationError
 
 import numpy as np
+
+from engine.core.errors import EvaluationError
 
 
 def label_vocabulary(*collections: Sequence[Sequence[str]]) -> list[str]:

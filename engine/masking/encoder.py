@@ -18,15 +18,15 @@ import torch
 from PIL import Image
 
 import schemas
-from engine.encoders.factory import Encoder
-from engine.encoders.identity import model_version_id
-from engine.storage.database import Database, ModelRecord
 from engine.core.clock import utc_now
 from engine.core.errors import MaskingError
+from engine.encoders.factory import Encoder
+from engine.encoders.identity import model_version_id
 from engine.masking.masks import foreground_fraction
 from engine.masking.modes import apply_mask, check_mask_mode
 from engine.masking.store import load_masker, open_table
 from engine.masking.unet import Masker
+from engine.storage.database import Database, ModelRecord
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class MaskedEncoder(Encoder):
         super().__post_init__()
 
     @classmethod
-    def wrap(cls, encoder: Encoder, masker: Masker, mode: str) -> "MaskedEncoder":
+    def wrap(cls, encoder: Encoder, masker: Masker, mode: str) -> MaskedEncoder:
         """``encoder`` with masking in front."""
         kept = {f.name: getattr(encoder, f.name) for f in fields(Encoder) if f.init}
         return cls(**kept, masker=masker, mask_mode=mode)

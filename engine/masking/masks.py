@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.media.scan import iter_image_files
 from engine.core.errors import MaskingError, MissingFileError, UnknownIdError
-
 from engine.core.registry import Registry
+from engine.media.scan import iter_image_files
+
 logger = logging.getLogger(__name__)
 
 logger = logging.getLogger(__name__)

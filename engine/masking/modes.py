@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
 from engine.core.errors import MaskingError
-
-
 from engine.core.registry import Registry
+
 logger = logging.getLogger(__name__)
 
 # ---- apply modes: one registry -------------------------------------------------------------------

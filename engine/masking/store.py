@@ -16,12 +16,12 @@ import pyarrow as pa
 import torch
 
 import schemas
-from engine.encoders.factory import resolve_device
 from engine.core.checksums import file_sha256
-from engine.storage.database import Database, sql_quote
 from engine.core.clock import utc_now
-from engine.masking.unet import Masker, MaskerConfig, unet_from_config
 from engine.core.errors import MaskingError, MissingFileError, NotFoundError
+from engine.encoders.factory import resolve_device
+from engine.masking.unet import Masker, MaskerConfig, unet_from_config
+from engine.storage.database import Database, sql_quote
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.encoders.factory import create_encoder
-from engine.encoders.config import EncoderConfig
 from engine.core.errors import MaskingError
+from engine.encoders.config import EncoderConfig
+from engine.encoders.factory import create_encoder
 
 logger = logging.getLogger(__name__)
 

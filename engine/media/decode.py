@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
 from engine.core.errors import DataError
 
 logger = logging.getLogger(__name__)

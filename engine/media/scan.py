@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
 from engine.core.errors import DataError, NotAFolderError
 
 logger = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ self-contained HTML page. The console draws on the same functions.
 """
 
 from engine.reports.common import ReportDataMissing, figure_png, new_figure
-from engine.reports.embedding_map import MapConfig, create_projector, list_projectors
 from engine.reports.eda import EdaWarning, SkewConfig, near_duplicate_groups, split_skew_warnings
+from engine.reports.embedding_map import MapConfig, create_projector, list_projectors
 from engine.reports.report import (
     Report,
     ReportConfig,

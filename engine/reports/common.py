@@ -13,8 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from engine.media.decode import to_rgb
 from engine.core.errors import LookalikeError
+from engine.media.decode import to_rgb
 
 logger = logging.getLogger(__name__)
 

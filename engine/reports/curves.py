@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 
-from engine.evaluation.detect import StoredCalibration
 from engine.evaluation.config import CalibrationConfig
+from engine.evaluation.detect import StoredCalibration
 from engine.evaluation.distractors import create_scorer, neighbourhood, simulate_folds
 from engine.reports.common import ReportDataMissing, class_colours, new_figure
 from engine.storage.database import ModelRecord

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.storage.filters import combine_where, read_filtered
 from engine.reports.common import ReportDataMissing
 from engine.storage.database import Database, ModelRecord
+from engine.storage.filters import combine_where, read_filtered
 
 COLUMNS = ["image_id", "path", "label", "split", "vector"]
 
@@ -26,10 +26,10 @@ class EmbeddingSet:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def take(self, rows: np.ndarray) -> "EmbeddingSet":
+    def take(self, rows: np.ndarray) -> EmbeddingSet:
         return EmbeddingSet(self.ids[rows], self.paths[rows], self.labels[rows], self.splits[rows], self.vectors[rows])
 
-    def sample(self, size: int | None, seed: int) -> "EmbeddingSet":
+    def sample(self, size: int | None, seed: int) -> EmbeddingSet:
         """At most ``size`` rows, drawn with a seed (all rows when ``size`` is None or large enough)."""
         if size is None or size >= len(self):
             return self

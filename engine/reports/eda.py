@@ -18,8 +18,8 @@ import polars as pl
 from matplotlib.figure import Figure
 from scipy.stats import binom
 
-from engine.reports.common import load_thumbnail, new_figure, show_thumbnail
 from engine.core.errors import ReportError
+from engine.reports.common import load_thumbnail, new_figure, show_thumbnail
 
 NO_SPLIT = "(none)"
 
@@ -180,7 +180,7 @@ def near_duplicate_groups(vectors: np.ndarray, threshold: float = 0.95) -> list[
             parent[max(a, b)] = min(a, b)
     members: dict[int, list[int]] = {}
     links: dict[int, list[float]] = {}
-    for i, j, s in zip(first, second, similarity):
+    for i, _j, s in zip(first, second, similarity):
         links.setdefault(root(int(i)), []).append(float(s))
     for row in np.unique(np.concatenate([first, second])) if len(first) else []:
         members.setdefault(root(int(row)), []).append(int(row))
@@ -194,7 +194,7 @@ def duplicate_warnings(groups: Sequence[DuplicateGroup], splits: np.ndarray, lab
     for group in groups:
         rows = list(group.rows)
         group_splits = sorted({str(s) for s in splits[rows]})
-        group_labels = sorted({str(l) for l in labels[rows]})
+        group_labels = sorted({str(name) for name in labels[rows]})
         details = {"paths": [str(p) for p in paths[rows]], "splits": group_splits, "labels": group_labels,
                    "min_similarity": group.min_similarity}
         if len(group_splits) > 1:
@@ -263,8 +263,8 @@ def eda_figure(images: pl.DataFrame) -> Figure:
     height = 0.8 / len(splits)
     for i, split in enumerate(splits):
         mine = dict(counts.filter(pl.col("split") == split).select("label", "images").iter_rows())
-        bars = axes[0, 0].barh(positions + i * height, [mine.get(l, 0) for l in labels], height, label=split, color=colours[split])
-        axes[0, 0].bar_label(bars, labels=[str(mine[l]) if mine.get(l) else "" for l in labels], fontsize=7, padding=2)
+        bars = axes[0, 0].barh(positions + i * height, [mine.get(name, 0) for name in labels], height, label=split, color=colours[split])
+        axes[0, 0].bar_label(bars, labels=[str(mine[name]) if mine.get(name) else "" for name in labels], fontsize=7, padding=2)
     axes[0, 0].set_yticks(positions + height * (len(splits) - 1) / 2, labels, fontsize=8)
     axes[0, 0].invert_yaxis()
     axes[0, 0].set_xlabel("images")

@@ -19,11 +19,11 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from engine.core.errors import ReportError
+from engine.core.registry import Registry
 from engine.reports.common import class_colours, new_figure
 from engine.reports.data import EmbeddingSet
-from engine.core.errors import ReportError
 
-from engine.core.registry import Registry
 logger = logging.getLogger(__name__)
 
 
@@ -151,14 +151,14 @@ def embedding_map_figure(maps: list[EmbeddingMap], columns: int = 2) -> Figure:
     """One panel per model version: catalogue points coloured by class, queries as outlined markers."""
     if not maps:
         raise ReportError("no embedding maps to draw")
-    colours = class_colours([str(l) for m in maps for l in m.labels])
+    colours = class_colours([str(name) for m in maps for name in m.labels])
     columns = min(columns, len(maps))
     rows = int(np.ceil(len(maps) / columns))
     figure = new_figure(7.5 * columns, 6.5 * rows)
     axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
     for axis, emap in zip(axes, maps):
-        labels = np.asarray([str(l) for l in emap.labels])
-        point_colours = np.array([colours[l] for l in labels]) if len(labels) else np.zeros((0, 4))
+        labels = np.asarray([str(name) for name in emap.labels])
+        point_colours = np.array([colours[name] for name in labels]) if len(labels) else np.zeros((0, 4))
         cat = ~emap.is_query
         axis.scatter(emap.coordinates[cat, 0], emap.coordinates[cat, 1], s=7, c=point_colours[cat], alpha=0.55, linewidths=0)
         axis.scatter(emap.coordinates[~cat, 0], emap.coordinates[~cat, 1], s=16, c=point_colours[~cat], marker="^",

@@ -18,16 +18,17 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
+from engine.core.progress import Progress, ProgressCallback
+from engine.core.progress import report as report_progress
+from engine.core.registry import Registry
+from engine.core.splits import CATALOGUE_WHERE, QUERY_WHERE
 from engine.evaluation.detect import latest_calibration
 from engine.evaluation.metrics import EvaluationResult, load_split
 from engine.reports import curves, eda, embedding_map, html, retrieval
 from engine.reports.common import ReportDataMissing, figure_png
 from engine.reports.data import EmbeddingSet, load_embeddings, require_rows
 from engine.storage.database import Database, ModelRecord
-from engine.core.splits import CATALOGUE_WHERE, QUERY_WHERE
 
-from engine.core.progress import Progress, ProgressCallback, report as report_progress
-from engine.core.registry import Registry
 logger = logging.getLogger(__name__)
 
 CACHE_FOLDER = "report_cache"  # under the database folder

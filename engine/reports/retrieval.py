@@ -13,11 +13,11 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
+from engine.core.errors import ReportError
 from engine.evaluation.metrics import EvaluationResult, average_precision, average_precision_at_k, exact_ranking
 from engine.reports.common import class_colours, load_thumbnail, new_figure, show_thumbnail
 from engine.reports.data import EmbeddingSet
 from engine.search.voting import vote_classes
-from engine.core.errors import ReportError
 
 RECALL_GRID = np.linspace(0.0, 1.0, 101)
 
@@ -39,7 +39,7 @@ class RetrievalAnalysis:
 
     @property
     def classes(self) -> list[str]:
-        return sorted({str(l) for l in self.catalogue.labels} | {str(l) for l in self.queries.labels})
+        return sorted({str(name) for name in self.catalogue.labels} | {str(name) for name in self.queries.labels})
 
 
 def interpolated_precision(relevant: np.ndarray, grid: np.ndarray = RECALL_GRID) -> np.ndarray:
@@ -185,7 +185,7 @@ def pr_figure(analysis: RetrievalAnalysis, per_class: pl.DataFrame | None = None
 
 def confusion_matrix(analysis: RetrievalAnalysis) -> tuple[list[str], np.ndarray]:
     """(classes, counts[true, voted]) of the k-NN voted top class."""
-    classes = sorted({str(l) for l in analysis.queries.labels} | {str(v) for v in analysis.voted if v is not None})
+    classes = sorted({str(name) for name in analysis.queries.labels} | {str(v) for v in analysis.voted if v is not None})
     index = {c: i for i, c in enumerate(classes)}
     counts = np.zeros((len(classes), len(classes)), np.int64)
     for truth, voted in zip(analysis.queries.labels, analysis.voted):

@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
-from engine.core.errors import SearchError
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from engine.core.errors import SearchError
 from engine.core.registry import Registry
 from engine.search.config import MemoryIndexConfig
+
 logger = logging.getLogger(__name__)
 
 

@@ -21,10 +21,10 @@ from typing import Protocol
 import faiss
 import numpy as np
 
-from engine.vectors.expansion import alpha_query_expansion, database_augmentation, k_reciprocal_distances
 from engine.core.errors import SearchError
-
 from engine.core.registry import Registry
+from engine.vectors.expansion import alpha_query_expansion, database_augmentation, k_reciprocal_distances
+
 logger = logging.getLogger(__name__)
 
 

@@ -12,18 +12,18 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from engine.core.errors import EncoderMismatchError, SearchError, UnknownIdError
 from engine.encoders.factory import Encoder
-from engine.storage.filters import WhereFilterError, checked_where_for, one_line, read_filtered, shown
-from engine.versions import check_fingerprint, encoder_for_model
-from engine.storage.index import DISTANCE, has_vector_index
+from engine.media.decode import decode_image
+from engine.search.config import SearchConfig
 from engine.search.memory_index import MemoryIndex, create_memory_index, load_table, table_bytes
 from engine.search.rerank import Candidates, create_reranker
-from engine.storage.database import Database, ModelRecord, sql_quote
-from engine.core.errors import EncoderMismatchError, SearchError, UnknownIdError
 from engine.search.voting import vote_classes
-from engine.media.decode import decode_image
+from engine.storage.database import Database, ModelRecord, sql_quote
+from engine.storage.filters import WhereFilterError, checked_where_for, one_line, read_filtered, shown
+from engine.storage.index import DISTANCE, has_vector_index
+from engine.versions import check_fingerprint, encoder_for_model
 
-from engine.search.config import SearchConfig
 logger = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ["image_id", "path", "label"]

@@ -18,10 +18,10 @@ import pyarrow as pa
 
 import schemas
 from engine.core.clock import utc_now
-from engine.core.splits import sql_quote
 from engine.core.errors import EncoderMismatchError, NotFoundError, StorageError
-from engine.storage import migrations
 from engine.core.faults import fault_point
+from engine.core.splits import sql_quote
+from engine.storage import migrations
 from engine.storage.filters import combine_where, read_filtered
 from engine.storage.location import artifacts_dir, is_object_store, resolve_storage_options
 

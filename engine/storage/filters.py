@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from engine.core.errors import FilterError
 
 import pyarrow as pa
+
+from engine.core.errors import FilterError
 
 MAX_FILTER_CHARS = 10_000
 

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
 from engine.core.errors import StorageConfigError
 
 logger = logging.getLogger(__name__)

@@ -16,10 +16,11 @@ from datetime import timedelta
 
 import polars as pl
 
-from engine.storage.database import Database
 from engine.core.errors import InvalidRequestError, NotFoundError
+from engine.core.progress import Progress, ProgressCallback
+from engine.core.progress import report as report_progress
+from engine.storage.database import Database
 
-from engine.core.progress import Progress, ProgressCallback, report as report_progress
 logger = logging.getLogger(__name__)
 
 # LanceDB's own default: readers holding a version younger than this keep working while it is cleaned up.

@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 from timm.data import create_transform
 
-Transform = Callable[[Image.Image], torch.Tensor]
 from engine.core.registry import Registry
+
+Transform = Callable[[Image.Image], torch.Tensor]
 
 
 @dataclass(frozen=True)

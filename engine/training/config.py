@@ -8,8 +8,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from engine.encoders.config import HeadConfig
 from engine.core.splits import CATALOGUE_WHERE
+from engine.encoders.config import HeadConfig
 
 if TYPE_CHECKING:
     from engine.storage.database import ModelRecord

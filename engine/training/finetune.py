@@ -29,23 +29,24 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import schemas
-from engine.training.augment import Transform, create_augmentation
+from engine.core.clock import utc_now
+from engine.core.errors import MissingFileError, TrainingError
+from engine.core.progress import Progress, ProgressCallback
+from engine.core.progress import report as report_progress
 from engine.encoders.factory import Encoder, resolve_device
 from engine.encoders.heads import BackboneWithHead, ProjectionHead, save_finetuned
-from engine.versions import check_fingerprint, encoder_for_model
-from engine.versions.trained import finetuned_dir
-from engine.storage.index import ensure_index
-from engine.training.selfsupervised import consistency_loss
-from engine.storage.database import Database, ModelRecord
-from engine.core.clock import utc_now
-from engine.core.progress import Progress, ProgressCallback, report as report_progress
-from engine.training.config import FinetuneConfig, TrainConfig
-from engine.training.loop import Batch, LoopParts, TrainingData, TrainResult, class_targets, fit, publish_version
-from engine.training.registry import register_regime
-from engine.training.methods import Objective, create_loss
 from engine.media.decode import DecodeError, content_id, decode_image
 from engine.media.scan import scan_folder
-from engine.core.errors import MissingFileError, TrainingError
+from engine.storage.database import Database, ModelRecord
+from engine.storage.index import ensure_index
+from engine.training.augment import Transform, create_augmentation
+from engine.training.config import FinetuneConfig, TrainConfig
+from engine.training.loop import Batch, LoopParts, TrainingData, TrainResult, class_targets, fit, publish_version
+from engine.training.methods import Objective, create_loss
+from engine.training.registry import register_regime
+from engine.training.selfsupervised import consistency_loss
+from engine.versions import check_fingerprint, encoder_for_model
+from engine.versions.trained import finetuned_dir
 
 logger = logging.getLogger(__name__)
 

@@ -11,17 +11,16 @@ import numpy as np
 import torch
 
 import schemas
-from engine.encoders.factory import resolve_device
-from engine.encoders.heads import ProjectionHead, head_weights_sha, save_head
-from engine.versions.trained import heads_dir
-from engine.storage.database import Database, ModelRecord
 from engine.core.errors import TrainingError
 from engine.core.progress import ProgressCallback
+from engine.encoders.factory import resolve_device
+from engine.encoders.heads import ProjectionHead, head_weights_sha, save_head
+from engine.storage.database import Database, ModelRecord
 from engine.training.config import TrainConfig
 from engine.training.loop import FeatureData, LoopParts, TrainResult, class_targets, embed_features, fit, load_features, publish_version
-from engine.training.registry import METHODS
-from engine.training.registry import register_regime
 from engine.training.methods import create_loss
+from engine.training.registry import METHODS, register_regime
+from engine.versions.trained import heads_dir
 
 logger = logging.getLogger(__name__)
 

@@ -30,16 +30,15 @@ import torch
 from torch import nn
 
 import schemas
-from engine.encoders.identity import encoder_fingerprint, model_version_id
-from engine.evaluation.metrics import evaluate
-from engine.storage.filters import combine_where, read_filtered
-from engine.storage.database import Database, ModelRecord
 from engine.core.clock import utc_now
 from engine.core.errors import LookalikeError, TrainingError
 from engine.core.progress import Progress, ProgressCallback
+from engine.encoders.identity import encoder_fingerprint, model_version_id
+from engine.evaluation.metrics import evaluate
+from engine.storage.database import Database, ModelRecord
+from engine.storage.filters import combine_where, read_filtered
 from engine.training.config import TrainConfig
 from engine.training.methods import Objective
-
 
 logger = logging.getLogger(__name__)
 

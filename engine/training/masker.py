@@ -12,16 +12,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.core.errors import TrainingError
+from engine.core.progress import Progress, ProgressCallback
+from engine.core.progress import report as report_progress
 from engine.encoders.factory import resolve_device
-from engine.storage.database import Database
-from engine.media.decode import decode_image
 from engine.masking.masks import MaskSource
 from engine.masking.modes import mask_image
 from engine.masking.store import MaskerRecord, store_masker
 from engine.masking.unet import MaskerConfig, build_unet, images_to_tensor
-from engine.core.errors import TrainingError
+from engine.media.decode import decode_image
+from engine.storage.database import Database
 
-from engine.core.progress import Progress, ProgressCallback, report as report_progress
 logger = logging.getLogger(__name__)
 
 logger = logging.getLogger(__name__)

@@ -12,9 +12,8 @@ from pytorch_metric_learning import losses, miners
 from pytorch_metric_learning.distances import CosineSimilarity
 from torch import nn
 
-from engine.training.registry import METHODS, register_method
 from engine.training.config import TrainConfig
-
+from engine.training.registry import METHODS, register_method
 
 logger = logging.getLogger(__name__)
 

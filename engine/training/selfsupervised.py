@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from engine.core.errors import TrainingError
 from engine.training.config import TrainConfig
 from engine.training.methods import Objective, register_method
-from engine.core.errors import TrainingError
 
 Embed = Callable[[torch.Tensor], torch.Tensor]
 

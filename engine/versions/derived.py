@@ -27,23 +27,24 @@ import numpy as np
 import pyarrow as pa
 
 import schemas
+from engine.core.clock import utc_now
+from engine.core.errors import EncoderMismatchError, MissingFileError, VersionError
+from engine.core.progress import Progress, ProgressCallback
+from engine.core.progress import report as report_progress
+from engine.core.registry import Registry
+from engine.core.splits import CATALOGUE_WHERE
+from engine.encoders.ensembles import EnsembleConfig, EnsembleEncoder, concatenate_embeddings, member_weights
 from engine.encoders.factory import Encoder
 from engine.encoders.identity import encoder_fingerprint, model_version_id
-from engine.encoders.ensembles import EnsembleConfig, EnsembleEncoder, concatenate_embeddings, member_weights
+from engine.encoders.tta import TTAConfig, TTAModel
+from engine.encoders.whitening import WhitenedModel, Whitening, WhiteningConfig, fit_whitening
+from engine.media.decode import DecodeError, content_id, decode_image
+from engine.storage.database import Database, ModelRecord
 from engine.storage.filters import combine_where, read_filtered
 from engine.vectors.expansion import database_augmentation
-from engine.storage.database import Database, ModelRecord
-from engine.core.errors import EncoderMismatchError, MissingFileError, VersionError
-from engine.core.registry import Registry
 from engine.versions.kinds import KINDS, BuildContext
 from engine.versions.resolve import encoder_for_model
-from engine.core.clock import utc_now
-from engine.encoders.tta import TTAConfig, TTAModel
-from engine.encoders.whitening import Whitening, WhiteningConfig, WhitenedModel, fit_whitening
-from engine.media.decode import DecodeError, content_id, decode_image
-from engine.core.splits import CATALOGUE_WHERE
 
-from engine.core.progress import Progress, ProgressCallback, report as report_progress
 logger = logging.getLogger(__name__)
 
 DERIVED_NOTE_KEY = "derived"
@@ -70,7 +71,7 @@ class Derivation(Protocol):
 
     def output_dim(self, parents: Sequence[ModelRecord], artefact: Artefact) -> int: ...
 
-    def compute(self, context: "DerivationContext", rows: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    def compute(self, context: DerivationContext, rows: pa.Table) -> tuple[pa.Table, np.ndarray]:
         """Vectors of ``rows`` (image ids and metadata); returns the rows it could compute and their vectors."""
 
     def encoder(self, record: ModelRecord, parent_encoders: Sequence[Any], artefact: Artefact) -> Any: ...

@@ -22,13 +22,13 @@ if TYPE_CHECKING:
 class ConsoleServices(Protocol):
     """What screens use of the app (``console.tui.app.LookalikeApp``): screens never import the app."""
 
-    db: "Database"
+    db: Database
     config: Any
-    image_class: "type[Widget] | None"
+    image_class: type[Widget] | None
 
-    def searcher(self, model_id: str | None = None) -> "Searcher": ...
+    def searcher(self, model_id: str | None = None) -> Searcher: ...
 
-    def ingest_encoder(self) -> "Encoder": ...
+    def ingest_encoder(self) -> Encoder: ...
 
     def data_changed(self) -> None: ...
 

@@ -12,9 +12,9 @@ from textual.containers import Horizontal, Vertical
 from textual.validation import Function
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, ProgressBar, Static
 
+from console.service.catalogue import IngestRequest, ingest
 from console.tui.screens.base import ConsoleScreen
 from console.tui.widgets import fill_table
-from console.service.catalogue import IngestRequest, ingest
 from engine.core.progress import Progress
 from engine.storage.database import Database
 from ingest.pipeline import IngestConfig, IngestReport

@@ -14,9 +14,9 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
+from console.service.catalogue import decide_review
 from console.tui.screens.base import ConsoleScreen
 from console.tui.widgets import Thumbnail, fill_table, load_preview
-from console.service.catalogue import decide_review
 from engine.evaluation.detect import Decision, review_frame
 
 NEIGHBOURS = 5

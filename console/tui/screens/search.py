@@ -14,9 +14,9 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.validation import Integer
 from textual.widgets import Button, DataTable, Footer, Header, Input, Select, Static
 
+from console.service import search as search_service
 from console.tui.screens.base import ConsoleScreen
 from console.tui.widgets import Thumbnail, fill_table, load_preview
-from console.service import search as search_service
 
 GRID_CELLS = 10  # thumbnails shown for the top results
 RESULT_COLUMNS = ("split", "width", "height")

@@ -13,16 +13,15 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.validation import Integer, Number
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, ProgressBar, Select, Sparkline, Static
 
+from console.service.training import config_for_regime, model_versions, train_version
 from console.tui.screens.base import ConsoleScreen
 from console.tui.screens.figure import FigureScreen, png_picture
 from console.tui.widgets import fill_table
-from console.service.training import config_for_regime, model_versions, train_version
+from engine.core.errors import NotFoundError
 from engine.core.progress import Progress
 from engine.encoders.config import HEAD_KINDS, HeadConfig
-from engine.training.config import TrainConfig, regime_defaults
 from engine.training import TrainingInterrupted, TrainResult, list_methods, list_regimes
-from engine.core.errors import NotFoundError
-
+from engine.training.config import TrainConfig, regime_defaults
 
 
 def method_options(regime: str) -> list[tuple[str, str]]:

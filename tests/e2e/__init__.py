@@ -1,0 +1,1 @@
+"""End to end: the CLI, the console, hardening (kill -9, hostile input) and the benchmark scripts."""

@@ -1,0 +1,43 @@
+"""The benchmark scripts run end to end at their --quick size and produce sane values (never timings)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.support.paths import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import ingest_pipeline  # noqa: E402
+import query_latency  # noqa: E402
+import search as search_benchmark  # noqa: E402
+
+
+@pytest.mark.slow
+def test_search_benchmark_quick(tmp_path):
+    contenders, filtered = search_benchmark.main(["--quick", "--out", str(tmp_path / "search.csv")])
+    recall = dict(zip(contenders["contender"], contenders["recall@10"]))
+    assert recall["exact (FAISS flat)"] == 1.0
+    assert recall["Lookalike in memory (flat + FAISS re-rank)"] == 1.0
+    assert min(v for name, v in recall.items() if name.startswith("Lookalike")) >= 0.95
+    assert (contenders["p50_ms"] > 0).all() and (contenders["batch_qps"] > 0).all()
+    assert filtered["queries_with_k_results"].to_list() == ["50/50"] * 3
+    assert (filtered["recall@10"] >= 0.95).all()
+    assert (tmp_path / "search.csv").exists() and (tmp_path / "search_filtered.csv").exists()
+
+
+@pytest.mark.slow
+def test_ingest_benchmark_quick(tmp_path):
+    frame = ingest_pipeline.main(["--quick", "--out", str(tmp_path / "ingest.csv")])
+    assert set(frame["contender"]) == {"forward", "pipeline", "naive", "reingest"}
+    assert (frame["images_per_s"] > 0).all()
+
+
+@pytest.mark.slow
+def test_query_latency_quick():
+    frame = query_latency.main(["--quick"])
+    parts = dict(zip(frame["part"], frame["median_ms"]))
+    assert set(parts) == {"read", "decode", "preprocess", "encode", "search", "vote", "total"}
+    assert parts["total"] >= max(v for k, v in parts.items() if k != "total")

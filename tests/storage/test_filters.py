@@ -1,0 +1,147 @@
+"""``where`` filters typed by users: one-line errors naming the problem, and nothing beyond the filtered table.
+
+The fuzz test throws generated filters (SQL fragments, statement keywords, quotes, brackets, random
+characters) at a real LanceDB table through every public reader that takes a filter, and checks that each
+either works or fails with a one-line ``ValueError``, and that no table changed. The examples pinned with
+``@example`` are the inputs that broke the first version (LanceDB silently dropped everything after ``;``
+and let a ``--`` comment swallow the rest of the condition).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from engine.evaluation.metrics import load_split
+from engine.search.searcher import Searcher
+from engine.storage.database import Database
+from engine.storage.filters import MAX_FILTER_CHARS, WhereFilterError, check_where
+from engine.training.config import TrainConfig
+from engine.training.head import train_head
+from tests.support.synthetic import clustered_vectors, make_vector_model, synthetic_rows
+
+LABELS = ["bag", "coat", "sandal"]
+COLUMNS = ["image_id", "model_id", "path", "label", "labels", "split", "width", "height"]
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    db = Database(tmp_path_factory.mktemp("filters") / "db")
+    model = make_vector_model(db, dim=16)
+    rows = synthetic_rows(90, LABELS)
+    db.write_embedded(model, rows, clustered_vectors(90, 16, clusters=3))
+    return db, model, rows
+
+
+def table_state(db: Database) -> dict[str, int]:
+    return {name: db._db.open_table(name).count_rows() for name in db.table_names()}
+
+
+@pytest.mark.parametrize("where,expected", [
+    ("label = 'bag'", "label = 'bag'"),
+    ("  width >= 100 AND NOT (label IN ('bag', 'coat'))  ", "width >= 100 AND NOT (label IN ('bag', 'coat'))"),
+    ("lower(label) LIKE 'b%' OR array_has(labels, 'coat')", "lower(label) LIKE 'b%' OR array_has(labels, 'coat')"),
+    ("CAST(width AS DOUBLE) BETWEEN 1.5e1 AND 300", "CAST(width AS DOUBLE) BETWEEN 1.5e1 AND 300"),
+    ("path = 'it''s.png'", "path = 'it''s.png'"),
+    ('"label" IS NOT NULL', '"label" IS NOT NULL'),
+    ("", None), ("   ", None), (None, None),
+])
+def test_good_filters_pass_unchanged(where, expected):
+    assert check_where(where, COLUMNS) == expected
+
+
+@pytest.mark.parametrize("where,message", [
+    ("labl = 'bag'", "unknown column 'labl' at position 0; columns: image_id, model_id, path, label"),
+    ('label = "bag"', "unknown column \"bag\" at position 8; columns: .* \\(text values take single quotes: 'bag'\\)"),
+    ("label = 'bag'; DROP TABLE images", "';' at position 13: a where filter is one condition, not several statements"),
+    ("label = 'bag' -- and width > 3", "comments \\('--' at position 14\\) are not allowed"),
+    ("label = 'bag' /* x */", "comments \\('/\\*' at position 14\\) are not allowed"),
+    ("label IN (SELECT id FROM models)", "SELECT at position 10: sub-queries and statements are not allowed"),
+    ("read_parquet('/etc/passwd') IS NOT NULL", "function 'read_parquet' is not allowed in a where filter; allowed: abs, array_contains"),
+    ("models.id = 'x'", "'.' at position 6: qualified names \\(table.column\\) are not allowed"),
+    ("label = 'bag", "unterminated text value: the quote at position 8 is never closed"),
+    ("(label = 'bag'", "unbalanced '\\(' at position 0: it is never closed"),
+    ("label = 'bag')", "unbalanced '\\)' at position 13"),
+    ("label = 'bag' & 1", "unexpected character '&' at position 14"),
+    ("vector IS NULL", "unknown column 'vector'"),
+    ("x" * (MAX_FILTER_CHARS + 1), "the limit is 10,000"),
+])
+def test_bad_filters_get_one_line_naming_the_problem(where, message):
+    with pytest.raises(WhereFilterError, match=message) as caught:
+        check_where(where, COLUMNS)
+    assert "\n" not in str(caught.value)
+
+
+def test_every_reader_checks_the_filter_and_answers_in_one_line(seeded):
+    db, model, rows = seeded
+    searcher = Searcher(db, model)
+    query = clustered_vectors(1, 16, clusters=3, seed=5)
+    before = table_state(db)
+    readers = {
+        "search": lambda where: searcher.search_vectors(query, k=3, where=where),
+        "images": lambda where: db.images_frame(where=where),
+        "evaluation": lambda where: load_split(db.embeddings(model), where),
+        "training": lambda where: train_head(db, model, TrainConfig(epochs=1, catalogue_where=where)),
+    }
+    for read in readers.values():
+        with pytest.raises(WhereFilterError, match="';' at position 13"):
+            read("label = 'bag'; DROP TABLE images")
+        with pytest.raises(WhereFilterError, match="unknown column 'labl'"):
+            read("labl = 'bag'")
+    # a well-formed filter DataFusion rejects for its types: still one line, still a WhereFilterError
+    with pytest.raises(WhereFilterError, match="bad where filter \"width > 'wide'\": ") as caught:
+        searcher.search_vectors(query, k=3, where="width > 'wide'")
+    assert "\n" not in str(caught.value)
+    assert table_state(db) == before
+    found = searcher.search_vectors(query, k=3, where="label = 'coat'")
+    assert found["label"].to_list() == ["coat"] * 3
+
+
+FRAGMENTS = ["label", "width", "split", "labels", "'bag'", "'it''s'", "3", "1e3", "-", "=", "<>", ">=", "AND", "OR", "NOT", "IN",
+             "IS NULL", "LIKE", "(", ")", ",", "[", "]", ";", "--", "/*", "*/", "'", '"', ".", "SELECT", "FROM", "DROP TABLE images",
+             "read_parquet(", "lower(", "array_has(", "models", "*", "%", "\\", "\x00", "é", "`"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=4)), max_size=10).map(" ".join))
+@example("label = 'bag'; DROP TABLE images")
+@example("label = 'bag' -- anything")
+@example("label IN (SELECT id FROM models)")
+def test_fuzz_filters_work_or_fail_in_one_line_and_change_nothing(seeded, where):
+    db, model, _ = seeded
+    searcher = Searcher(db, model)
+    before = table_state(db)
+    for read in (lambda: searcher.search_vectors(np.ones(16, np.float32), k=3, where=where), lambda: db.images_frame(where=where)):
+        try:
+            result = read()
+        except ValueError as error:
+            assert "\n" not in str(error), str(error)
+        else:
+            assert isinstance(result, pl.DataFrame)
+    assert table_state(db) == before
+
+
+@pytest.mark.parametrize("k", [0, -3, 2.5, True])
+def test_k_below_one_or_not_whole_is_refused_by_the_api(seeded, k):
+    db, model, _ = seeded
+    with pytest.raises(ValueError, match="k must be a whole number of at least 1"):
+        Searcher(db, model).search_vectors(np.ones(16, np.float32), k=k)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["search", "-k", "0", "q.png"], "argument -k: 0 is out of range: must be at least 1"),
+    (["search", "-k", "-3", "q.png"], "argument -k: -3 is out of range: must be at least 1"),
+    (["search", "-k", "ten", "q.png"], "argument -k: 'ten' is not an integer"),
+    (["ingest", "d", "--holdout", "1.5"], "argument --holdout: 1.5 is out of range: must be between 0 and 1"),
+    (["train", "--lr", "nan"], "argument --lr: 'nan' is not a number"),
+    (["train", "--epochs", "0"], "argument --epochs: 0 is out of range"),
+])
+def test_numeric_options_are_validated_with_clear_messages(argv, message, capsys):
+    from console.cli.main import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert message in capsys.readouterr().err
