@@ -3,7 +3,6 @@
 Runs where torch and timm are installed but LanceDB may not be (engine.encoders imports neither LanceDB nor FAISS):
     python benchmarks/gpu/check_cuda.py path/to/efficientnet-lite0-57934424.pth
 """
-import importlib.util
 import json
 import sys
 import time
@@ -14,9 +13,10 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from PIL import Image
+
 from engine.encoders import factory as enc
 from engine.encoders.lite import convert_lite_state_dict
-from PIL import Image
 
 paths = sorted(Path("data/samples").rglob("*.png")) + sorted(Path("data/queries").glob("*.png"))
 images = [Image.open(p).convert("RGB") for p in paths]

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from test_search import LABELS, assert_same_neighbours, brute_force, seeded  # noqa: F401 - seeded is a fixture
 
 from engine.search.config import MemoryIndexConfig, SearchConfig
 from engine.search.memory_index import create_memory_index, list_memory_indexes, load_table
 from engine.search.searcher import Searcher
+from tests.search.test_search import LABELS, assert_same_neighbours, brute_force, seeded  # noqa: F401 - seeded is a fixture
 from tests.support.synthetic import clustered_vectors, synthetic_rows
 
 
