@@ -5,7 +5,7 @@ The stages are the local pipeline's own code, only placed differently:
 * reader: :func:`engine.media.scan.scan_folder` on the driver; the file list becomes a Ray dataset
   (``ray.data.from_items``);
 * mapper + encoder: ``map_batches`` over a pool of encoder actors (``ActorPoolStrategy``, one GPU each
-  when the cluster has GPUs); each actor runs :func:`ingest.pipeline._map_file` (read, hash, skip known,
+  when the cluster has GPUs); each actor runs :func:`ingest.pipeline.map_file` (read, hash, skip known,
   decode, preprocess) on its decode threads and encodes the batch with its own copy of the encoder;
 * writer: the driver consumes the results in scan order and hands them to the local pipeline's
   collector and writer (merge_insert keyed by content hash, the errors table, in-run duplicates), then
@@ -40,15 +40,7 @@ from engine.encoders.config import EncoderConfig
 from engine.encoders.factory import Encoder, create_encoder
 from engine.media.scan import SourceFile, scan_folder
 from engine.storage.database import Database
-from ingest.pipeline import (
-    IngestConfig,
-    IngestReport,
-    _Collector,
-    _finish,
-    _map_file,
-    _ordered_map,
-    run_locked,
-)
+from ingest.stages import Collector, IngestConfig, IngestReport, finish, map_file, ordered_map, run_locked
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +81,8 @@ class EncodeFiles:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sources: list[SourceFile] = [pickle.loads(item) for item in batch["source"]]
-        mapper = lambda source: _map_file(source, self.root, self.encoder, self.known, self.max_pixels)  # noqa: E731
-        mapped = list(_ordered_map(mapper, sources, self.decode_workers, len(sources)))
+        mapper = lambda source: map_file(source, self.root, self.encoder, self.known, self.max_pixels)  # noqa: E731
+        mapped = list(ordered_map(mapper, sources, self.decode_workers, len(sources)))
         vectors = np.zeros((len(mapped), self.encoder.dim), np.float32)
         ready = [i for i, item in enumerate(mapped) if item.tensor is not None]
         if ready:
@@ -168,7 +160,7 @@ def _ingest_on_ray(ray, db: Database, files: list[SourceFile], root: Path, confi
                    encoder: Encoder, ray_config: RayConfig, progress: ProgressCallback | None) -> IngestReport:
     model = db.register_model(encoder)
     known = db.known_image_ids(model)
-    collector = _Collector(db, model, root, config, len(files))
+    collector = Collector(db, model, root, config, len(files))
     with _connected(ray, ray_config.address), _ordered_quiet(ray):
         gpus = ray_config.gpus_per_worker
         if gpus is None:
@@ -196,10 +188,10 @@ def _ingest_on_ray(ray, db: Database, files: list[SourceFile], root: Path, confi
             collector.flush()
         finally:
             collector.writer.close()
-    return _finish(db, model, config, collector.state, progress)
+    return finish(db, model, config, collector.state, progress)
 
 
-def _collect(collector: _Collector, batch: dict[str, np.ndarray], model_id: str) -> None:
+def _collect(collector: Collector, batch: dict[str, np.ndarray], model_id: str) -> None:
     """Hand one batch of actor results to the local pipeline's collector, in scan order."""
     strangers = set(batch["model_id"]) - {model_id}
     if strangers:

@@ -1,6 +1,7 @@
 """Ingest runner: reader -> mapper -> encoder -> writer, streamed with bounded memory.
 
 * reader: :func:`engine.media.scan.scan_folder` lists files in a deterministic order;
+* the stages themselves live in :mod:`ingest.stages`, which the Ray runner shares;
 * mapper: a thread pool reads, hashes, decodes and preprocesses files (Pillow and the tensor
   transforms release the GIL), running ahead of the encoder by a bounded window;
 * encoder: batches of preprocessed tensors go through the model on the main thread;
@@ -13,197 +14,22 @@ an ingest is cheap and an interrupted one resumes where it stopped.
 from __future__ import annotations
 
 import logging
-import stat
-import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
 import polars as pl
 import torch
-from PIL import Image
 
-from engine.core.clock import utc_now
 from engine.core.faults import fault_point
-from engine.core.progress import Progress, ProgressCallback
+from engine.core.progress import ProgressCallback
 from engine.core.progress import report as report_progress
 from engine.encoders.config import EncoderConfig
 from engine.encoders.factory import Encoder, create_encoder
-from engine.media.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_image
+from engine.media.decode import DecodeError, content_id
 from engine.media.scan import SourceFile, scan_folder
-from engine.storage.database import Database, ModelRecord
-from engine.storage.index import IndexConfig, ensure_index
-from engine.storage.lock import DatabaseNotWritableError, storage_failure, writer_lock
-from engine.storage.maintenance import MaintenanceConfig, optimize_table
+from engine.storage.database import Database
+from ingest.stages import Collector, IngestConfig, IngestProgress, IngestReport, Mapped, finish, map_file, ordered_map, run_locked  # noqa: F401 - IngestProgress: part of this module's API
 
 logger = logging.getLogger(__name__)
-
-
-class ImageHook(Protocol):
-    """Replaces the encoder's preprocessing in the mapper and stores what it measured per image (e.g. masking)."""
-
-    def preprocess_measured(self, image: Image.Image) -> tuple[torch.Tensor, dict]: ...
-
-    def store_measured(self, db: Database, model: ModelRecord, rows: list[dict]) -> None: ...
-
-
-@dataclass(frozen=True)
-class IngestConfig:
-    """How to ingest a folder."""
-
-    labels_csv: Path | None = None
-    split: str | None = None
-    holdout: float | None = None  # fraction of each class moved to ``holdout_split``
-    holdout_split: str = "val"
-    seed: int = 0
-    decode_workers: int = 2
-    prefetch_batches: int = 2  # how far decoding may run ahead of encoding, in batches
-    write_every: int = 256  # rows per upsert: fewer, larger commits
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    index: IndexConfig = field(default_factory=IndexConfig)
-    optimize: bool = True  # after an ingest that wrote rows: compact, update indices, clean up old versions
-    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
-    image_hook: ImageHook | None = None  # e.g. engine.masking.encoder.MaskedEncoder: masks images, stores foreground fractions
-
-
-@dataclass
-class IngestProgress:
-    """Counts so far; :meth:`as_progress` is the event the progress callback gets after every batch."""
-
-    total: int
-    done: int = 0
-    encoded: int = 0
-    skipped: int = 0
-    errors: int = 0
-    started: float = field(default_factory=time.perf_counter)
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    @property
-    def images_per_second(self) -> float:
-        return self.encoded / self.elapsed if self.elapsed > 0 else 0.0
-
-    def as_progress(self) -> Progress:
-        detail = f"{self.encoded} new, {self.skipped} known, {self.errors} errors, {self.images_per_second:.1f} img/s"
-        metrics = {"encoded": self.encoded, "skipped": self.skipped, "errors": self.errors, "images_per_second": self.images_per_second}
-        return Progress("ingest", self.done, self.total, "files", detail, metrics)
-
-
-@dataclass(frozen=True)
-class IngestReport:
-    """What an ingest did."""
-
-    model_id: str
-    total: int
-    encoded: int
-    skipped: int
-    errors: int
-    seconds: float
-
-
-
-
-@dataclass
-class _Mapped:
-    """A file after the mapper: ready to encode, already known, or failed."""
-
-    source: SourceFile
-    row: dict | None = None
-    tensor: torch.Tensor | None = None
-    skipped: bool = False
-    error: str | None = None
-
-
-def storable_text(text: str) -> str:
-    """Text the tables can hold: bytes of a non-UTF-8 file name (surrogate escapes) become ``\\xNN``."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _map_file(source: SourceFile, root: Path, encoder: Encoder, known: set[str], max_pixels: int, hook: ImageHook | None = None) -> _Mapped:
-    try:
-        if not stat.S_ISREG(source.path.stat().st_mode):
-            # a named pipe or device with an image suffix would block the reader or never end
-            return _Mapped(source, error="not a regular file (pipe, socket or device)")
-        data = source.path.read_bytes()
-    except OSError as exc:
-        return _Mapped(source, error=f"cannot read file: {exc.strerror or exc}")
-    image_id = content_id(data)
-    if image_id in known:
-        return _Mapped(source, skipped=True)
-    fault_point("engine.media.decode")
-    try:
-        decoded = decode_image(data, max_pixels=max_pixels)
-        tensor, measured = hook.preprocess_measured(decoded.image) if hook else (encoder.preprocess(decoded.image), None)
-    except DecodeError as exc:
-        return _Mapped(source, error=str(exc))
-    row = {
-        "id": image_id,
-        "path": storable_text(str(source.path)),
-        "label": storable_text(source.labels[0]) if source.labels else None,
-        "labels": [storable_text(label) for label in source.labels],
-        "split": source.split,
-        "width": decoded.width,
-        "height": decoded.height,
-        "channels": decoded.channels,
-        "mode": decoded.mode,
-        "format": decoded.format,
-        "bytes": len(data),
-        "source": storable_text(str(root)),
-        "ingested_at": utc_now(),
-    }
-    if measured:
-        row["measured"] = measured  # for the hook's store; the tables' schemas leave the key out
-    return _Mapped(source, row=row, tensor=tensor)
-
-
-def _ordered_map(func: Callable[[SourceFile], _Mapped], items: list[SourceFile], workers: int, window: int) -> Iterator[_Mapped]:
-    """``map`` over a thread pool, in input order, with at most ``window`` items in flight."""
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
-        pending: deque[Future[_Mapped]] = deque()
-        for item in items:
-            pending.append(pool.submit(func, item))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-class _Writer:
-    """Upserts batches on one background thread, in order; at most one batch waits."""
-
-    def __init__(self, db: Database, model: ModelRecord, hook: ImageHook | None = None) -> None:
-        self._db, self._model, self._hook = db, model, hook
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
-        self._last: Future[None] | None = None
-
-    def submit(self, rows: list[dict], vectors: np.ndarray, errors: list[dict]) -> None:
-        self.wait()  # keeps memory bounded and commits ordered
-        self._last = self._pool.submit(self._write, rows, vectors, errors)
-
-    def _write(self, rows: list[dict], vectors: np.ndarray, errors: list[dict]) -> None:
-        fault_point("ingest.write")
-        self._db.write_embedded(self._model, rows, vectors)
-        if self._hook:
-            self._hook.store_measured(self._db, self._model, rows)
-        fault_point("ingest.errors")
-        self._db.record_errors(errors)
-
-    def wait(self) -> None:
-        if self._last is not None:
-            self._last.result()
-            self._last = None
-
-    def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            self._pool.shutdown(wait=True)
 
 
 def ingest_folder(
@@ -233,70 +59,11 @@ def ingest_files(
     return run_locked(db, root, lambda: _ingest_locked(db, files, root, config, encoder, progress))
 
 
-def run_locked(db: Database, root: Path, run: Callable[[], IngestReport]) -> IngestReport:
-    """Run an ingest of ``root`` under the database's writer lock; storage failures become one clear error."""
-    with writer_lock(db.uri, f"ingest {storable_text(str(root))}"):
-        try:
-            return run()
-        except (OSError, RuntimeError) as exc:
-            reason = None if isinstance(exc, DatabaseNotWritableError) else storage_failure(exc)
-            if reason is None:
-                raise
-            raise DatabaseNotWritableError(
-                f"writing to database {db.uri} failed: {reason}. Batches committed before the failure are kept; "
-                f"free space or fix permissions, then run the same ingest again to resume"
-            ) from exc
-
-
-class _Collector:
-    """The writer side of an ingest, shared by the local runner and the Ray runner (ingest.distributed).
-
-    Counts every mapped file, records errors, skips known images and in-run duplicates (the first file
-    in scan order wins), and upserts encoded rows every ``write_every`` rows on the background writer.
-    """
-
-    def __init__(self, db: Database, model: ModelRecord, root: Path, config: IngestConfig, total: int) -> None:
-        self.model, self.root, self.config = model, root, config
-        self.state = IngestProgress(total=total)
-        self.writer = _Writer(db, model, config.image_hook)
-        self.pending_rows: list[dict] = []
-        self.pending_vectors: list[np.ndarray] = []
-        self.pending_errors: list[dict] = []
-        self.seen_in_run: set[str] = set()
-
-    def accept(self, mapped: _Mapped) -> bool:
-        """Count one mapped file; True when it is new and must be encoded and written."""
-        self.state.done += 1
-        if mapped.error is not None:
-            self.state.errors += 1
-            logger.warning("skipping %s: %s", mapped.source.path, mapped.error)
-            self.pending_errors.append({"path": storable_text(str(mapped.source.path)), "reason": mapped.error, "source": storable_text(str(self.root)), "when": utc_now()})
-            return False
-        if mapped.skipped or mapped.row["id"] in self.seen_in_run:
-            self.state.skipped += 1  # already embedded, or a duplicate of a file earlier in this run
-            return False
-        self.seen_in_run.add(mapped.row["id"])
-        return True
-
-    def add_encoded(self, rows: list[dict], vectors: np.ndarray) -> None:
-        self.pending_rows.extend(rows)
-        self.pending_vectors.append(vectors)
-        self.state.encoded += len(rows)
-
-    def flush(self, when_full: bool = False) -> None:
-        """Hand pending rows and errors to the writer (with ``when_full``, only once ``write_every`` are pending)."""
-        pending = len(self.pending_rows) + len(self.pending_errors)
-        if pending and (not when_full or pending >= self.config.write_every):
-            vectors = np.concatenate(self.pending_vectors) if self.pending_vectors else np.zeros((0, self.model.dim), np.float32)
-            self.writer.submit(list(self.pending_rows), vectors, list(self.pending_errors))
-            self.pending_rows.clear(), self.pending_vectors.clear(), self.pending_errors.clear()
-
-
 def _ingest_locked(db: Database, files: list[SourceFile], root: Path, config: IngestConfig, encoder: Encoder, progress: ProgressCallback | None) -> IngestReport:
     model = db.register_model(encoder)
     known = db.known_image_ids(model)
-    collector = _Collector(db, model, root, config, len(files))
-    batch: list[_Mapped] = []
+    collector = Collector(db, model, root, config, len(files))
+    batch: list[Mapped] = []
 
     def encode_batch() -> None:
         if batch:
@@ -305,10 +72,10 @@ def _ingest_locked(db: Database, files: list[SourceFile], root: Path, config: In
             collector.add_encoded([item.row for item in batch], vectors)
             batch.clear()
 
-    mapper = lambda source: _map_file(source, root, encoder, known, config.max_pixels, config.image_hook)  # noqa: E731
+    mapper = lambda source: map_file(source, root, encoder, known, config.max_pixels, config.image_hook)  # noqa: E731
     window = max(1, config.prefetch_batches) * encoder.batch_size
     try:
-        for mapped in _ordered_map(mapper, files, config.decode_workers, window):
+        for mapped in ordered_map(mapper, files, config.decode_workers, window):
             if collector.accept(mapped):
                 batch.append(mapped)
                 if len(batch) >= encoder.batch_size:
@@ -319,23 +86,7 @@ def _ingest_locked(db: Database, files: list[SourceFile], root: Path, config: In
         collector.flush()
     finally:
         collector.writer.close()
-    return _finish(db, model, config, collector.state, progress)
-
-
-def _finish(db: Database, model: ModelRecord, config: IngestConfig, state: IngestProgress, progress: ProgressCallback | None) -> IngestReport:
-    """After the last write: progress, the ANN index, table maintenance, the report."""
-    report_progress(progress, state.as_progress())
-    table = db.embeddings(model)
-    fault_point("ingest.index")
-    ensure_index(table, config.index)
-    if config.optimize and state.encoded:
-        for maintained in (db.images, table, db.errors):
-            fault_point("ingest.optimize")
-            optimize_table(maintained, config.maintenance)
-    fault_point("ingest.done")
-    report = IngestReport(model.id, state.total, state.encoded, state.skipped, state.errors, state.elapsed)
-    logger.info("ingest done: %s", report)
-    return report
+    return finish(db, model, config, collector.state, progress)
 
 
 def add_to_catalogue(db: Database, path: Path | str, label: str, encoder: Encoder, split: str = "train") -> str:

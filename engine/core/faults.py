@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 FAULTS_ENV = "LOOKALIKE_FAULTS"
 
 FAULT_POINTS: dict[str, str] = {
-    "engine.media.decode": "mapper: a file was read and hashed, about to be decoded (once per new file)",
+    "ingest.decode": "mapper: a file was read and hashed, about to be decoded (once per new file)",
     "ingest.encode": "a batch of preprocessed images is about to go through the encoder",
     "ingest.write": "writer: a batch of rows and vectors is about to be written",
     "store.images_written": "write_embedded: the images commit is done, the vectors commit is not",

@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -31,13 +29,14 @@ from torch import nn
 
 import schemas
 from engine.core.clock import utc_now
-from engine.core.errors import LookalikeError, TrainingError
-from engine.core.progress import Progress, ProgressCallback
+from engine.core.errors import TrainingError
+from engine.core.progress import ProgressCallback
 from engine.encoders.identity import encoder_fingerprint, model_version_id
 from engine.evaluation.metrics import evaluate
 from engine.storage.database import Database, ModelRecord
 from engine.storage.filters import combine_where, read_filtered
 from engine.training.config import TrainConfig
+from engine.training.epochs import EpochOutcome, EpochPlan, TrainingInterrupted, run_epochs  # noqa: F401 - TrainingInterrupted: part of this module's API
 from engine.training.methods import Objective
 
 logger = logging.getLogger(__name__)
@@ -51,21 +50,6 @@ class TrainResult:
     val_map5: float
     history: list[dict]
     seconds: float
-
-
-class TrainingInterrupted(LookalikeError, RuntimeError):
-    """A run stopped before it finished; running it again with the same configuration resumes it."""
-
-    def __init__(self, run_id: str, epoch: int) -> None:
-        super().__init__(f"training run {run_id} stopped after epoch {epoch}; run the same command again to resume")
-        self.run_id, self.epoch = run_id, epoch
-
-
-def epoch_progress(epoch: int, epochs: int, figures: dict) -> Progress:
-    """The progress event of a finished epoch; ``figures`` holds loss, val_map5, val_p1, best_map5, seconds."""
-    detail = (f"loss {figures['loss']:.4f}  val mAP@5 {figures['val_map5']:.4f}  val P@1 {figures['val_p1']:.4f}  "
-              f"best {figures['best_map5']:.4f}  {figures['seconds']:.1f}s")
-    return Progress("train", epoch, epochs, "epochs", detail, dict(figures))
 
 
 # ---- regimes -------------------------------------------------------------------------------------
@@ -211,108 +195,96 @@ def _amp_settings(device: torch.device, wanted: bool) -> tuple[bool, torch.dtype
     return True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def fit(db: Database, run_id: str, config: TrainConfig, parts: LoopParts, started: float,
-        progress: ProgressCallback | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
-    """The one training loop of every regime and method; returns the run's state with the best weights.
+class MetricLearningEpochs:
+    """The epochs of every metric-learning regime: batches of the training rows through the method's
+    objective (plus the consistency term), validation mAP@5 on a stratified share of the catalogue."""
 
-    Validation rows are a stratified share of the labelled catalogue; training rows are the rest (labelled
-    ones only, unless the objective needs no labels). Checkpoints every epoch to ``<db>/checkpoints/<run_id>.pt``
-    and resumes from it; raises :class:`TrainingInterrupted` when ``should_stop`` ends the run early.
-    """
-    network, objective, data, device = parts.network, parts.objective, parts.data, parts.device
-    labels = data.labels
-    labelled = np.array([label is not None for label in labels], bool)
-    val_mask = stratified_validation(labels, config.val_fraction, config.min_class_size, config.seed)
-    _, targets = class_targets(labels)
-    train_rows = np.flatnonzero(~val_mask & (labelled if objective.needs_labels else True))
-    if len(train_rows) < 2:
-        raise TrainingError(f"training needs at least 2 catalogue rows outside validation, found {len(train_rows)}")
-    train_labels = targets[train_rows]
+    name = "train"
 
-    optimizer = torch.optim.AdamW(parts.param_groups, weight_decay=config.weight_decay)
-    batch_size = config.batch_size
-    if objective.m_per_class:
-        # m images of each class per batch: a batch can hold at most m x classes images, in multiples of m
-        batch_size = min(batch_size, objective.m_per_class * len(np.unique(train_labels)))
-        batch_size -= batch_size % objective.m_per_class
-    steps_per_epoch = max(1, math.ceil(len(train_rows) / batch_size))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.warmup_epochs * steps_per_epoch, config.epochs * steps_per_epoch))
-    amp, amp_dtype = _amp_settings(device, parts.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
+    def __init__(self, config: TrainConfig, parts: LoopParts) -> None:
+        self.config, self.parts, self.network, self.objective = config, parts, parts.network, parts.objective
+        labels = parts.data.labels
+        self.labelled = np.array([label is not None for label in labels], bool)
+        self.val_mask = stratified_validation(labels, config.val_fraction, config.min_class_size, config.seed)
+        _, targets = class_targets(labels)
+        self.train_rows = np.flatnonzero(~self.val_mask & (self.labelled if self.objective.needs_labels else True))
+        if len(self.train_rows) < 2:
+            raise TrainingError(f"training needs at least 2 catalogue rows outside validation, found {len(self.train_rows)}")
+        self.train_labels = targets[self.train_rows]
+        self.optimizer = torch.optim.AdamW(parts.param_groups, weight_decay=config.weight_decay)
+        batch_size = config.batch_size
+        if self.objective.m_per_class:
+            # m images of each class per batch: a batch can hold at most m x classes images, in multiples of m
+            batch_size = min(batch_size, self.objective.m_per_class * len(np.unique(self.train_labels)))
+            batch_size -= batch_size % self.objective.m_per_class
+        self.batch_size = batch_size
+        steps_per_epoch = max(1, math.ceil(len(self.train_rows) / batch_size))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config.warmup_epochs * steps_per_epoch, config.epochs * steps_per_epoch))
+        self.amp, self.amp_dtype = _amp_settings(parts.device, parts.amp)
+        self.scaler = torch.amp.GradScaler(parts.device.type, enabled=self.amp and self.amp_dtype == torch.float16)
 
-    def embed(inputs: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
-            return network(inputs).float()  # losses in float32
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=self.parts.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            return self.network(inputs).float()  # losses in float32
 
-    checkpoint = db.local_folder("checkpoints") / f"{run_id}.pt"
-    state = {"epoch": 0, "best_map5": -1.0, "best_epoch": 0, "best_weights": None, "history": [], "stale": 0}
-    if checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
-        network.load_state_dict(saved["network"])
-        objective.load_state_dict(saved["objective"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        state = saved["state"]
-        torch.set_rng_state(saved["torch_rng"])
-        logger.info("resuming run %s at epoch %d", run_id, state["epoch"])
-
-    generator = np.random.default_rng(config.seed + state["epoch"])
-    while state["epoch"] < config.epochs and state["stale"] < config.patience:
-        if should_stop and should_stop():
-            logger.info("run %s stopped by request at epoch %d; re-run to resume", run_id, state["epoch"])
-            break
-        epoch = state["epoch"] + 1
-        random.seed(config.seed * 100_003 + epoch)  # python-random augmentations (timm's crops) replay on resume
-        parts.train_mode(network)
+    def run_epoch(self, epoch: int, rng: np.random.Generator) -> EpochOutcome:
+        parts, objective = self.parts, self.objective
+        parts.train_mode(self.network)
         objective.train()
         if objective.m_per_class:
-            order = train_rows[m_per_class_order(train_labels, objective.m_per_class, batch_size, generator)]
+            order = self.train_rows[m_per_class_order(self.train_labels, objective.m_per_class, self.batch_size, rng)]
         else:
-            order = train_rows[generator.permutation(len(train_rows))]
-        epoch_losses = []
-        for batch in data.batches(order, batch_size, epoch):
-            loss = objective(embed, batch.views, batch.labels if objective.needs_labels else None)
+            order = self.train_rows[rng.permutation(len(self.train_rows))]
+        losses = []
+        for batch in parts.data.batches(order, self.batch_size, epoch):
+            loss = objective(self.embed, batch.views, batch.labels if objective.needs_labels else None)
             if batch.unlabelled is not None and parts.consistency is not None and parts.consistency_weight:
-                loss = loss + parts.consistency_weight * parts.consistency(embed, *batch.unlabelled)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            epoch_losses.append(float(loss.detach()))
+                loss = loss + parts.consistency_weight * parts.consistency(self.embed, *batch.unlabelled)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            losses.append(float(loss.detach()))
         result = None
-        if val_mask.any():
-            network.eval()
-            embedded = data.embed(network)
-            gallery = ~val_mask & labelled
-            result = evaluate(embedded[val_mask], labels[val_mask], embedded[gallery], labels[gallery])
-        val_map5 = result.map_at_5 if result else 0.0
+        if self.val_mask.any():
+            self.network.eval()
+            embedded, labels = parts.data.embed(self.network), parts.data.labels
+            gallery = ~self.val_mask & self.labelled
+            result = evaluate(embedded[self.val_mask], labels[self.val_mask], embedded[gallery], labels[gallery])
+        figures = {"val_map5": result.map_at_5 if result else 0.0, "val_p1": result.p_at_1 if result else 0.0}
         # without validation rows (unlabelled sets) the latest weights are the best ones
-        if result is None or val_map5 > state["best_map5"]:
-            state.update(best_map5=val_map5, best_epoch=epoch, best_weights={k: v.detach().cpu().clone() for k, v in network.state_dict().items()}, stale=0)
-        else:
-            state["stale"] += 1
-        state["epoch"] = epoch
-        record = {"epoch": epoch, "loss": float(np.mean(epoch_losses)) if epoch_losses else 0.0, "val_map5": val_map5, "val_p1": result.p_at_1 if result else 0.0,
-                  "seconds": time.perf_counter() - started}
-        state["history"].append(record)
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = checkpoint.with_suffix(".tmp")
-        torch.save({"network": network.state_dict(), "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "state": state, "torch_rng": torch.get_rng_state()}, tmp)
-        tmp.replace(checkpoint)  # atomic: a kill leaves the previous epoch's checkpoint
-        event = epoch_progress(epoch, config.epochs, {**record, "best_map5": state["best_map5"]})
-        logger.info("epoch %d/%d loss %.4f val mAP@5 %.4f", epoch, config.epochs, record["loss"], val_map5)
-        if progress:
-            progress(event)
+        return EpochOutcome(float(np.mean(losses)) if losses else 0.0, result.map_at_5 if result else None, figures)
 
-    finished = state["epoch"] >= config.epochs or state["stale"] >= config.patience
-    if not finished:
-        raise TrainingInterrupted(run_id, state["epoch"])
-    network.load_state_dict(state["best_weights"])
-    network.eval()
-    state["checkpoint"] = str(checkpoint)
+    def state(self) -> dict:
+        return {"objective": self.objective.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state(self, saved: dict) -> None:
+        self.objective.load_state_dict(saved["objective"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+
+    def describe(self, record: dict) -> str:
+        best = max(record["best_score"], 0.0)
+        return (f"loss {record['loss']:.4f}  val mAP@5 {record['val_map5']:.4f}  val P@1 {record['val_p1']:.4f}  "
+                f"best {best:.4f}  {record['seconds']:.1f}s")
+
+
+def fit(db: Database, run_id: str, config: TrainConfig, parts: LoopParts, started: float,
+        progress: ProgressCallback | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
+    """The one metric-learning loop of every regime and method; returns the run's state with the best weights.
+
+    Validation rows are a stratified share of the labelled catalogue; training rows are the rest (labelled
+    ones only, unless the objective needs no labels). Epochs, checkpoints, resume and early stopping are
+    :func:`engine.training.epochs.run_epochs`'; raises :class:`TrainingInterrupted` when ``should_stop`` ends
+    the run early.
+    """
+    plan = EpochPlan(config.epochs, config.patience, config.seed)
+    state = run_epochs(db, run_id, plan, MetricLearningEpochs(config, parts), device=parts.device, progress=progress,
+                       should_stop=should_stop, started=started)
+    state["best_map5"] = max(state["best_score"], 0.0)  # the validation mAP@5 of the kept weights (0 without validation)
     return state
 
 

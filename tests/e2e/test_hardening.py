@@ -334,12 +334,12 @@ def test_kill_plan_is_seeded_and_covers_every_stage():
     assert KILL_PLAN == harness.kill_plan(FAULT_SEED) and len(KILL_PLAN) >= 20
     assert len(set(KILL_PLAN)) == len(KILL_PLAN)
     stages = {parse_faults(spec)[0].point for spec in KILL_PLAN}
-    assert stages >= {"engine.media.decode", "ingest.encode", "ingest.write", "store.images_written", "store.vectors_written", "ingest.index", "ingest.optimize"}
+    assert stages >= {"ingest.decode", "ingest.encode", "ingest.write", "store.images_written", "store.vectors_written", "ingest.index", "ingest.optimize"}
     assert harness.kill_plan(FAULT_SEED + 1) != KILL_PLAN
 
 
 def test_fault_specs_are_validated_with_the_valid_choices():
-    with pytest.raises(ValueError, match="engine.media.decode"):
+    with pytest.raises(ValueError, match="ingest.decode"):
         parse_faults("ingest.nowhere@1=kill")
     with pytest.raises(ValueError, match="enospc"):
         parse_faults("ingest.write@1=explode")

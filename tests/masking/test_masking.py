@@ -24,6 +24,7 @@ from engine.masking.unet import MaskerConfig
 from engine.search.searcher import Searcher
 from engine.storage.database import Database
 from engine.training.config import TrainConfig
+from engine.training.epochs import TrainingInterrupted
 from engine.training.head import train_head
 from engine.training.masker import MaskerTrainConfig, train_masker
 from engine.versions import encoder_for_model, query_encoder
@@ -296,3 +297,21 @@ def test_cli_train_masker_preview_and_masked_search(masker_db, tiny_weights, tmp
     assert main(["search", query, "--db", cli_db, "-k", "1"]) == 0  # masked like the catalogue, found itself
     assert main(["search", query, "--db", cli_db, "--mask-mode", "zero"]) == 2
     assert "not comparable" in capsys.readouterr().err
+
+
+def test_masker_training_runs_through_the_epoch_loop_and_resumes(tmp_path, tiny_weights):
+    """A stopped masker run resumes at its next epoch and ends with every epoch in its history."""
+    images = make_composites(tmp_path / "train", 12, seed=5)
+    masks = read_masks(tmp_path / "train" / "masks.csv")
+    db = Database(tmp_path / "db")
+    config = MaskerTrainConfig(MaskerConfig(encoder="test_efficientnet", encoder_weights=str(tiny_weights), **TINY_MASKER),
+                               epochs=3, batch_size=4, holdout=0.25, device="cpu")
+    paths = pair_images_with_masks(images, masks)
+    seen = []
+    with pytest.raises(TrainingInterrupted):
+        train_masker(db, paths, masks, config, progress=seen.append, should_stop=lambda: len(seen) >= 1)
+    assert [e.done for e in seen] == [1] and seen[0].task == "masker"
+    record = train_masker(db, paths, masks, config, progress=seen.append)
+    assert [e.done for e in seen] == [1, 2, 3]
+    assert [h["epoch"] for h in json.loads(record.details)["history"]] == [1, 2, 3]
+    assert not any((db.local_folder("checkpoints")).glob("masker-*.pt"))  # the finished run's checkpoint is gone

@@ -307,7 +307,7 @@ def make_fault_folder(target: Path, per_class: int = 4, classes: tuple[str, ...]
 # How often each point is passed in an ingest of make_fault_folder() with ingest_config() (counted:
 # decode 16 images + 1 duplicate + 3 broken files; 4 batches of 4; 4 writes; 3 tables compacted).
 POINT_HITS = {
-    "engine.media.decode": 20,
+    "ingest.decode": 20,
     "ingest.encode": 4,
     "ingest.write": 4,
     "store.images_written": 4,
@@ -318,7 +318,7 @@ POINT_HITS = {
     "ingest.done": 1,
 }
 KILLS_PER_POINT = {
-    "engine.media.decode": 3, "ingest.encode": 2, "ingest.write": 2, "store.images_written": 4,
+    "ingest.decode": 3, "ingest.encode": 2, "ingest.write": 2, "store.images_written": 4,
     "store.vectors_written": 3, "ingest.errors": 2, "ingest.index": 1, "ingest.optimize": 3,
 }
 
