@@ -10,6 +10,7 @@ from tests.support.paths import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import cli_startup  # noqa: E402
 import ingest_pipeline  # noqa: E402
 import query_latency  # noqa: E402
 import search as search_benchmark  # noqa: E402
@@ -41,3 +42,9 @@ def test_query_latency_quick():
     parts = dict(zip(frame["part"], frame["median_ms"]))
     assert set(parts) == {"read", "decode", "preprocess", "encode", "search", "vote", "total"}
     assert parts["total"] >= max(v for k, v in parts.items() if k != "total")
+
+
+def test_cli_startup_benchmark_quick():
+    frame = cli_startup.main(["--quick"])
+    assert frame["command"].to_list()[0] == "lookalike --help" and (frame["this checkout cpu_s"] > 0).all()
+    assert set(frame["this checkout heavy imports"]) == {"-"}  # no torch, timm, LanceDB, FAISS before a command runs
