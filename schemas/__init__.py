@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from engine.core.errors import LookalikeError
+from engine.core.errors import InvalidRequestError, LookalikeError
 
 SCHEMA_VERSION = "1"
 SCHEMA_VERSION_KEY = b"lookalike.schema_version"
@@ -222,7 +222,7 @@ def embeddings_table_name(model_id: str) -> str:
 def embeddings_schema(dim: int, model_id: str, fingerprint: str) -> pa.Schema:
     """Schema of the embeddings table of one model version, with its dimension fixed."""
     if dim <= 0:
-        raise ValueError(f"embedding dimension must be positive, got {dim}")
+        raise InvalidRequestError(f"embedding dimension must be positive, got {dim}")
     schema = pa.schema(
         [
             pa.field("image_id", pa.string(), nullable=False),

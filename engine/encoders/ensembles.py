@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from engine.core.errors import EncoderError
-from engine.encoders.identity import model_version_id
+from engine.encoders.identity import RecordedIdentity
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def concatenate_embeddings(parts: Sequence[np.ndarray], weights: np.ndarray) -> 
     return (joined / np.maximum(np.linalg.norm(joined, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-class EnsembleEncoder:
+class EnsembleEncoder(RecordedIdentity):
     """Encodes query images with every member's encoder (each with its own preprocessing) and joins them.
 
     Query time is the sum of the members'. It has no single preprocessing, so images enter an ensemble
@@ -56,14 +56,6 @@ class EnsembleEncoder:
         self.name, self.members, self.weights, self._fingerprint = name, list(members), weights, fingerprint
         self.dim = int(sum(m.dim for m in self.members))
         self.batch_size = min(m.batch_size for m in self.members)
-
-    @property
-    def fingerprint(self) -> str:
-        return self._fingerprint
-
-    @property
-    def model_id(self) -> str:
-        return model_version_id(self.name, self.fingerprint)
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:

@@ -35,7 +35,7 @@ from engine.core.registry import Registry
 from engine.core.splits import CATALOGUE_WHERE
 from engine.encoders.ensembles import EnsembleConfig, EnsembleEncoder, concatenate_embeddings, member_weights
 from engine.encoders.factory import Encoder
-from engine.encoders.identity import encoder_fingerprint, model_version_id
+from engine.encoders.identity import RecordedIdentity, encoder_fingerprint, model_version_id
 from engine.encoders.tta import TTAConfig, TTAModel
 from engine.encoders.whitening import WhitenedModel, Whitening, WhiteningConfig, fit_whitening
 from engine.media.decode import DecodeError, content_id, decode_image
@@ -211,20 +211,12 @@ class _Identity:
         return model
 
 
-class _SameEmbedding:
+class _SameEmbedding(RecordedIdentity):
     """A parent's encoder under the derived version's identity (its vectors are the parent's)."""
 
     def __init__(self, parent: Any, name: str, fingerprint: str) -> None:
         self._parent, self.name, self._fingerprint = parent, name, fingerprint
         self.dim, self.batch_size = parent.dim, parent.batch_size
-
-    @property
-    def fingerprint(self) -> str:
-        return self._fingerprint
-
-    @property
-    def model_id(self) -> str:
-        return model_version_id(self.name, self.fingerprint)
 
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
         return self._parent.encode_images(images)

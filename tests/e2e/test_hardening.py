@@ -34,7 +34,8 @@ from engine.storage.database import Database
 from engine.storage.lock import LOCK_FILE, DatabaseBusyError, DatabaseNotWritableError, writer_lock
 from engine.training.config import TrainConfig
 from engine.training.head import train_head
-from ingest.pipeline import _map_file, add_to_catalogue, ingest_folder
+from ingest.pipeline import add_to_catalogue, ingest_folder
+from ingest.stages import map_file
 from tests.support import fault_harness as harness
 from tests.support.paths import CORPUS, QUERIES, REPO, SAMPLES
 from tests.support.synthetic import clustered_vectors, make_vector_model, synthetic_rows
@@ -313,7 +314,7 @@ def test_a_file_rewritten_while_being_read_is_stored_whole_or_refused(tmp_path, 
     outcomes = {"whole": 0, "refused": 0}
     try:
         for _ in range(300):
-            mapped = _map_file(SourceFile(path, ("x",), None), tmp_path, tiny_encoder, set(), 10**8)
+            mapped = map_file(SourceFile(path, ("x",), None), tmp_path, tiny_encoder, set(), 10**8)
             if mapped.error is not None:
                 outcomes["refused"] += 1
                 assert mapped.error.startswith(("corrupt image", "empty file", "not an image")), mapped.error
