@@ -86,11 +86,9 @@ def run_compare(args: argparse.Namespace) -> int:
     specs = parse_pipelines(args.compare)
     if args.query_dir:
         raise InvalidRequestError("--compare evaluates the stored --query-split; it does not take --query-dir")
-    frame = compare_pipelines(
-        Database(args.db), specs, args.model, catalogue_where=split_where(args.catalogue_split),
-        query_where=split_where(args.query_split), k=args.k,
-        progress=lambda done: print(f"{done.spec.text}: P@1 {done.result.p_at_1:.4f}  mAP {done.result.mean_ap:.4f}", flush=True),
-    )
+    with progress_bar(lines=True) as show:
+        frame = compare_pipelines(Database(args.db), specs, args.model, catalogue_where=split_where(args.catalogue_split),
+                                  query_where=split_where(args.query_split), k=args.k, progress=show)
     _print(frame)
     return 0
 

@@ -10,13 +10,15 @@ any id or encoder name ``resolve_model`` accepts). Quality is measured on the wh
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from engine.core.errors import EvaluationError
+from engine.core.progress import Progress, ProgressCallback
+from engine.core.progress import report as report_progress
 from engine.core.splits import CATALOGUE_WHERE, QUERY_WHERE
 from engine.evaluation.metrics import EvaluationResult, evaluate_ranking, load_split
 from engine.search.config import SearchConfig
@@ -106,15 +108,16 @@ def compare_pipelines(
     db: Database,
     specs: Sequence[PipelineSpec],
     default_model: str | None = None,
-    progress: Callable[[PipelineResult], None] | None = None,
+    progress: ProgressCallback | None = None,
     **options,
 ) -> pl.DataFrame:
     """One row per pipeline: metrics and per-query times (see :func:`evaluate_pipeline` for options)."""
     rows = []
-    for spec in specs:
+    for position, spec in enumerate(specs, start=1):
         done = evaluate_pipeline(db, spec, default_model, **options)
-        if progress:
-            progress(done)
+        figures = {"p_at_1": done.result.p_at_1, "map": done.result.mean_ap, "search_ms": done.search_ms}
+        report_progress(progress, Progress("compare", position, len(specs), "pipelines",
+                                           f"{spec.text}: P@1 {done.result.p_at_1:.4f}  mAP {done.result.mean_ap:.4f}", figures))
         rows.append(
             {
                 "pipeline": spec.text, "model": done.model.id, "P@1": done.result.p_at_1, "P@5": done.result.p_at_5,

@@ -23,6 +23,11 @@ import pyarrow as pa
 from engine.core.errors import FilterError
 
 MAX_FILTER_CHARS = 10_000
+# DataFusion parses expressions recursively: about a thousand chained operators overflow its stack and kill the
+# process (SIGSEGV), so a filter is refused long before that. A person's condition needs far fewer.
+MAX_FILTER_OPERATORS = 256  # arithmetic, comparison, concatenation and AND / OR / NOT
+MAX_FILTER_NESTING = 32  # brackets inside brackets
+LOGICAL_WORDS = frozenset({"AND", "OR", "NOT"})
 
 KEYWORDS = frozenset({
     "AND", "OR", "NOT", "IN", "IS", "NULL", "LIKE", "ILIKE", "BETWEEN", "TRUE", "FALSE", "CAST", "AS", "ESCAPE",
@@ -99,6 +104,7 @@ def _check(where: str, known: list[str]) -> None:
         raise WhereFilterError(f"it is {len(where):,} characters long; the limit is {MAX_FILTER_CHARS:,}")
     tokens = _tokens(where)
     _check_brackets(tokens)
+    _check_size(tokens)
     for index, (kind, text, position) in enumerate(tokens):
         if kind == "word":
             following = tokens[index + 1][1] if index + 1 < len(tokens) else ""
@@ -140,6 +146,21 @@ def _tokens(where: str) -> list[tuple[str, str, int]]:
             tokens.append((kind, match.group(), position))
         position = match.end()
     return tokens
+
+
+def _check_size(tokens: list[tuple[str, str, int]]) -> None:
+    """Refuse expressions too long or too deep for the SQL parser underneath (it recurses per operator)."""
+    operators = sum(1 for kind, text, _ in tokens if (kind == "operator" and text not in "()[],") or (kind == "word" and text.upper() in LOGICAL_WORDS))
+    if operators > MAX_FILTER_OPERATORS:
+        raise WhereFilterError(f"it has {operators:,} operators; the limit is {MAX_FILTER_OPERATORS} (split the condition, or use IN (...) for many values)")
+    depth = 0
+    for kind, text, position in tokens:
+        if kind == "operator" and text in "([":
+            depth += 1
+            if depth > MAX_FILTER_NESTING:
+                raise WhereFilterError(f"brackets nest deeper than {MAX_FILTER_NESTING} at position {position}")
+        elif kind == "operator" and text in ")]":
+            depth -= 1
 
 
 def _check_brackets(tokens: list[tuple[str, str, int]]) -> None:

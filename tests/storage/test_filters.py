@@ -145,3 +145,42 @@ def test_numeric_options_are_validated_with_clear_messages(argv, message, capsys
     with pytest.raises(SystemExit):
         build_parser().parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+# ---- expressions too long or too deep for the SQL parser (it overflowed its stack: SIGSEGV at ~1000 terms) -------
+
+HUGE_FILTERS = {
+    "sum": "width = 1" + "+1" * 1000,
+    "difference": "width = 1" + "-1" * 1000,
+    "product": "width = 1" + "*1" * 1000,
+    "concatenation": "label = 'a'" + " || 'a'" * 1000,
+    "negations": "NOT " * 2400 + "width > 1",
+    "nesting": "(" * 1000 + "width > 1" + ")" * 1000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(HUGE_FILTERS))
+def test_filters_beyond_the_parser_are_refused_before_it(name):
+    with pytest.raises(WhereFilterError, match="the limit is|nest deeper") as refused:
+        check_where(HUGE_FILTERS[name], ["width", "label"])
+    assert "\n" not in str(refused.value) and len(str(refused.value)) < 300
+
+
+def test_a_long_but_reasonable_filter_still_works():
+    where = " OR ".join(f"width = {n}" for n in range(100)) + " AND label IN (" + ", ".join(f"'c{n}'" for n in range(500)) + ")"
+    assert check_where(where, ["width", "label"]) == where
+
+
+def test_the_filter_that_crashed_the_process_is_a_one_line_error(seeded, tmp_path):
+    """In a subprocess, so that a regression (the parser's segfault) fails this test instead of the suite."""
+    import subprocess
+    import sys
+
+    from tests.support.paths import REPO
+
+    db, model, _ = seeded
+    code = ("import sys; from console.cli.main import main; "
+            f"sys.exit(main(['search', '--db', {db.uri!r}, '--model', {model.id!r}, '--id', 'img000001', '--where', sys.argv[1]]))")
+    done = subprocess.run([sys.executable, "-c", code, HUGE_FILTERS["sum"]], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "operators; the limit is" in done.stderr and len(done.stderr.strip().splitlines()) == 1
