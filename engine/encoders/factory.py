@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,14 @@ from engine.core.checksums import file_sha256
 from engine.core.errors import EncoderError, MissingFileError
 from engine.encoders.config import ENCODERS, EncoderConfig
 from engine.encoders.identity import encoder_fingerprint, model_version_id
+from engine.media.decode import DEFAULT_MAX_PIXELS, DecodeError
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_INPUT_SIDE = 224  # timm's default input size, for data configs that lack one
+# The most pixels the model's resize may produce: twice the decoder's bomb limit (~0.5 GB of RGB), so a
+# 30000x20 panorama (98 Mpx once resized) passes and a 20000x1 strip (1.3 Gpx, 3.4 GB peak) does not.
+MAX_RESIZED_PIXELS = 2 * DEFAULT_MAX_PIXELS
 
 
 @dataclass
@@ -49,7 +56,7 @@ class Encoder:
 
     def __post_init__(self) -> None:
         self.model.eval().to(self.device)
-        self.transform = create_transform(**self.data_config, is_training=False)
+        self.transform = SizeGuard(create_transform(**self.data_config, is_training=False), resize_short_side(self.data_config))
         self.dim = int(self.model.num_features)
 
     @property
@@ -107,6 +114,35 @@ class Encoder:
             tensors = torch.stack([self.preprocess(im) for im in images[start : start + self.batch_size]])
             chunks.append(self.encode_tensors(tensors))
         return np.concatenate(chunks)
+
+
+def resize_short_side(data_config: dict[str, Any]) -> int:
+    """The short side an image is resized to before the centre crop (timm's eval transform)."""
+    side = max(data_config.get("input_size", (3, DEFAULT_INPUT_SIDE, DEFAULT_INPUT_SIDE))[1:])
+    return int(math.floor(side / (data_config.get("crop_pct") or 1.0)))
+
+
+class SizeGuard:
+    """The model's transform, refusing images whose resize would allocate more than ``max_pixels``.
+
+    The decoder bounds the pixels of a file (a decompression bomb), but the resize scales the short side up
+    to the model's: a 200000x1 PNG of 666 bytes would become 51 million x 256 pixels (gigabytes). Such an
+    image is a :class:`~engine.media.decode.DecodeError` (an error row at ingest), not an allocation.
+    """
+
+    def __init__(self, transform: Callable[[Image.Image], torch.Tensor], short_side: int, max_pixels: int = MAX_RESIZED_PIXELS) -> None:
+        self.transform, self.short_side, self.max_pixels = transform, short_side, max_pixels
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        width, height = image.size
+        scale = self.short_side / max(1, min(width, height))
+        resized = (math.ceil(width * scale), math.ceil(height * scale))
+        if resized[0] * resized[1] > self.max_pixels:
+            raise DecodeError(
+                f"aspect ratio too extreme: {width}x{height} would be resized to {resized[0]}x{resized[1]} "
+                f"({resized[0] * resized[1]:,} pixels) for the model's {self.short_side}-pixel short side; the limit is {self.max_pixels:,}"
+            )
+        return self.transform(image)
 
 
 def resolve_device(requested: str | None) -> torch.device:

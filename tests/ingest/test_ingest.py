@@ -177,3 +177,25 @@ def test_an_error_row_is_cleared_once_the_file_is_fixed(tmp_path, db, tiny_encod
     shutil.copy(sorted(SAMPLES.glob("coat/*.png"))[0], broken)
     ingest_folder(db, folder, encoder=tiny_encoder)
     assert db.errors_frame().height == 0 and db.images.count_rows() == 1
+
+
+def test_images_whose_resize_would_explode_are_error_rows(tmp_path, db, tiny_encoder):
+    """A 666-byte 200000x1 PNG passes the decoder's pixel limit, but the resize to the model's short side would
+    allocate gigabytes: it is an error row naming the reason, and the rest of the folder is ingested."""
+    import resource
+
+    from PIL import Image
+
+    folder = tmp_path / "strips"
+    folder.mkdir()
+    for name, size in {"wide.png": (200_000, 1), "tall.png": (1, 200_000), "strip.png": (20_000, 1), "panorama.png": (30_000, 20), "tiny.png": (1, 1)}.items():
+        Image.new("RGB", size, (120, 40, 200)).save(folder / name)
+    assert (folder / "wide.png").stat().st_size < 2_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    report = ingest_folder(db, folder, IngestConfig(optimize=False), encoder=tiny_encoder)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    errors = dict(zip(db.errors_frame()["path"], db.errors_frame()["reason"]))
+    assert report.errors == 3 and report.encoded == 2  # the panorama and the 1x1 image are fine
+    for name in ("wide.png", "tall.png", "strip.png"):
+        assert "aspect ratio too extreme" in errors[str(folder / name)]
+    assert grown_mb < 1_500, grown_mb  # the strips cost nothing (a 20000x1 strip alone took 3.4 GB before)
