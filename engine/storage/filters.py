@@ -40,9 +40,12 @@ STATEMENT_WORDS = frozenset({
     "WITH", "JOIN", "INTO", "VALUES", "TABLE", "TRUNCATE", "COPY", "ATTACH", "DETACH", "PRAGMA", "GRANT", "EXEC", "EXECUTE",
     "EXISTS", "LIMIT", "OFFSET", "ORDER", "GROUP", "HAVING", "EXPLAIN", "SET", "USE", "LOAD", "INSTALL", "CALL",
 })
+# Each is tested against a reference answer (tests/storage/test_filters.py). Left out because LanceDB cannot answer
+# them correctly: regexp_match (coerced to a boolean that is always true: use regexp_like), and trim, substr,
+# substring, floor and ceil ("not supported SQL in lance").
 ALLOWED_FUNCTIONS = frozenset({
-    "lower", "upper", "length", "char_length", "trim", "ltrim", "rtrim", "substr", "substring", "starts_with", "ends_with",
-    "strpos", "concat", "regexp_like", "regexp_match", "abs", "round", "floor", "ceil", "coalesce", "nullif",
+    "lower", "upper", "length", "char_length", "ltrim", "rtrim", "starts_with", "ends_with", "strpos", "concat", "regexp_like",
+    "abs", "round", "coalesce", "nullif",
     "array_has", "array_has_any", "array_has_all", "array_contains", "array_length", "cardinality", "make_array",
 })
 # columns that are never filter material (a 1280-float vector compared in SQL is a mistake, not a filter)
