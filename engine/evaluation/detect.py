@@ -36,6 +36,7 @@ from engine.evaluation.distractors import (
     voted_classes,
 )
 from engine.evaluation.metrics import load_split
+from engine.media.scan import class_name
 from engine.search.searcher import Searcher
 from engine.storage.database import Database, ModelRecord, sql_quote
 
@@ -166,11 +167,20 @@ class DistractorDetector:
 
 
 def write_submission(path: Path, image_names: Sequence[str], predictions: pl.DataFrame, header: tuple[str, str] = ("Image", "Id")) -> None:
-    """Kaggle format: image name, space-separated class ids (``-1`` included)."""
+    """Kaggle format: image name, space-separated class ids (``-1`` included).
+
+    A class name with whitespace would split into several classes when read back: it is refused before
+    anything is written.
+    """
+    rows = list(zip(image_names, predictions.sort("query")["classes"].to_list()))
+    ambiguous = sorted({c for _, classes in rows for c in classes if any(ch.isspace() for ch in str(c))})
+    if ambiguous:
+        raise EvaluationError(f"class names {ambiguous!r} contain whitespace, which the space-separated Id column cannot hold; "
+                              "rename them (lookalike stores new folder names with '_' for spaces)")
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
-        for name, classes in zip(image_names, predictions.sort("query")["classes"].to_list()):
+        for name, classes in rows:
             writer.writerow([name, " ".join(classes)])
 
 
@@ -225,6 +235,9 @@ def decide(db: Database, decision: Decision, join_catalogue: Callable[[Path, str
     if decision.status in ("assigned", "added"):
         if not decision.label or decision.label == DISTRACTOR_LABEL:
             raise EvaluationError(f"decision {decision.status!r} needs a class label")
+        if any(ch.isspace() for ch in decision.label):
+            raise EvaluationError(f"class name {decision.label!r} contains whitespace, which Kaggle CSVs and label lists read as "
+                                  f"several classes; use {class_name(decision.label)!r}")
         # This image's own row is left out: a decision cut off after the image joined the catalogue
         # (crash, kill) must be possible to make again, and its label then already exists through it.
         known = set(db.images_frame(where=f"label IS NOT NULL AND id != {sql_quote(row['id'])}", columns=["label"])["label"].unique())

@@ -38,10 +38,19 @@ def iter_image_files(root: Path) -> Iterator[Path]:
                 yield Path(directory) / name
 
 
+def class_name(text: str) -> str:
+    """A class name as stored: runs of whitespace become one ``_``.
+
+    Classes are written space-separated (Kaggle's ``Id`` column, CSV labels), so a name with a space in it
+    would read back as several classes; ``sub dir`` is stored as ``sub_dir``.
+    """
+    return "_".join(text.split())
+
+
 def labels_from_folders(path: Path, root: Path) -> tuple[str, ...]:
-    """The sub-folder an image sits in is its class; images directly in ``root`` have none."""
+    """The sub-folder an image sits in is its class (whitespace normalised); images directly in ``root`` have none."""
     relative = path.relative_to(root)
-    return (relative.parts[0],) if len(relative.parts) > 1 else ()
+    return (class_name(relative.parts[0]),) if len(relative.parts) > 1 else ()
 
 
 def read_label_csv(csv_path: Path) -> dict[str, tuple[str, ...]]:

@@ -94,3 +94,15 @@ def test_reranker_option_takes_chains_and_names_the_choices_when_wrong(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["search", "--reranker", "qe+nope", "x.jpg"])
     assert "unknown reranker 'nope'; choose one of" in capsys.readouterr().err
+
+
+def test_split_options_are_values_not_sql(tmp_path, tiny_weights, capsys):
+    """A split name is quoted into the filter: it cannot widen the catalogue to the queries, and a quote in it works."""
+    db = str(tmp_path / "db")
+    model = ["--model", "test_efficientnet", "--weights", str(tiny_weights)]
+    assert main(["ingest", str(SAMPLES), "--db", db, "--split", "train", "--holdout", "0.25", *model]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--db", db, "--catalogue-split", "train' OR label IS NOT NULL OR split = 'x"]) == 2
+    assert "0 catalogue images" in capsys.readouterr().err  # before: the queries joined the catalogue, every metric inflated
+    assert main(["eval", "--db", db, "--query-split", "o'neil"]) == 2
+    assert "0 queries" in capsys.readouterr().err  # before: a syntax error from the SQL engine

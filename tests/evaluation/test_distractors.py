@@ -192,6 +192,8 @@ def test_review_queue_decisions_are_stored_and_join_the_catalogue(sample_db, tin
         decide(sample_db, Decision(ids[0], "added", "coat", "dave"), join)
     with pytest.raises(KeyError):
         decide(sample_db, Decision("missing", "distractor", None, "dave"), join)
+    with pytest.raises(ValueError, match="contains whitespace.*'new_class_two'"):  # it would read back as three classes
+        decide(sample_db, Decision(ids[0], "added", "new\nclass two", "dave"), join)
 
     decided = review_frame(sample_db).filter(pl.col("status") != "pending")
     assert dict(zip(decided["id"], decided["status"])) == {bag: "distractor", coat: "assigned", shirt: "added"}
@@ -204,3 +206,10 @@ def test_review_queue_decisions_are_stored_and_join_the_catalogue(sample_db, tin
     assert images.filter(pl.col("id") == shirt)["label"].to_list() == ["blouse"]
     embedded = pl.from_arrow(sample_db.embeddings(model).search().where(f"image_id = '{shirt}'").select(["label", "split"]).limit(None).to_arrow())
     assert embedded.row(0) == ("blouse", "train")
+
+
+def test_the_kaggle_writer_refuses_class_names_it_cannot_write_unambiguously(tmp_path):
+    predictions = pl.DataFrame({"query": [0, 1], "classes": [["coat", "-1"], ["sub dir", "coat"]]})
+    with pytest.raises(ValueError, match="contain whitespace"):
+        write_submission(tmp_path / "s.csv", ["a.png", "b.png"], predictions)
+    assert not (tmp_path / "s.csv").exists()  # nothing half-written

@@ -91,3 +91,15 @@ def test_stratified_holdout_is_seeded_and_per_class():
         assert splits.count("val") == 3 and splits.count("train") == 9
     with pytest.raises(ValueError):
         stratified_holdout(files, 1.5, seed=0, holdout_split="val")
+
+
+def test_folder_class_names_with_whitespace_are_stored_with_underscores(tmp_path):
+    """Classes are written space-separated (Kaggle Id, CSV labels): 'sub dir' would read back as two classes."""
+    import shutil
+
+    from engine.media.scan import scan_folder
+
+    for folder in ("sub dir", "tab\there"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(sorted((SAMPLES / "bag").iterdir())[0], tmp_path / folder / "x.png")
+    assert sorted(f.labels for f in scan_folder(tmp_path)) == [("sub_dir",), ("tab_here",)]
