@@ -94,8 +94,15 @@ def is_object_store(uri: str) -> bool:
 
 
 def check_uri(uri: str) -> None:
-    """Refuse credentials embedded in a URI: they would end up in shell history, logs and process lists."""
-    if is_object_store(uri) and "@" in urlsplit(uri).netloc:
+    """Refuse credentials embedded in a URI (user-info or query string): they would end up in shell history,
+    logs and process lists."""
+    parts = urlsplit(uri)
+    if is_object_store(uri) and (parts.query or parts.fragment):
+        raise StorageConfigError(
+            f"database URI {parts.scheme}://{parts.netloc}{parts.path}?<redacted> carries a query string, which may hold credentials "
+            f"and is not a storage option; put options in the environment or in {DEFAULT_CONFIG} instead"
+        )
+    if is_object_store(uri) and "@" in parts.netloc:
         raise StorageConfigError(
             f"database URI {urlsplit(uri).scheme}://<redacted>@... carries credentials; put them in the environment "
             f"(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or in {DEFAULT_CONFIG} instead"

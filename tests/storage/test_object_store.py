@@ -112,6 +112,9 @@ def test_bad_storage_configuration_is_refused_clearly(tmp_path):
     with pytest.raises(StorageConfigError, match="carries credentials") as refused:
         resolve_storage_options("s3://AKIA:hunter2@bucket/db", {})
     assert "hunter2" not in str(refused.value)
+    with pytest.raises(StorageConfigError, match="query string") as refused:  # accepted and logged at -vv before
+        resolve_storage_options("s3://bucket/db?secret_access_key=hunter2", {})
+    assert "hunter2" not in str(refused.value)
 
 
 def test_local_folders_need_no_options_and_keep_their_files_inside(tmp_path):
