@@ -60,12 +60,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _searcher(args: argparse.Namespace):  # noqa: ANN202 - engine.search.searcher.Searcher
+def _searcher(args: argparse.Namespace, *, read_only: bool = True):  # noqa: ANN202 - engine.search.searcher.Searcher
     from console.service.search import open_searcher
     from engine.storage.database import Database
 
     config = SearchConfig(k=args.k, reranker=args.reranker)
-    return open_searcher(Database(args.db), args.model, config, getattr(args, "mask", None), getattr(args, "mask_mode", None))
+    db = Database(args.db, read_only=read_only)
+    return open_searcher(db, args.model, config, getattr(args, "mask", None), getattr(args, "mask_mode", None))
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -108,7 +109,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from console.service.search import predict_folder, query_paths
 
-    outcome = predict_folder(_searcher(args), query_paths([args.queries]), Path(args.out), queue_for_review=not args.no_review)
+    searcher = _searcher(args, read_only=args.no_review)  # flagged queries join the review queue: a write
+    outcome = predict_folder(searcher, query_paths([args.queries]), Path(args.out), queue_for_review=not args.no_review)
     print(f"{outcome.queries} queries, {outcome.flagged} flagged as distractors (threshold {outcome.threshold:.4f}); "
           f"wrote {outcome.out}; {outcome.queued} queued for review")
     return 0
@@ -119,7 +121,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     from engine.evaluation.detect import Decision, review_frame
     from engine.storage.database import Database
 
-    db = Database(args.db)
+    db = Database(args.db, read_only=args.review_id is None)
     if args.review_id is None:
         frame = review_frame(db, None if args.status == "all" else args.status)
         print_frame(frame.select("id", "path", "score", "suggested", "status", "label", "decided_by", "decided_at") if frame.height else frame)
@@ -136,7 +138,7 @@ def cmd_calibrations(args: argparse.Namespace) -> int:
     from engine.evaluation.detect import calibrations_frame
     from engine.storage.database import Database
 
-    print_frame(calibrations_frame(Database(args.db)))
+    print_frame(calibrations_frame(Database(args.db, read_only=True)))
     return 0
 
 
@@ -189,7 +191,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from console.service.training import model_versions
     from engine.storage.database import Database
 
-    db = Database(args.db)
+    db = Database(args.db, read_only=not args.activate)
     if args.activate:
         print(f"{db.activate_model(args.activate).id} is now the active model")
         return 0
@@ -204,7 +206,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from engine.storage.database import Database
 
-    db = Database(args.db)
+    db = Database(args.db, read_only=True)
     print(f"database {db.uri}")
     print_frame(db.summary())
     models = db.models_frame()
@@ -219,7 +221,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_errors(args: argparse.Namespace) -> int:
     from engine.storage.database import Database
 
-    print_frame(Database(args.db).errors_frame())
+    print_frame(Database(args.db, read_only=True).errors_frame())
     return 0
 
 

@@ -48,7 +48,7 @@ def cmd_maskers(args: argparse.Namespace) -> int:
     from engine.masking.store import maskers_frame
     from engine.storage.database import Database
 
-    db = Database(args.db)
+    db = Database(args.db, read_only=True)
     if args.foreground:
         return _show_foreground(db, args.foreground)
     frame = maskers_frame(db)
@@ -99,7 +99,7 @@ def cmd_mask_preview(args: argparse.Namespace) -> int:
         truth = read_masks(args.masks, args.format)
         masks, source = [truth.mask(p.name) for p in paths], str(args.masks)
     else:
-        masker = load_masker(Database(args.db), args.masker, args.device)
+        masker = load_masker(Database(args.db, read_only=True), args.masker, args.device)
         masks, source = masker.predict(images), masker.id
     for path, image, mask in zip(paths, images, masks):
         target = out / f"{path.stem}.mask.png"

@@ -87,7 +87,7 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.query_dir:
         raise InvalidRequestError("--compare evaluates the stored --query-split; it does not take --query-dir")
     with progress_bar(lines=True) as show:
-        frame = compare_pipelines(Database(args.db), specs, args.model, catalogue_where=split_where(args.catalogue_split),
+        frame = compare_pipelines(Database(args.db, read_only=True), specs, args.model, catalogue_where=split_where(args.catalogue_split),
                                   query_where=split_where(args.query_split), k=args.k, progress=show)
     _print(frame)
     return 0

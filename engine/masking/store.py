@@ -54,7 +54,7 @@ class MaskerRecord:
 
 
 def open_table(db: Database, name: str, schema: pa.Schema) -> lancedb.table.Table:
-    table = db.connection.create_table(name, schema=schema, exist_ok=True)
+    table = db.table(name, schema)
     schemas.check_compatible(name, table.schema, schema)
     return table
 

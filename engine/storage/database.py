@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_DB_ENV = "LOOKALIKE_DB"
 DEFAULT_DB_PATH = Path("data") / "lookalike.lancedb"
 ACTIVE_MODEL_KEY = "active_model"
+SCRATCH_URI = "memory://"  # where a read-only database keeps empty stand-ins of tables it does not have
 RELOCATABLE_DEPTH = 3  # a moved database finds its files at most this many path parts below its folder
 EXTERNAL_KIND = "external"
 
@@ -88,14 +89,33 @@ class Database:
 
     Opening checks every known table's schema version; an incompatible table raises
     :class:`schemas.SchemaMismatchError` before anything is read or written.
+
+    ``read_only=True`` is how read commands open a database: it must exist already (a typo'd path is an
+    error, not a new empty database), nothing is created or upgraded, and a table the database does not
+    have yet (no calibration, no review queue) reads as empty.
     """
 
-    def __init__(self, uri: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, uri: str | os.PathLike[str] | None = None, *, read_only: bool = False) -> None:
         self.uri = str(uri or default_db_path())
+        self.read_only = read_only
         # object stores (s3://...): endpoint and keys from the environment or the storage config, never logged
         self.storage_options = resolve_storage_options(self.uri)
+        self._check_location()
         self._db = lancedb.connect(self.uri, storage_options=self.storage_options.as_dict() or None)
+        self._scratch: lancedb.DBConnection | None = None  # empty stand-ins for missing tables when read-only
+        if read_only and not self.table_names():
+            raise NotFoundError(f"{self.uri} is not a Lookalike database (it holds no tables); check --db, or create one with lookalike ingest")
         self._check_schemas()
+
+    def _check_location(self) -> None:
+        """A local path that is a file, or (read-only) does not exist, is refused before LanceDB creates anything."""
+        if self.is_object_store:
+            return
+        path = Path(self.uri)
+        if path.exists() and not path.is_dir():
+            raise StorageError(f"--db {self.uri} is a file, not a database folder; give a folder (lookalike ingest creates one)")
+        if self.read_only and not path.exists():
+            raise NotFoundError(f"no Lookalike database at {self.uri}: the folder does not exist; check --db, or create one with lookalike ingest")
 
     def __repr__(self) -> str:
         return f"Database({self.uri!r})"
@@ -153,6 +173,10 @@ class Database:
             if table is None:
                 continue
             if name == schemas.MODELS_TABLE and migrations.needs_upgrade(table):
+                if self.read_only:  # readers infer the kinds (find_models); the next write command upgrades it
+                    logger.info("database %s is from release 0.1: read as it is, upgraded by the next write", self.uri)
+                    schemas.check_compatible(name, table.schema, migrations.legacy_models_schema())
+                    continue
                 self._upgrade_models(table)
                 table = self._open_listed(name)
             if name in fixed:
@@ -185,7 +209,16 @@ class Database:
             logger.warning("table %s was never committed (an interrupted create): it will be created on first use", name)
             return None
 
+    def table(self, name: str, schema: pa.Schema) -> lancedb.table.Table:
+        """The table ``name`` (created with ``schema`` on first use; empty and never created when read-only)."""
+        return self._table(name, schema)
+
     def _table(self, name: str, schema: pa.Schema) -> lancedb.table.Table:
+        if self.read_only and name not in self.table_names():
+            # nothing is created for a reader: an empty table of the same schema, in memory
+            if self._scratch is None:
+                self._scratch = lancedb.connect(SCRATCH_URI)
+            return self._scratch.create_table(name, schema=schema, exist_ok=True)
         return self._db.create_table(name, schema=schema, exist_ok=True)
 
     @property

@@ -71,10 +71,14 @@ class WhereFilterError(FilterError):
     """A ``where`` filter that is malformed or reaches beyond its table; the message is one line."""
 
 
+ERROR_TEXT_CHARS = 300  # DataFusion echoes the whole filter in some messages (10,000 characters of it)
+
+
 def one_line(error: BaseException) -> str:
-    """The first line of an error from LanceDB/DataFusion, without its generic prefix."""
+    """The first line of an error from LanceDB/DataFusion, without its generic prefix, cut to a readable length."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return re.sub(r"^(Invalid input, )+", "", text)
+    text = re.sub(r"^(Invalid input, )+", "", text)
+    return text if len(text) <= ERROR_TEXT_CHARS else text[: ERROR_TEXT_CHARS - 1] + "…"
 
 
 def filterable_columns(schema: pa.Schema) -> list[str]:

@@ -56,6 +56,12 @@ def with_kind(row: dict) -> dict:
     return {**row, "kind": kind, "config": json.dumps(config, sort_keys=True, default=str)}
 
 
+def legacy_models_schema() -> pa.Schema:
+    """The ``models`` schema of release 0.1: today's without the columns an upgrade adds."""
+    fields = [field for field in schemas.MODELS_SCHEMA if field.name not in NEW_MODEL_COLUMNS]
+    return pa.schema(fields).with_metadata(schemas.MODELS_SCHEMA.metadata)
+
+
 def needs_upgrade(table: lancedb.table.Table) -> bool:
     names = table.schema.names
     if any(column not in names for column in NEW_MODEL_COLUMNS):

@@ -39,7 +39,7 @@ def test_cli_ingest_search_eval_errors_with_a_local_model(tmp_path, tiny_weights
 def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
     db = str(tmp_path / "db")
     assert main(["search", str(next(QUERIES.glob("*.png"))), "--db", db]) == 2
-    assert "run lookalike ingest first" in capsys.readouterr().err
+    assert "no Lookalike database" in capsys.readouterr().err  # and no empty database folder is left behind
     assert main(["ingest", str(tmp_path / "missing"), "--db", db]) == 2
     assert "not a folder" in capsys.readouterr().err
 
@@ -106,3 +106,36 @@ def test_split_options_are_values_not_sql(tmp_path, tiny_weights, capsys):
     assert "0 catalogue images" in capsys.readouterr().err  # before: the queries joined the catalogue, every metric inflated
     assert main(["eval", "--db", db, "--query-split", "o'neil"]) == 2
     assert "0 queries" in capsys.readouterr().err  # before: a syntax error from the SQL engine
+
+
+def _tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if "_versions" not in p.parts and "_transactions" not in p.parts)
+
+
+def test_read_commands_never_write(tmp_path, tiny_weights, capsys):
+    """info, errors, models, calibrations, review, search, eval and maskers leave the database folder as it was
+    (they created calibrations.lance, review.lance, settings.lance ... before), and a typo'd --db is an error
+    that creates nothing (it created an empty database)."""
+    from engine.storage.database import Database
+
+    db_folder = tmp_path / "db"
+    model = ["--model", "test_efficientnet", "--weights", str(tiny_weights)]
+    assert main(["ingest", str(SAMPLES), "--db", str(db_folder), "--split", "train", "--holdout", "0.25", *model]) == 0
+    query = str(next(QUERIES.glob("*.png")))
+    before = _tree(db_folder)
+    versions = {name: Database(db_folder, read_only=True).connection.open_table(name).version for name in Database(db_folder).table_names()}
+    for argv in (["info"], ["errors"], ["models"], ["calibrations"], ["review"], ["maskers"], ["eval"],
+                 ["search", query, "-k", "3", "--predict"], ["search", query, "--where", "label = 'bag'"]):
+        assert main([*argv, "--db", str(db_folder)]) == 0, argv
+        assert _tree(db_folder) == before, argv
+    after = {name: Database(db_folder, read_only=True).connection.open_table(name).version for name in Database(db_folder, read_only=True).table_names()}
+    assert after == versions  # no table gained a version
+    capsys.readouterr()
+
+    missing = tmp_path / "typo"
+    for argv in (["info"], ["search", query], ["errors"]):
+        assert main([*argv, "--db", str(missing)]) == 2
+        assert "no Lookalike database" in capsys.readouterr().err and not missing.exists()
+    (tmp_path / "a_file").write_text("x")
+    assert main(["info", "--db", str(tmp_path / "a_file")]) == 2
+    assert "is a file, not a database folder" in capsys.readouterr().err  # was: [Errno 17] File exists
