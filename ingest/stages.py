@@ -118,6 +118,8 @@ def storable_text(text: str) -> str:
 
 
 def map_file(source: SourceFile, root: Path, encoder: Encoder, known: set[str], max_pixels: int, hook: ImageHook | None = None) -> Mapped:
+    if source.error is not None:  # found by the reader already (an unreadable folder)
+        return Mapped(source, error=source.error)
     try:
         if not stat.S_ISREG(source.path.stat().st_mode):
             # a named pipe or device with an image suffix would block the reader or never end

@@ -35,7 +35,7 @@ def query_paths(queries: Sequence[str | Path]) -> list[Path]:
     paths: list[Path] = []
     for query in queries:
         query = Path(query).expanduser()
-        paths.extend(f.path for f in scan_folder(query)) if query.is_dir() else paths.append(query)
+        paths.extend(f.path for f in scan_folder(query) if f.error is None) if query.is_dir() else paths.append(query)
     if not paths:
         raise InvalidRequestError("no query images: give image files or folders")
     return paths

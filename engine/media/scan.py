@@ -27,11 +27,22 @@ class SourceFile:
     path: Path
     labels: tuple[str, ...]
     split: str | None
+    error: str | None = None  # a folder the scan could not read: it becomes an error row, not a silent gap
 
 
-def iter_image_files(root: Path) -> Iterator[Path]:
-    """Image files under ``root``, recursively, sorted by relative path; links to folders are not followed."""
-    for directory, subdirs, files in os.walk(root, followlinks=False):
+def iter_image_files(root: Path, problems: list[OSError] | None = None) -> Iterator[Path]:
+    """Image files under ``root``, recursively, sorted by relative path; links to folders are not followed.
+
+    Folders that cannot be listed (no read permission, a path longer than the system allows) are appended to
+    ``problems`` when given, and logged either way: never skipped in silence.
+    """
+
+    def unreadable(error: OSError) -> None:
+        logger.warning("cannot read folder %s: %s", error.filename, error.strerror or error)
+        if problems is not None:
+            problems.append(error)
+
+    for directory, subdirs, files in os.walk(root, followlinks=False, onerror=unreadable):
         subdirs.sort()
         for name in sorted(files):
             if Path(name).suffix.lower() in IMAGE_SUFFIXES:
@@ -113,11 +124,13 @@ def scan_folder(
     if not root.is_dir():
         raise NotAFolderError(f"not a folder: {root}; give the folder that holds the images")
     mapping = read_label_csv(labels_csv) if labels_csv else None
+    problems: list[OSError] = []
     files = [
         SourceFile(path, _csv_labels(path, root, mapping) if mapping is not None else labels_from_folders(path, root), split)
-        for path in iter_image_files(root)
+        for path in iter_image_files(root, problems)
     ]
     if holdout:
         files = stratified_holdout(files, holdout, seed, holdout_split)
-    logger.info("found %d image files under %s", len(files), root)
-    return files
+    unread = [SourceFile(Path(str(p.filename)), (), split, f"cannot read folder: {p.strerror or p}") for p in problems]
+    logger.info("found %d image files under %s%s", len(files), root, f", {len(unread)} folders unreadable" if unread else "")
+    return files + unread

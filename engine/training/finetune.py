@@ -286,7 +286,7 @@ def _unlabelled_paths(db: Database, config: FinetuneConfig) -> list[str]:
     if config.unlabelled_dir and config.unlabelled_where:
         raise TrainingError("give unlabelled images as a folder or as a filter over stored images, not both")
     if config.unlabelled_dir:
-        paths = [str(f.path) for f in scan_folder(Path(config.unlabelled_dir))]
+        paths = [str(f.path) for f in scan_folder(Path(config.unlabelled_dir)) if f.error is None]
     elif config.unlabelled_where:
         paths = db.images_frame(where=config.unlabelled_where, columns=["path"])["path"].to_list()
     else:

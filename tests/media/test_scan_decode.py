@@ -103,3 +103,35 @@ def test_folder_class_names_with_whitespace_are_stored_with_underscores(tmp_path
         (tmp_path / folder).mkdir()
         shutil.copy(sorted((SAMPLES / "bag").iterdir())[0], tmp_path / folder / "x.png")
     assert sorted(f.labels for f in scan_folder(tmp_path)) == [("sub_dir",), ("tab_here",)]
+
+
+def test_unreadable_folders_are_error_rows_not_silent_gaps(tmp_path, tiny_encoder, monkeypatch):
+    """A sub-folder the scan cannot list (no read permission for a non-root user, a path beyond PATH_MAX) was
+    skipped with no row and no log line. os.walk reports it through onerror; that is simulated here, since
+    root reads every folder."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from engine.storage.database import Database
+    from ingest.pipeline import IngestConfig, ingest_folder
+
+    for folder in ("good", "locked"):
+        (tmp_path / "photos" / folder).mkdir(parents=True)
+        shutil.copy(sorted((SAMPLES / "bag").iterdir())[0], tmp_path / "photos" / folder / "x.png")
+    real_walk = os.walk
+
+    def walk(top, topdown=True, onerror=None, followlinks=False):
+        for directory, subdirs, files in real_walk(top, topdown, onerror, followlinks):
+            if "locked" in subdirs and onerror is not None:
+                subdirs.remove("locked")
+                onerror(PermissionError(13, "Permission denied", str(Path(directory) / "locked")))
+            yield directory, subdirs, files
+
+    monkeypatch.setattr(os, "walk", walk)
+    db = Database(tmp_path / "db")
+    report = ingest_folder(db, tmp_path / "photos", IngestConfig(optimize=False), encoder=tiny_encoder)
+    assert (report.total, report.encoded, report.errors) == (2, 1, 1)
+    errors = db.errors_frame()
+    assert errors["path"].to_list() == [str(tmp_path / "photos" / "locked")]
+    assert errors["reason"].to_list() == ["cannot read folder: Permission denied"]
