@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 RESULT_COLUMNS = ["image_id", "path", "label"]
 
 
+STALE_VERSION_TEXT = "Not found"  # LanceDB's message when a version's files were removed under a reader
 FILTER_CACHE_SIZE = 16  # filters whose matching rows a memory index remembers (one table version each)
 
 
@@ -75,12 +76,32 @@ class Searcher:
         if not image_ids:
             return np.zeros((0, self.model.dim), np.float32)
         where = "image_id IN (" + ", ".join(sql_quote(i) for i in image_ids) + ")"
-        found = self.table.search().where(where).select(["image_id", "vector"]).limit(None).to_arrow()
-        by_id = dict(zip(found.column("image_id").to_pylist(), _vectors(found)))
+        by_id: dict[str, np.ndarray] = {}
+        for attempt in range(2):  # an id not found yet may have been committed by another process since the last check
+            if attempt:
+                self._checked_at = -math.inf
+            self._refresh()
+            found = self._read(lambda: self.table.search().where(where).select(["image_id", "vector"]).limit(None).to_arrow())
+            by_id = dict(zip(found.column("image_id").to_pylist(), _vectors(found)))
+            if all(i in by_id for i in image_ids):
+                break
         missing = [i for i in image_ids if i not in by_id]
         if missing:
             raise UnknownIdError(f"no vectors of model {self.model.id} for image ids {missing}")
         return np.stack([by_id[i] for i in image_ids])
+
+    def _read(self, read):  # noqa: ANN001, ANN202 - a LanceDB read and its result
+        """``read()``, once more on the newest table version when another process removed the files of the one
+        this searcher had open (``lookalike optimize`` cleaning up old versions)."""
+        try:
+            return read()
+        except (OSError, RuntimeError, ValueError) as exc:
+            if STALE_VERSION_TEXT not in str(exc):
+                raise
+            logger.info("table %s: version %s was cleaned up by another process; reading the newest", self.model.embeddings_table, self._version)
+            self._checked_at = -math.inf
+            self._refresh()
+            return read()
 
     def search_vectors(self, vectors: np.ndarray, k: int | None = None, where: str | None = None, columns: Sequence[str] = ()) -> pl.DataFrame:
         """Nearest catalogue images of each query vector, all queries in one LanceDB call.
@@ -123,7 +144,7 @@ class Searcher:
                 refine = max(1, math.ceil(k * self.config.refine_factor / limit))
                 query = query.nprobes(self.config.nprobes).refine_factor(refine)
         try:
-            found = query.to_arrow()
+            found = self._read(query.to_arrow)
         except (ValueError, RuntimeError, OSError) as exc:
             raise WhereFilterError(f"bad where filter {shown(where)}: {one_line(exc)}") from exc
         if direct:
