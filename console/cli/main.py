@@ -382,7 +382,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print_error(str(exc))
         return EXIT_USER_ERROR
-    except Exception as exc:  # noqa: BLE001 - a bug: say so, with the traceback to report
+    except Exception as exc:  # noqa: BLE001 - the storage failing is the user's to fix; anything else is a bug
+        from engine.storage.lock import storage_failure
+
+        reason = storage_failure(exc) if isinstance(exc, (OSError, RuntimeError)) else None
+        if reason is not None:  # a full disk or a read-only mount, in any command: one line, not LanceDB's text
+            if args.verbose:
+                traceback.print_exc()
+            where = getattr(args, "db", None) or "the database"
+            print_error(f"the storage of {where} failed: {reason}; free space or fix permissions, then run the command again")
+            return EXIT_USER_ERROR
         traceback.print_exc()
         print_error(f"{type(exc).__name__}: {exc} (this is a bug in Lookalike; please report it with the traceback above)")
         return EXIT_BUG

@@ -256,12 +256,17 @@ class Database:
     def embeddings(self, model: ModelRecord) -> lancedb.table.Table:
         """The embeddings table of a model version (created on first use)."""
         schema = schemas.embeddings_schema(model.dim, model.id, model.fingerprint)
-        table = self._table(model.embeddings_table, schema)
+        try:
+            table = self._table(model.embeddings_table, schema)
+        except (ValueError, RuntimeError):  # LanceDB refuses the schema of a table made by another encoder
+            if model.embeddings_table not in self.table_names():
+                raise
+            table = self._db.open_table(model.embeddings_table)
         recorded = (table.schema.metadata or {}).get(schemas.ENCODER_FINGERPRINT_KEY, b"").decode()
         if recorded != model.fingerprint:
             raise EncoderMismatchError(
                 f"table {model.embeddings_table} holds vectors of encoder fingerprint {recorded}, "
-                f"not {model.fingerprint}"
+                f"not {model.fingerprint}: they were made by another encoder and cannot meet these"
             )
         return table
 

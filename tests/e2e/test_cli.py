@@ -139,3 +139,40 @@ def test_read_commands_never_write(tmp_path, tiny_weights, capsys):
     (tmp_path / "a_file").write_text("x")
     assert main(["info", "--db", str(tmp_path / "a_file")]) == 2
     assert "is a file, not a database folder" in capsys.readouterr().err  # was: [Errno 17] File exists
+
+
+def test_storage_failures_in_any_command_are_one_line(tmp_path, tiny_weights, capsys, monkeypatch):
+    """A read-only mount or a full disk in models --activate (or calibrate, review, search) printed LanceDB's own
+    text with Rust source paths; only ingest translated it."""
+    from engine.storage.database import Database
+
+    db = str(tmp_path / "db")
+    assert main(["ingest", str(SAMPLES / "bag"), "--db", db, "--split", "train", "--model", "test_efficientnet", "--weights", str(tiny_weights)]) == 0
+    model_id = Database(db).resolve_model().id
+    capsys.readouterr()
+
+    def read_only(self, key, value):
+        raise RuntimeError("lance error: LanceError(IO): Generic LocalFileSystem error: Unable to open file /x/_transactions/1.txn: "
+                           "Read-only file system (os error 30), /home/runner/.cargo/registry/src/lance-io-0.40/src/object_store.rs:612:31")
+
+    monkeypatch.setattr(Database, "set_setting", read_only)
+    assert main(["models", "--activate", model_id, "--db", db]) == 2
+    err = capsys.readouterr().err
+    assert "Read-only file system (os error 30)" in err and ".rs:" not in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_table_of_another_encoder_is_refused_by_the_fingerprint_message(tmp_path):
+    """LanceDB's 'Provided schema does not match existing table schema' came first and hid Lookalike's message."""
+    import dataclasses
+
+    from engine.core.errors import EncoderMismatchError
+    from engine.storage.database import Database
+    from tests.support.synthetic import clustered_vectors, make_vector_model, synthetic_rows
+
+    db = Database(tmp_path / "db")
+    model = make_vector_model(db, dim=8)
+    db.write_embedded(model, synthetic_rows(4, ["a"]), clustered_vectors(4, 8, clusters=1))
+    other = dataclasses.replace(model, dim=16, fingerprint="another-encoder")  # same table name, another encoder
+    with pytest.raises(EncoderMismatchError, match="made by another encoder"):
+        db.embeddings(other)
