@@ -40,7 +40,7 @@ from engine.encoders.config import EncoderConfig
 from engine.encoders.factory import Encoder, create_encoder
 from engine.media.scan import SourceFile, scan_folder
 from engine.storage.database import Database
-from ingest.stages import Collector, IngestConfig, IngestReport, finish, map_file, ordered_map, run_locked
+from ingest.stages import Collector, IngestConfig, IngestReport, finish, forget_vanished_errors, map_file, ordered_map, run_locked
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,9 @@ def ingest_folder_ray(
     """Ingest every image under ``root`` into ``db`` on a Ray cluster; the same rows as :func:`ingest.ingest_folder`."""
     root = Path(root).resolve()
     files = scan_folder(root, config.labels_csv, config.split, config.holdout, config.holdout_split, config.seed)
-    return ingest_files_ray(db, files, root, config, encoder_config, ray_config, progress)
+    report = ingest_files_ray(db, files, root, config, encoder_config, ray_config, progress)
+    forget_vanished_errors(db, root, files)
+    return report
 
 
 def ingest_files_ray(

@@ -27,7 +27,7 @@ from engine.encoders.factory import Encoder, create_encoder
 from engine.media.decode import DecodeError, content_id
 from engine.media.scan import SourceFile, scan_folder
 from engine.storage.database import Database
-from ingest.stages import Collector, IngestConfig, IngestProgress, IngestReport, Mapped, finish, map_file, ordered_map, run_locked  # noqa: F401 - IngestProgress: part of this module's API
+from ingest.stages import Collector, IngestConfig, IngestProgress, IngestReport, Mapped, finish, forget_vanished_errors, map_file, ordered_map, run_locked  # noqa: F401 - IngestProgress: part of this module's API
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,9 @@ def ingest_folder(
     """Ingest every image under ``root`` into ``db`` with ``encoder`` (default: the default encoder)."""
     root = Path(root).resolve()
     files = scan_folder(root, config.labels_csv, config.split, config.holdout, config.holdout_split, config.seed)
-    return ingest_files(db, files, root, config, encoder, progress)
+    report = ingest_files(db, files, root, config, encoder, progress)
+    forget_vanished_errors(db, root, files)
+    return report
 
 
 def ingest_files(

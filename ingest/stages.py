@@ -55,6 +55,7 @@ class IngestConfig:
     decode_workers: int = 2
     prefetch_batches: int = 2  # how far decoding may run ahead of encoding, in batches
     write_every: int = 256  # rows per upsert: fewer, larger commits
+    write_every_seconds: float = 30.0  # ...but at least this often, so a kill loses at most this much encoding work
     max_pixels: int = DEFAULT_MAX_PIXELS
     index: IndexConfig = field(default_factory=IndexConfig)
     optimize: bool = True  # after an ingest that wrote rows: compact, update indices, clean up old versions
@@ -230,6 +231,7 @@ class Collector:
         self.pending_vectors: list[np.ndarray] = []
         self.pending_errors: list[dict] = []
         self.seen_in_run: set[str] = set()
+        self.last_flush = time.perf_counter()
 
     def accept(self, mapped: Mapped) -> bool:
         """Count one mapped file; True when it is new and must be encoded and written."""
@@ -251,12 +253,34 @@ class Collector:
         self.state.encoded += len(rows)
 
     def flush(self, when_full: bool = False) -> None:
-        """Hand pending rows and errors to the writer (with ``when_full``, only once ``write_every`` are pending)."""
+        """Hand pending rows and errors to the writer (with ``when_full``, only once ``write_every`` are pending
+        or ``write_every_seconds`` have passed since the last hand-over)."""
         pending = len(self.pending_rows) + len(self.pending_errors)
-        if pending and (not when_full or pending >= self.config.write_every):
+        due = len(self.pending_rows) and time.perf_counter() - self.last_flush >= self.config.write_every_seconds
+        if pending and (not when_full or pending >= self.config.write_every or due):
             vectors = np.concatenate(self.pending_vectors) if self.pending_vectors else np.zeros((0, self.model.dim), np.float32)
             self.writer.submit(list(self.pending_rows), vectors, list(self.pending_errors))
             self.pending_rows.clear(), self.pending_vectors.clear(), self.pending_errors.clear()
+            self.last_flush = time.perf_counter()
+
+
+def forget_vanished_errors(db: Database, root: Path, files: list[SourceFile]) -> int:
+    """Error rows of files under ``root`` that a new scan of it no longer finds (deleted or renamed) are dropped."""
+    errors = db.errors_frame()
+    if not errors.height:
+        return 0
+    scanned = {storable_text(str(f.path)) for f in files}
+    source = storable_text(str(root))
+    vanished = [path for path, where in zip(errors["path"], errors["source"]) if where == source and path not in scanned]
+    db.clear_errors(vanished)
+    if vanished:
+        logger.info("forgot %d error rows of files no longer under %s", len(vanished), root)
+    return len(vanished)
+
+
+def maintenance_due(table) -> bool:  # noqa: ANN001 - a LanceDB table
+    """Whether a table holds several small fragments that compaction would merge."""
+    return table.stats()["fragment_stats"]["num_small_fragments"] > 1
 
 
 def finish(db: Database, model: ModelRecord, config: IngestConfig, state: IngestProgress, progress: ProgressCallback | None) -> IngestReport:
@@ -265,7 +289,8 @@ def finish(db: Database, model: ModelRecord, config: IngestConfig, state: Ingest
     table = db.embeddings(model)
     fault_point("ingest.index")
     ensure_index(table, config.index)
-    if config.optimize and state.encoded:
+    # after new rows, or when a run killed during maintenance left small fragments behind (its resume encodes none)
+    if config.optimize and (state.encoded or maintenance_due(table)):
         for maintained in (db.images, table, db.errors):
             fault_point("ingest.optimize")
             optimize_table(maintained, config.maintenance)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -199,3 +200,41 @@ def test_images_whose_resize_would_explode_are_error_rows(tmp_path, db, tiny_enc
     for name in ("wide.png", "tall.png", "strip.png"):
         assert "aspect ratio too extreme" in errors[str(folder / name)]
     assert grown_mb < 1_500, grown_mb  # the strips cost nothing (a 20000x1 strip alone took 3.4 GB before)
+
+
+def test_error_rows_of_files_deleted_since_are_forgotten_on_the_next_ingest(tmp_path, db, tiny_encoder):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"not an image")
+    (folder / "other.jpg").write_bytes(b"")
+    ingest_folder(db, folder, IngestConfig(optimize=False), encoder=tiny_encoder)
+    assert db.errors_frame().height == 2
+    (folder / "broken.png").unlink()
+    ingest_folder(db, folder, IngestConfig(optimize=False), encoder=tiny_encoder)
+    assert db.errors_frame()["path"].to_list() == [str(folder / "other.jpg")]  # the deleted file's row stayed forever before
+
+
+def test_rows_are_committed_by_time_as_well_as_by_count(tmp_path, tiny_encoder):
+    """With the count threshold out of reach, the time threshold still commits batch by batch (a kill lost up
+    to 255 encoded images of work before)."""
+    from engine.storage.database import Database
+
+    by_count, by_time = Database(tmp_path / "a"), Database(tmp_path / "b")
+    slow = dataclasses.replace(tiny_encoder, batch_size=4)
+    ingest_folder(by_count, SAMPLES / "bag", IngestConfig(optimize=False, write_every=10**6), encoder=slow)
+    ingest_folder(by_time, SAMPLES / "bag", IngestConfig(optimize=False, write_every=10**6, write_every_seconds=0.0), encoder=slow)
+    versions = lambda db: db.embeddings(db.resolve_model()).version  # noqa: E731
+    assert versions(by_time) > versions(by_count) + 1
+
+
+def test_maintenance_runs_when_due_even_if_nothing_new_was_encoded(tmp_path, tiny_encoder):
+    """A resume after a kill during optimize encodes nothing; it used to skip the compaction for good."""
+    from engine.storage.database import Database
+
+    db = Database(tmp_path / "db")
+    ingest_folder(db, SAMPLES / "bag", IngestConfig(optimize=False, write_every=3), encoder=tiny_encoder)
+    table = db.embeddings(db.resolve_model())
+    assert table.stats()["fragment_stats"]["num_small_fragments"] > 1
+    report = ingest_folder(db, SAMPLES / "bag", IngestConfig(), encoder=tiny_encoder)
+    table = db.embeddings(db.resolve_model())  # the handle at the newest version
+    assert report.encoded == 0 and table.stats()["fragment_stats"]["num_small_fragments"] <= 1
