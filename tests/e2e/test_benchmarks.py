@@ -11,6 +11,7 @@ from tests.support.paths import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import cli_startup  # noqa: E402
+import decode_memory  # noqa: E402
 import ingest_pipeline  # noqa: E402
 import query_latency  # noqa: E402
 import search as search_benchmark  # noqa: E402
@@ -48,3 +49,10 @@ def test_cli_startup_benchmark_quick():
     frame = cli_startup.main(["--quick"])
     assert frame["command"].to_list()[0] == "lookalike --help" and (frame["this checkout cpu_s"] > 0).all()
     assert set(frame["this checkout heavy imports"]) == {"-"}  # no torch, timm, LanceDB, FAISS before a command runs
+
+
+def test_decode_memory_benchmark_quick():
+    frame = decode_memory.main(["--quick"])
+    outcomes = dict(zip(frame["file"], frame["outcome"]))
+    assert outcomes["photo 256x256"].startswith("decoded") and outcomes["panorama 30000x20"].startswith("decoded")
+    assert outcomes["strip 200000x1"].startswith("error row: aspect ratio too extreme")
