@@ -100,6 +100,7 @@ class Searcher:
                 raise
             logger.info("table %s: version %s was cleaned up by another process; reading the newest", self.model.embeddings_table, self._version)
             self._checked_at = -math.inf
+            self._memory = None  # rebuilt from the newest version
             self._refresh()
             return read()
 
@@ -109,6 +110,9 @@ class Searcher:
         Returns one row per (query, rank): query, rank, image_id, path, label, distance (cosine),
         plus ``columns``. Every query gets ``k`` rows whenever ``k`` rows match ``where``.
         """
+        return self._read(lambda: self._search_vectors(vectors, k, where, columns))
+
+    def _search_vectors(self, vectors: np.ndarray, k: int | None, where: str | None, columns: Sequence[str]) -> pl.DataFrame:
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.shape[1] != self.model.dim:
             raise EncoderMismatchError(f"query vectors have dim {vectors.shape[1]}, model {self.model.id} has {self.model.dim}")
@@ -144,8 +148,10 @@ class Searcher:
                 refine = max(1, math.ceil(k * self.config.refine_factor / limit))
                 query = query.nprobes(self.config.nprobes).refine_factor(refine)
         try:
-            found = self._read(query.to_arrow)
+            found = query.to_arrow()
         except (ValueError, RuntimeError, OSError) as exc:
+            if STALE_VERSION_TEXT in str(exc):
+                raise  # the version was cleaned up by another process: search_vectors reads the newest
             raise WhereFilterError(f"bad where filter {shown(where)}: {one_line(exc)}") from exc
         if direct:
             return self._as_found(found, [c for c in wanted if c != "vector"])

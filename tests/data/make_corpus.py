@@ -202,6 +202,8 @@ def main() -> None:
     header = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)  # 900 Mpx, 8-bit grayscale
     bomb = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + png_chunk(b"IEND", b"")
     (bad / "bomb.png").write_bytes(bomb)
+    # 667 bytes and under the pixel limit, but the resize to the model's short side would allocate gigabytes
+    Image.new("RGB", (200_000, 1), (120, 40, 200)).save(bad / "extreme_aspect.png")
 
 
 if __name__ == "__main__":
