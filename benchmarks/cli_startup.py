@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import polars as pl
+from common import write_and_show
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = f"{REPO}:console.cli.main:main"
@@ -70,13 +71,7 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
             row["ratio"] = round(float(row["against cpu_s"]) / max(float(row["this checkout cpu_s"]), 1e-3), 1)
         rows.append(row)
         print(row, flush=True)
-    frame = pl.DataFrame(rows)
-    if not args.quick:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        frame.write_csv(args.out)
-    with pl.Config(tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=60):
-        print(frame)
-    return frame
+    return write_and_show(pl.DataFrame(rows), None if args.quick else args.out, 60)
 
 
 if __name__ == "__main__":

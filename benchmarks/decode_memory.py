@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from common import write_and_show
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,13 +73,7 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
             row = {"file": name, "bytes": path.stat().st_size, **json.loads(done.stdout.strip().splitlines()[-1])}
             rows.append(row)
             print(row, flush=True)
-    frame = pl.DataFrame(rows)
-    if not args.quick:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        frame.write_csv(args.out)
-    with pl.Config(tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=100):
-        print(frame)
-    return frame
+    return write_and_show(pl.DataFrame(rows), None if args.quick else args.out, 100)
 
 
 if __name__ == "__main__":
