@@ -1,6 +1,6 @@
 """Soak test: kill -9 real ingests at random moments for --minutes, and check every database left behind.
 
-Each round starts a fresh database and ingests the fault folder of tests/fault_harness.py (16 labelled
+Each round starts a fresh database and ingests the fault folder of tests/support/fault_harness.py (16 labelled
 samples, a duplicate, 3 broken files) with the tiny seeded encoder, killed in one of three ways:
 
 * ``point``: SIGKILL at a random named fault point and passage (engine/faults.py);
@@ -32,9 +32,9 @@ from pathlib import Path
 import polars as pl
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
-import fault_harness as harness  # noqa: E402
+from tests.support import fault_harness as harness  # noqa: E402
 
 
 def _weights(folder: Path) -> Path:
