@@ -28,6 +28,7 @@ from engine.training.config import FinetuneConfig, TrainConfig
 PROGRAM = "lookalike"
 EXIT_USER_ERROR = 2  # a LookalikeError: one line, the cause and the fix
 EXIT_BUG = 1  # anything else: a traceback
+EXIT_SOME_FAILED = 3  # the command did its work, but some of the files given could not be used (named on stderr)
 
 # Feature areas keep their sub-commands in their own module, each exposing ``add_commands(sub, *, common, search_opts)``.
 FEATURE_COMMAND_MODULES: tuple[str, ...] = ("console.cli.tui_command", "console.cli.masking", "console.cli.reports", "console.cli.quality", "console.cli.scale")
@@ -70,22 +71,33 @@ def _searcher(args: argparse.Namespace, *, read_only: bool = True):  # noqa: ANN
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from console.service.search import query_paths, search
+    from console.service.search import encode_queries, query_paths, search
 
     searcher = _searcher(args)
     columns = [c for c in (args.columns or "").split(",") if c]
+    failures: list = []
     if args.id:
-        vectors, names = searcher.vectors_of(args.id), None
+        ids = searcher.db.resolve_image_ids(args.id)  # full ids or unique prefixes
+        outcome = search(searcher, searcher.vectors_of(ids), where=args.where, columns=columns, exclude_ids=None if args.include_self else ids)
     else:
         if not args.queries:
             raise InvalidRequestError("give query image files or --id IMAGE_ID")
-        paths = query_paths(args.queries)
-        vectors, names = searcher.encode_files(paths), paths
-    outcome = search(searcher, vectors, where=args.where, columns=columns, query_names=names)
+        encoded = encode_queries(searcher, query_paths(args.queries))
+        failures = encoded.failures
+        report_skipped(failures)
+        if not encoded.paths:
+            raise InvalidRequestError(f"none of the {len(failures)} query files could be used (see above)")
+        outcome = search(searcher, encoded.vectors, where=args.where, columns=columns, query_names=encoded.paths)
     print_frame(outcome.results)
     if args.predict:
         print_frame(outcome.predictions)
-    return 0
+    return EXIT_SOME_FAILED if failures else 0
+
+
+def report_skipped(failures: list) -> None:
+    """Query files that could not be used, one line each on stderr."""
+    for path, reason in failures:
+        print_error(f"skipped {path}: {reason}")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -110,10 +122,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from console.service.search import predict_folder, query_paths
 
     searcher = _searcher(args, read_only=args.no_review)  # flagged queries join the review queue: a write
-    outcome = predict_folder(searcher, query_paths([args.queries]), Path(args.out), queue_for_review=not args.no_review)
+    outcome = predict_folder(searcher, query_paths([args.queries]), Path(args.out), queue_for_review=not args.no_review,
+                             root=Path(args.queries), with_scores=args.scores)
+    report_skipped(outcome.failures)
     print(f"{outcome.queries} queries, {outcome.flagged} flagged as distractors (threshold {outcome.threshold:.4f}); "
-          f"wrote {outcome.out}; {outcome.queued} queued for review")
-    return 0
+          f"wrote {outcome.out}; {outcome.queued} queued for review" + (f"; {len(outcome.failures)} files skipped" if outcome.failures else ""))
+    return EXIT_SOME_FAILED if outcome.failures else 0
 
 
 def cmd_review(args: argparse.Namespace) -> int:
@@ -282,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = sub.add_parser("search", parents=[search_opts], help="find the catalogue images nearest to query images")
     search.add_argument("queries", nargs="*", help="query image files or folders")
-    search.add_argument("--id", action="append", help="search with a stored image id (repeatable)")
+    search.add_argument("--id", action="append", help="search with a stored image id or a unique prefix of one (repeatable)")
+    search.add_argument("--include-self", action="store_true", help="with --id, keep the image itself in its results (rank 1)")
     search.add_argument("--where", help="SQL filter over image metadata, e.g. \"label = 'coast' AND width >= 256\"")
     search.add_argument("--columns", help="extra columns to show, comma-separated (e.g. split,width)")
     search.add_argument("--predict", action="store_true", help="also print the top-5 classes by k-NN voting")
@@ -313,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("queries", help="query folder (or one image)")
     predict.add_argument("--out", default="submission.csv")
     predict.add_argument("--no-review", action="store_true", help="do not queue flagged queries for review")
+    predict.add_argument("--scores", action="store_true", help="add each query's distractor score as a third column")
     predict.set_defaults(func=cmd_predict)
 
     review = sub.add_parser("review", parents=[common], help="the distractor review queue; with an id, decide it")

@@ -3,17 +3,18 @@ the catalogue with the encoder of the version it was flagged by)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.core.errors import InvalidRequestError
+from engine.core.errors import InvalidRequestError, NotFoundError
 from engine.core.progress import ProgressCallback
 from engine.core.splits import sql_quote
 from engine.encoders.config import EncoderConfig
 from engine.encoders.factory import Encoder, create_encoder
 from engine.evaluation.detect import Decision, decide
 from engine.masking.encoder import MaskedEncoder, masked_encoder
-from engine.storage.database import Database
+from engine.storage.database import AMBIGUITY_SHOWN, Database
 from engine.versions import encoder_for_model
 from ingest.distributed import RayConfig
 from ingest.engines import IngestJob, run_ingest
@@ -52,12 +53,23 @@ def ingest(db: Database, request: IngestRequest, *, encoder: Encoder | None = No
     return run_ingest(request.engine, IngestJob(db, request.folder, config, request.encoder, encoder, request.ray, progress))
 
 
+def resolve_review_id(db: Database, given: str) -> str:
+    """A review item's id from the id or a unique prefix of it (an unknown one is left for ``decide`` to refuse)."""
+    ids = [row["id"] for row in db.review.search().where(f"starts_with(id, {sql_quote(given)})").select(["id"]).limit(AMBIGUITY_SHOWN + 1).to_list()]
+    if given in ids or len(ids) != 1:
+        if len(ids) > 1 and given not in ids:
+            raise NotFoundError(f"review id prefix {given!r} is ambiguous ({', '.join(ids[:AMBIGUITY_SHOWN])}); give more of it")
+        return given
+    return ids[0]
+
+
 def decide_review(db: Database, decision: Decision, *, model: str | None = None, encoder: Encoder | None = None) -> dict:
     """Store a review decision; an image assigned or added to a class joins the catalogue.
 
     It is embedded by ``encoder`` when given, else by the encoder of ``model`` (id or name), else by the
-    encoder of the version the query was flagged by.
+    encoder of the version the query was flagged by. The review id may be any unique prefix of one.
     """
+    decision = dataclasses.replace(decision, review_id=resolve_review_id(db, decision.review_id))
 
     def join(path: Path, label: str) -> None:
         chosen = encoder

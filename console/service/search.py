@@ -13,14 +13,14 @@ import polars as pl
 
 from engine.core.errors import InvalidRequestError, MissingFileError, NotFoundError
 from engine.evaluation.detect import DistractorDetector, enqueue_for_review, write_submission
-from engine.media.decode import content_id
+from engine.media.decode import DecodeError, content_id, decode_image
 from engine.media.scan import scan_folder
 from engine.search.config import SearchConfig
 from engine.search.searcher import Searcher
 from engine.storage.database import Database
 from engine.versions import query_encoder
 
-CONTENT_ID = re.compile(r"^[0-9a-f]{32}$")  # an image id: the BLAKE2b-128 hash of its bytes
+IMAGE_ID_PREFIX = re.compile(r"^[0-9a-f]{4,32}$")  # an image id (the BLAKE2b-128 hash of its bytes) or a unique prefix of one
 
 
 def open_searcher(db: Database, model: str | None = None, config: SearchConfig = SearchConfig(),
@@ -46,12 +46,42 @@ def query_vectors(searcher: Searcher, query: str) -> np.ndarray:
     path = Path(query).expanduser()
     if path.is_file():
         return searcher.encode_files([path])
-    if CONTENT_ID.match(query):
+    if IMAGE_ID_PREFIX.match(query):
+        (image_id,) = searcher.db.resolve_image_ids([query])
         try:
-            return searcher.vectors_of([query])
+            return searcher.vectors_of([image_id])
         except KeyError:
-            raise NotFoundError(f"no catalogue image with id {query} in model {searcher.model.id}") from None
+            raise NotFoundError(f"no catalogue image with id {image_id} in model {searcher.model.id}") from None
     raise MissingFileError(f"{query!r} is neither an image file nor a catalogue image id")
+
+
+@dataclass(frozen=True)
+class EncodedQueries:
+    """Query files as vectors; the files that could not be used, with the reason, are left out."""
+
+    vectors: np.ndarray
+    paths: list[Path]
+    failures: list[tuple[Path, str]]
+
+
+def encode_queries(searcher: Searcher, paths: Sequence[Path]) -> EncodedQueries:
+    """Decode and encode query files as ingest does; a bad file is skipped with its reason instead of stopping
+    the others."""
+    images, kept, failures = [], [], []
+    for path in paths:
+        try:
+            image = decode_image(Path(path).read_bytes()).image
+            searcher.encoder.transform(image)  # the size check (and any other refusal) before the batch
+        except OSError as exc:
+            failures.append((Path(path), f"cannot read file: {exc.strerror or exc}"))
+            continue
+        except DecodeError as exc:
+            failures.append((Path(path), str(exc)))
+            continue
+        images.append(image)
+        kept.append(Path(path))
+    vectors = searcher.encoder.encode_images(images) if images else np.zeros((0, searcher.model.dim), np.float32)
+    return EncodedQueries(vectors, kept, failures)
 
 
 @dataclass(frozen=True)
@@ -66,9 +96,21 @@ class SearchOutcome:
 
 
 def search(searcher: Searcher, vectors: np.ndarray, *, k: int | None = None, where: str | None = None,
-           columns: Sequence[str] = (), query_names: Sequence[str] | None = None) -> SearchOutcome:
-    """Search, vote and score the queries ``vectors``: the sequence every front end shows."""
-    results = searcher.search_vectors(vectors, k=k, where=where, columns=columns)
+           columns: Sequence[str] = (), query_names: Sequence[str] | None = None, exclude_ids: Sequence[str] | None = None) -> SearchOutcome:
+    """Search, vote and score the queries ``vectors``: the sequence every front end shows.
+
+    ``exclude_ids`` (one per query) leaves each query's own catalogue image out of its results: a stored
+    image searched by id would otherwise find itself first.
+    """
+    k = searcher.config.k if k is None else k
+    if exclude_ids is None:
+        results = searcher.search_vectors(vectors, k=k, where=where, columns=columns)
+    else:
+        found = searcher.search_vectors(vectors, k=k + 1, where=where, columns=columns)
+        own = pl.DataFrame({"query": np.arange(len(exclude_ids), dtype=np.int32), "own_id": list(exclude_ids)})
+        results = (found.join(own, on="query").filter(pl.col("image_id") != pl.col("own_id")).drop("own_id")
+                   .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over("query").alias("rank"))
+                   .filter(pl.col("rank") <= k))
     if query_names is not None:
         results = results.with_columns(pl.Series("query_path", [str(query_names[q]) for q in results["query"]], pl.String))
     predictions = searcher.predict(vectors, where=where)
@@ -89,18 +131,31 @@ class PredictOutcome:
     threshold: float
     queued: int
     out: Path
+    failures: list[tuple[Path, str]]  # query files left out, with the reason
 
 
-def predict_folder(searcher: Searcher, paths: Sequence[Path], out: Path, *, queue_for_review: bool = True) -> PredictOutcome:
-    """Top-5 classes with ``-1`` for distractors as a Kaggle CSV; flagged queries join the review queue."""
+def query_names(paths: Sequence[Path], root: Path) -> list[str]:
+    """What the CSV calls each query: its path relative to the query folder (base names collide across sub-folders)."""
+    root = Path(root)
+    return [Path(p).relative_to(root).as_posix() if root.is_dir() else Path(p).name for p in paths]
+
+
+def predict_folder(searcher: Searcher, paths: Sequence[Path], out: Path, *, queue_for_review: bool = True,
+                   root: Path | None = None, with_scores: bool = False) -> PredictOutcome:
+    """Top-5 classes with ``-1`` for distractors as a Kaggle CSV (names relative to ``root``, the query folder);
+    flagged queries join the review queue."""
     detector = DistractorDetector.for_searcher(searcher)
     if detector is None:
         raise NotFoundError(f"model {searcher.model.id} has no distractor calibration: run lookalike calibrate first")
-    vectors = searcher.encode_files(paths)
+    encoded = encode_queries(searcher, paths)
+    if not encoded.paths:
+        raise InvalidRequestError(f"none of the {len(paths)} query files could be used; the first: {encoded.failures[0][0]}: {encoded.failures[0][1]}")
+    paths, vectors = encoded.paths, encoded.vectors
     predictions = detector.predict(vectors)
-    write_submission(Path(out), [p.name for p in paths], predictions)
+    names = query_names(paths, root) if root is not None else [Path(p).name for p in paths]
+    write_submission(Path(out), names, predictions, with_scores=with_scores)
     queued = 0
     if queue_for_review:
         ids = [content_id(p.read_bytes()) for p in paths]
         queued = enqueue_for_review(searcher.db, searcher.model, ids, [str(p.resolve()) for p in paths], predictions, detector.calibration.threshold)
-    return PredictOutcome(len(paths), int(predictions["is_distractor"].sum()), detector.calibration.threshold, queued, Path(out))
+    return PredictOutcome(len(paths), int(predictions["is_distractor"].sum()), detector.calibration.threshold, queued, Path(out), encoded.failures)

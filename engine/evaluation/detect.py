@@ -166,22 +166,29 @@ class DistractorDetector:
         return results.join(per_query, on="query", how="left")
 
 
-def write_submission(path: Path, image_names: Sequence[str], predictions: pl.DataFrame, header: tuple[str, str] = ("Image", "Id")) -> None:
-    """Kaggle format: image name, space-separated class ids (``-1`` included).
+def write_submission(path: Path, image_names: Sequence[str], predictions: pl.DataFrame, header: tuple[str, str] = ("Image", "Id"),
+                     with_scores: bool = False) -> None:
+    """Kaggle format: image name, space-separated class ids (``-1`` included); with ``with_scores`` a third
+    column holds each query's distractor score.
 
-    A class name with whitespace would split into several classes when read back: it is refused before
-    anything is written.
+    A class name with whitespace would split into several classes when read back, and two queries under one
+    name would collide: both are refused before anything is written.
     """
-    rows = list(zip(image_names, predictions.sort("query")["classes"].to_list()))
+    ordered = predictions.sort("query")
+    rows = list(zip(image_names, ordered["classes"].to_list()))
+    repeated = sorted({name for name in image_names if list(image_names).count(name) > 1})
+    if repeated:
+        raise EvaluationError(f"query names {repeated[:5]!r} repeat: their rows would collide in the CSV; give names that tell them apart")
     ambiguous = sorted({c for _, classes in rows for c in classes if any(ch.isspace() for ch in str(c))})
     if ambiguous:
         raise EvaluationError(f"class names {ambiguous!r} contain whitespace, which the space-separated Id column cannot hold; "
                               "rename them (lookalike stores new folder names with '_' for spaces)")
+    scores = ordered["distractor_score"].to_list() if with_scores else [None] * len(rows)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(header)
-        for name, classes in rows:
-            writer.writerow([name, " ".join(classes)])
+        writer.writerow([*header, *(["DistractorScore"] if with_scores else [])])
+        for (name, classes), score in zip(rows, scores):
+            writer.writerow([name, " ".join(classes), *([f"{score:.6f}"] if with_scores else [])])
 
 
 # ---- review queue --------------------------------------------------------------------------------

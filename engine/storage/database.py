@@ -31,6 +31,7 @@ DEFAULT_DB_ENV = "LOOKALIKE_DB"
 DEFAULT_DB_PATH = Path("data") / "lookalike.lancedb"
 ACTIVE_MODEL_KEY = "active_model"
 SCRATCH_URI = "memory://"  # where a read-only database keeps empty stand-ins of tables it does not have
+AMBIGUITY_SHOWN = 5  # ids listed when a prefix matches several
 RELOCATABLE_DEPTH = 3  # a moved database finds its files at most this many path parts below its folder
 EXTERNAL_KIND = "external"
 
@@ -326,16 +327,38 @@ class Database:
         return self.get_setting(ACTIVE_MODEL_KEY)
 
     def resolve_model(self, name: str | None = None) -> ModelRecord:
-        """A model version by id or encoder name; with no name, the active one (else the newest)."""
+        """A model version by id, encoder name or unique id prefix (as git takes commits); with no name, the
+        active one (else the newest)."""
         name = name or self.active_model_id()
         candidates = (self.find_models(model_id=name) or self.find_models(encoder=name)) if name else self.find_models()
+        if name and not candidates:
+            candidates = [m for m in self.find_models() if m.id.startswith(name)]
+            if len(candidates) > 1:
+                raise ModelNotFoundError(f"model {name!r} is ambiguous: it starts {len(candidates)} ids ({', '.join(m.id for m in candidates)}); give more of the id")
         if not candidates:
             known = [m.id for m in self.find_models()]
-            wanted = f"model {name!r}" if name else "any model"
+            wanted = f"model {name!r}" if name else "model yet"
             raise ModelNotFoundError(
                 f"no {wanted} in database {self.uri}; models here: {known or 'none (run lookalike ingest first)'}"
             )
         return candidates[0]
+
+    def resolve_image_ids(self, given: Sequence[str]) -> list[str]:
+        """Stored image ids for full ids or unique prefixes of them (as ``lookalike search --id`` takes)."""
+        resolved = []
+        for text in given:
+            wanted = text.strip()
+            found = self.images.search().where(f"id = {sql_quote(wanted)} OR starts_with(id, {sql_quote(wanted)})").select(["id"]).limit(AMBIGUITY_SHOWN + 1).to_arrow()
+            ids = found.column("id").to_pylist()
+            if wanted in ids:
+                resolved.append(wanted)
+            elif len(ids) == 1:
+                resolved.append(ids[0])
+            elif not ids:
+                raise NotFoundError(f"no image id is or starts with {wanted!r} in database {self.uri} (ids are the 32-hex-digit content hashes; any unique prefix will do)")
+            else:
+                raise NotFoundError(f"image id prefix {wanted!r} is ambiguous ({', '.join(ids[:AMBIGUITY_SHOWN])}{', ...' if len(ids) > AMBIGUITY_SHOWN else ''}); give more of it")
+        return resolved
 
     def models_frame(self) -> pl.DataFrame:
         frame = pl.from_arrow(self.models.to_arrow())

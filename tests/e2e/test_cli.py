@@ -78,7 +78,7 @@ def test_cli_calibrate_predict_review(tmp_path, tiny_weights, capsys):
     queue = capsys.readouterr().out
     if flagged:
         first_id = re.search(r"│ ([0-9a-f]{32}) ", queue).group(1)
-        assert main(["review", first_id, "--confirm", "--by", "tester", "--db", db]) == 0
+        assert main(["review", first_id[:8], "--confirm", "--by", "tester", "--db", db]) == 0  # a unique prefix
         assert "distractor" in capsys.readouterr().out
         assert main(["review", "--status", "distractor", "--db", db]) == 0
         assert "tester" in capsys.readouterr().out
@@ -176,3 +176,61 @@ def test_a_table_of_another_encoder_is_refused_by_the_fingerprint_message(tmp_pa
     other = dataclasses.replace(model, dim=16, fingerprint="another-encoder")  # same table name, another encoder
     with pytest.raises(EncoderMismatchError, match="made by another encoder"):
         db.embeddings(other)
+
+
+def test_ids_take_unique_prefixes_and_a_stored_image_does_not_find_itself(tmp_path, tiny_weights, capsys):
+    from engine.storage.database import Database
+
+    db = str(tmp_path / "db")
+    assert main(["ingest", str(SAMPLES), "--db", db, "--split", "train", "--model", "test_efficientnet", "--weights", str(tiny_weights)]) == 0
+    database = Database(db)
+    image_id = database.images_frame(columns=["id"])["id"][0]
+    model_id = database.resolve_model().id
+    capsys.readouterr()
+
+    assert main(["search", "--id", image_id[:10], "-k", "3", "--model", model_id[:-3], "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert image_id not in out and out.count("train_") == 3  # itself left out: 3 other images
+    assert main(["search", "--id", image_id[:10], "-k", "3", "--include-self", "--db", db]) == 0
+    assert image_id in capsys.readouterr().out
+    assert main(["search", "--id", "0", "--db", db]) == 2  # 120 ids: several start with 0
+    assert "is ambiguous" in capsys.readouterr().err
+    assert main(["search", "--id", "not-hex", "--db", db]) == 2
+    assert "no image id is or starts with 'not-hex'" in capsys.readouterr().err
+
+
+def test_bad_query_files_are_named_and_skipped_and_the_exit_code_says_so(tmp_path, tiny_weights, capsys):
+    import shutil
+
+    db = str(tmp_path / "db")
+    assert main(["ingest", str(SAMPLES), "--db", db, "--split", "train", "--model", "test_efficientnet", "--weights", str(tiny_weights)]) == 0
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    for query in sorted(QUERIES.glob("*.png"))[:2]:
+        shutil.copy(query, queries / query.name)
+    (queries / "notes.jpg").write_text("not an image")
+    capsys.readouterr()
+    assert main(["search", str(queries), "-k", "1", "--db", db]) == 3  # some files could not be used
+    captured = capsys.readouterr()
+    assert f"skipped {queries / 'notes.jpg'}: not an image Pillow can identify" in captured.err
+    assert captured.out.count("query_path") == 1 and str(queries / "notes.jpg") not in captured.out
+    assert main(["search", str(queries / "notes.jpg"), "--db", db]) == 2
+    assert "none of the 1 query files could be used" in capsys.readouterr().err
+
+
+def test_predict_names_queries_by_their_path_in_the_folder_and_can_add_scores(tmp_path, tiny_weights, capsys):
+    import shutil
+
+    db = str(tmp_path / "db")
+    assert main(["ingest", str(SAMPLES), "--db", db, "--split", "train", "--model", "test_efficientnet", "--weights", str(tiny_weights)]) == 0
+    assert main(["calibrate", "--db", db]) == 0
+    queries = tmp_path / "queries"
+    first, second = sorted(QUERIES.glob("*.png"))[:2]
+    for folder, source in (("shop_a", first), ("shop_b", second)):
+        (queries / folder).mkdir(parents=True)
+        shutil.copy(source, queries / folder / "photo.png")  # the same base name in two folders: they collided
+    out = tmp_path / "submission.csv"
+    assert main(["predict", str(queries), "--db", db, "--out", str(out), "--scores", "--no-review"]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "Image,Id,DistractorScore" and [line.split(",")[0] for line in lines[1:]] == ["shop_a/photo.png", "shop_b/photo.png"]
+    assert all(float(line.split(",")[2]) >= 0 for line in lines[1:])
