@@ -28,6 +28,7 @@ from engine.training.config import FinetuneConfig, TrainConfig
 PROGRAM = "lookalike"
 EXIT_USER_ERROR = 2  # a LookalikeError: one line, the cause and the fix
 EXIT_BUG = 1  # anything else: a traceback
+STACKING_KINDS = ("head", "finetuned")  # a parent of these kinds gets a head on top of its own
 EXIT_SOME_FAILED = 3  # the command did its work, but some of the files given could not be used (named on stderr)
 
 # Feature areas keep their sub-commands in their own module, each exposing ``add_commands(sub, *, common, search_opts)``.
@@ -192,6 +193,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = config_for_regime(args.regime, method=args.method, head=head, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                patience=args.patience, catalogue_where=args.catalogue_where, seed=args.seed, device=args.device, finetune=finetune)
     parent = db.resolve_model(args.parent)
+    stacked = " (itself a trained version: the new head goes on top of it; --parent names another)" if parent.kind in STACKING_KINDS else ""
+    print(f"training {config.method} ({config.regime}) on {parent.id}{stacked}", flush=True)
     with progress_bar(lines=True) as show:
         result = train_version(db, parent.id, config, activate=args.activate, progress=show)
     print(f"trained {result.model.id} from {parent.id}: {result.epochs_run} epochs, best val mAP@5 {result.val_map5:.4f} "
@@ -346,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--regime", default=TrainConfig.regime, type=registered("regimes"),
                        help="head: a head on the parent's stored features (fast); finetune: last backbone blocks (or LoRA) and a head on augmented images")
     train.add_argument("--method", default=TrainConfig.method, type=registered("methods"), help="lookalike list methods; simsiam and rotation need no labels (finetune regime)")
-    train.add_argument("--parent", help="model whose features to train on (default: the active model)")
+    train.add_argument("--parent", help="model whose features to train on (default: the active model, even a trained one: say which)")
     train.add_argument("--head", default=HeadConfig.kind, choices=HEAD_KINDS)
     train.add_argument("--dim", type=positive_int, default=HeadConfig.out_dim)
     train.add_argument("--hidden", type=positive_int, default=HeadConfig.hidden_dim)
