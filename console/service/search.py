@@ -66,21 +66,28 @@ class EncodedQueries:
 
 def encode_queries(searcher: Searcher, paths: Sequence[Path]) -> EncodedQueries:
     """Decode and encode query files as ingest does; a bad file is skipped with its reason instead of stopping
-    the others."""
+    the others (any encoder: a single network, a masked one, an ensemble)."""
     images, kept, failures = [], [], []
     for path in paths:
         try:
-            image = decode_image(Path(path).read_bytes()).image
-            searcher.encoder.transform(image)  # the size check (and any other refusal) before the batch
+            images.append(decode_image(Path(path).read_bytes()).image)
+            kept.append(Path(path))
         except OSError as exc:
             failures.append((Path(path), f"cannot read file: {exc.strerror or exc}"))
-            continue
         except DecodeError as exc:
             failures.append((Path(path), str(exc)))
-            continue
-        images.append(image)
-        kept.append(Path(path))
-    vectors = searcher.encoder.encode_images(images) if images else np.zeros((0, searcher.model.dim), np.float32)
+    encoder = searcher.encoder
+    try:
+        vectors = encoder.encode_images(images) if images else np.zeros((0, searcher.model.dim), np.float32)
+    except DecodeError:  # the model's preprocessing refused one (an extreme aspect ratio): find which, keep the rest
+        encoded = []
+        for path, image in zip(list(kept), images):
+            try:
+                encoded.append(encoder.encode_images([image]))
+            except DecodeError as exc:
+                failures.append((path, str(exc)))
+                kept.remove(path)
+        vectors = np.concatenate(encoded) if encoded else np.zeros((0, searcher.model.dim), np.float32)
     return EncodedQueries(vectors, kept, failures)
 
 

@@ -104,6 +104,7 @@ class Database:
         self._check_location()
         self._db = lancedb.connect(self.uri, storage_options=self.storage_options.as_dict() or None)
         self._scratch: lancedb.DBConnection | None = None  # empty stand-ins for missing tables when read-only
+        self._listed: set[str] = set()  # tables seen by the last listing (a reader re-lists only for one it has not seen)
         if read_only and not self.table_names():
             raise NotFoundError(f"{self.uri} is not a Lookalike database (it holds no tables); check --db, or create one with lookalike ingest")
         self._check_schemas()
@@ -149,6 +150,10 @@ class Database:
         return path
 
     # ---- tables ---------------------------------------------------------------------------------
+
+    def _list_tables(self) -> set[str]:
+        self._listed = set(self.table_names())
+        return self._listed
 
     def table_names(self) -> list[str]:
         names: list[str] = []
@@ -215,7 +220,7 @@ class Database:
         return self._table(name, schema)
 
     def _table(self, name: str, schema: pa.Schema) -> lancedb.table.Table:
-        if self.read_only and name not in self.table_names():
+        if self.read_only and name not in self._listed and name not in self._list_tables():
             # nothing is created for a reader: an empty table of the same schema, in memory
             if self._scratch is None:
                 self._scratch = lancedb.connect(SCRATCH_URI)

@@ -234,3 +234,20 @@ def test_predict_names_queries_by_their_path_in_the_folder_and_can_add_scores(tm
     lines = out.read_text().splitlines()
     assert lines[0] == "Image,Id,DistractorScore" and [line.split(",")[0] for line in lines[1:]] == ["shop_a/photo.png", "shop_b/photo.png"]
     assert all(float(line.split(",")[2]) >= 0 for line in lines[1:])
+
+
+def test_a_query_the_model_cannot_resize_is_skipped_and_the_others_answered(tmp_path, tiny_weights, tiny_encoder):
+    from PIL import Image
+
+    from console.service.search import encode_queries
+    from engine.search.searcher import Searcher
+    from engine.storage.database import Database
+
+    db = str(tmp_path / "db")
+    assert main(["ingest", str(SAMPLES / "bag"), "--db", db, "--split", "train", "--model", "test_efficientnet", "--weights", str(tiny_weights)]) == 0
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (200_000, 1)).save(strip)
+    good = sorted(QUERIES.glob("*.png"))[:2]
+    encoded = encode_queries(Searcher(Database(db, read_only=True), encoder=tiny_encoder), [good[0], strip, good[1]])
+    assert encoded.paths == good and encoded.vectors.shape == (2, tiny_encoder.dim)
+    assert [(p, r.split(":")[0]) for p, r in encoded.failures] == [(strip, "aspect ratio too extreme")]
