@@ -49,7 +49,7 @@ def ingest(db: Database, request: IngestRequest, *, encoder: Encoder | None = No
     encoder = encoder or ingest_encoder(db, request.encoder, request.mask, request.mask_mode)
     config = request.config
     if isinstance(encoder, MaskedEncoder) and config.image_hook is None:
-        config = IngestConfig(**{**config.__dict__, "image_hook": encoder})  # stores each image's foreground fraction
+        config = dataclasses.replace(config, image_hook=encoder)  # stores each image's foreground fraction
     return run_ingest(request.engine, IngestJob(db, request.folder, config, request.encoder, encoder, request.ray, progress))
 
 

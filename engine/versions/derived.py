@@ -458,10 +458,3 @@ def refresh_derived(db: Database, model: ModelRecord, progress: ProgressCallback
 def derived_versions(db: Database) -> list[ModelRecord]:
     """Every derived version of the database, newest first."""
     return [m for m in db.find_models() if is_derived(m)]
-
-
-def derived_encoder(db: Database, model: ModelRecord, device: str | None = None) -> Any:
-    """The query encoder of a derived version: its parents' encoders plus its transform, checked."""
-    if not is_derived(model):
-        raise VersionError(f"model {model.id} is a {model.kind} version, not a derived one ({DERIVATIONS.names()})")
-    return encoder_for_model(db, model, device)
