@@ -40,7 +40,7 @@ from engine.encoders.config import EncoderConfig
 from engine.encoders.factory import Encoder, create_encoder
 from engine.media.scan import SourceFile, scan_folder
 from engine.storage.database import Database
-from ingest.stages import Collector, IngestConfig, IngestReport, finish, forget_vanished_errors, map_file, ordered_map, run_locked
+from ingest.stages import Collector, IngestConfig, IngestReport, finish, forget_vanished_errors, map_file, ordered_map, prepare, run_locked
 
 logger = logging.getLogger(__name__)
 
@@ -160,9 +160,10 @@ def _ordered_quiet(ray) -> Iterator[None]:
 
 def _ingest_on_ray(ray, db: Database, files: list[SourceFile], root: Path, config: IngestConfig, encoder_config: EncoderConfig,
                    encoder: Encoder, ray_config: RayConfig, progress: ProgressCallback | None) -> IngestReport:
+    metadata = prepare(db, config)
     model = db.register_model(encoder)
     known = db.known_image_ids(model)
-    collector = Collector(db, model, root, config, len(files))
+    collector = Collector(db, model, root, config, len(files), metadata)
     with _connected(ray, ray_config.address), _ordered_quiet(ray):
         gpus = ray_config.gpus_per_worker
         if gpus is None:
@@ -190,7 +191,7 @@ def _ingest_on_ray(ray, db: Database, files: list[SourceFile], root: Path, confi
             collector.flush()
         finally:
             collector.writer.close()
-    return finish(db, model, config, collector.state, progress)
+    return finish(db, model, config, collector, progress, str(encoder.device))
 
 
 def _collect(collector: Collector, batch: dict[str, np.ndarray], model_id: str) -> None:

@@ -27,7 +27,7 @@ from engine.encoders.factory import Encoder, create_encoder
 from engine.media.decode import DecodeError, content_id
 from engine.media.scan import SourceFile, scan_folder
 from engine.storage.database import Database
-from ingest.stages import Collector, IngestConfig, IngestProgress, IngestReport, Mapped, finish, forget_vanished_errors, map_file, ordered_map, run_locked  # noqa: F401 - IngestProgress: part of this module's API
+from ingest.stages import Collector, IngestConfig, IngestProgress, IngestReport, Mapped, finish, forget_vanished_errors, map_file, ordered_map, prepare, run_locked  # noqa: F401 - IngestProgress: part of this module's API
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +62,10 @@ def ingest_files(
 
 
 def _ingest_locked(db: Database, files: list[SourceFile], root: Path, config: IngestConfig, encoder: Encoder, progress: ProgressCallback | None) -> IngestReport:
+    metadata = prepare(db, config)
     model = db.register_model(encoder)
     known = db.known_image_ids(model)
-    collector = Collector(db, model, root, config, len(files))
+    collector = Collector(db, model, root, config, len(files), metadata)
     batch: list[Mapped] = []
 
     def encode_batch() -> None:
@@ -88,15 +89,14 @@ def _ingest_locked(db: Database, files: list[SourceFile], root: Path, config: In
         collector.flush()
     finally:
         collector.writer.close()
-    return finish(db, model, config, collector.state, progress)
+    return finish(db, model, config, collector, progress, str(encoder.device))
 
 
 def add_to_catalogue(db: Database, path: Path | str, label: str, encoder: Encoder, split: str = "train") -> str:
-    """Add one image to the catalogue with ``label`` (relabelling it if it is already stored); returns its id."""
+    """Add one image to the catalogue with ``label`` (relabelling it if it is already stored: a scan that names a
+    class gives it), embedded by ``encoder`` and then by every other version; returns its id."""
     path = Path(path).resolve()
     report = ingest_files(db, [SourceFile(path, (label,), split)], path.parent, IngestConfig(optimize=False), encoder)
     if report.errors:
         raise DecodeError(f"{path} could not join the catalogue: {db.errors_frame().filter(pl.col('path') == str(path))['reason'].to_list()}")
-    image_id = content_id(path.read_bytes())
-    db.relabel(image_id, label, split)
-    return image_id
+    return content_id(path.read_bytes())

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.catalogue.edits import Observed, ObservedChanges, add_metadata_columns, apply_observed
+from engine.catalogue.metadata import MetadataTable, read_metadata_csv
 from engine.core.clock import utc_now
 from engine.core.faults import fault_point
 from engine.core.progress import Progress, ProgressCallback
@@ -32,6 +34,7 @@ from engine.storage.database import Database, ModelRecord
 from engine.storage.index import IndexConfig, ensure_index
 from engine.storage.lock import DatabaseNotWritableError, storage_failure, writer_lock
 from engine.storage.maintenance import MaintenanceConfig, optimize_table
+from engine.versions.coverage import Coverage, bring_in_step
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ class IngestConfig:
     """How to ingest a folder."""
 
     labels_csv: Path | None = None
+    metadata_csv: Path | None = None  # file name -> user columns, filterable in every table
+    metadata_types: tuple[tuple[str, str], ...] = ()  # (column, int|float|bool|string) pairs; the rest are inferred
     split: str | None = None
     holdout: float | None = None  # fraction of each class moved to ``holdout_split``
     holdout_split: str = "val"
@@ -98,6 +103,8 @@ class IngestReport:
     skipped: int
     errors: int
     seconds: float
+    changes: ObservedChanges = field(default_factory=ObservedChanges)  # known images the scan relabelled, re-split or found moved
+    versions: list[Coverage] = field(default_factory=list)  # every version's coverage after the ingest
 
 
 
@@ -111,6 +118,7 @@ class Mapped:
     tensor: torch.Tensor | None = None
     skipped: bool = False
     error: str | None = None
+    image_id: str | None = None  # its content hash, once read
 
 
 def storable_text(text: str) -> str:
@@ -130,7 +138,7 @@ def map_file(source: SourceFile, root: Path, encoder: Encoder, known: set[str], 
         return Mapped(source, error=f"cannot read file: {exc.strerror or exc}")
     image_id = content_id(data)
     if image_id in known:
-        return Mapped(source, skipped=True)
+        return Mapped(source, skipped=True, image_id=image_id)
     fault_point("ingest.decode")
     try:
         decoded = decode_image(data, max_pixels=max_pixels)
@@ -154,7 +162,7 @@ def map_file(source: SourceFile, root: Path, encoder: Encoder, known: set[str], 
     }
     if measured:
         row["measured"] = measured  # for the hook's store; the tables' schemas leave the key out
-    return Mapped(source, row=row, tensor=tensor)
+    return Mapped(source, row=row, tensor=tensor, image_id=image_id)
 
 
 def ordered_map(func: Callable[[SourceFile], Mapped], items: list[SourceFile], workers: int, window: int) -> Iterator[Mapped]:
@@ -223,8 +231,9 @@ class Collector:
     in scan order wins), and upserts encoded rows every ``write_every`` rows on the background writer.
     """
 
-    def __init__(self, db: Database, model: ModelRecord, root: Path, config: IngestConfig, total: int) -> None:
-        self.model, self.root, self.config = model, root, config
+    def __init__(self, db: Database, model: ModelRecord, root: Path, config: IngestConfig, total: int, metadata: MetadataTable | None = None) -> None:
+        self.model, self.root, self.config, self.metadata = model, root, config, metadata
+        self.observed: list[Observed] = []  # every file read whose content is (or now will be) in the catalogue
         self.state = IngestProgress(total=total)
         self.writer = Writer(db, model, config.image_hook)
         self.pending_rows: list[dict] = []
@@ -241,6 +250,11 @@ class Collector:
             logger.warning("skipping %s: %s", mapped.source.path, mapped.error)
             self.pending_errors.append({"path": storable_text(str(mapped.source.path)), "reason": mapped.error, "source": storable_text(str(self.root)), "when": utc_now()})
             return False
+        user = self.metadata.values_for(mapped.source.path, self.root) if self.metadata else None
+        self.observed.append(Observed(mapped.image_id, storable_text(str(mapped.source.path)), storable_text(str(self.root)),
+                                      tuple(storable_text(label) for label in mapped.source.labels), mapped.source.split, user))
+        if mapped.row is not None and user:
+            mapped.row.update(user)
         if mapped.skipped or mapped.row["id"] in self.seen_in_run:
             self.state.skipped += 1  # already embedded, or a duplicate of a file earlier in this run
             return False
@@ -283,9 +297,23 @@ def maintenance_due(table) -> bool:  # noqa: ANN001 - a LanceDB table
     return table.stats()["fragment_stats"]["num_small_fragments"] > 1
 
 
-def finish(db: Database, model: ModelRecord, config: IngestConfig, state: IngestProgress, progress: ProgressCallback | None) -> IngestReport:
-    """After the last write: progress, the ANN index, table maintenance, the report."""
+def prepare(db: Database, config: IngestConfig) -> MetadataTable | None:
+    """Before the first write (under the lock): the metadata CSV read and its columns added to every table."""
+    if config.metadata_csv is None:
+        return None
+    metadata = read_metadata_csv(config.metadata_csv, dict(config.metadata_types))
+    add_metadata_columns(db, metadata.fields)
+    return metadata
+
+
+def finish(db: Database, model: ModelRecord, config: IngestConfig, collector: Collector, progress: ProgressCallback | None,
+           device: str | None = None) -> IngestReport:
+    """After the last write: what the scan said of known images, the ANN index, table maintenance, every other
+    version brought in step, the report."""
+    state = collector.state
     report_progress(progress, state.as_progress())
+    changes = apply_observed(db, collector.observed)
+    fault_point("ingest.observed")
     table = db.embeddings(model)
     fault_point("ingest.index")
     ensure_index(table, config.index)
@@ -294,7 +322,9 @@ def finish(db: Database, model: ModelRecord, config: IngestConfig, state: Ingest
         for maintained in (db.images, table, db.errors):
             fault_point("ingest.optimize")
             optimize_table(maintained, config.maintenance)
+    fault_point("ingest.versions")
+    versions = bring_in_step(db, progress=progress, device=device)
     fault_point("ingest.done")
-    report = IngestReport(model.id, state.total, state.encoded, state.skipped, state.errors, state.elapsed)
+    report = IngestReport(model.id, state.total, state.encoded, state.skipped, state.errors, state.elapsed, changes, versions)
     logger.info("ingest done: %s", report)
     return report

@@ -22,9 +22,18 @@ Tables in a Lookalike database (a LanceDB directory):
     of a model is the one search and predict use.
 ``settings``
     Key/value settings of the database, such as the active model version.
+``coverage``
+    One row per model version: the ``images`` table version it was last brought in step with, and what it
+    lacked then (rows missing, rows of deleted images, rows with outdated metadata), with the reason when it
+    cannot be brought in step (an external version cannot embed new images). See
+    :mod:`engine.versions.coverage`.
 ``review``
     Queries flagged as distractors awaiting a decision (confirm, assign a known class, or add as a new
     class), with who decided and when. Keyed by the query's content hash and model.
+
+User metadata columns (``lookalike ingest --metadata CSV``) are extra columns of ``images`` and of every
+embeddings table, after the fixed ones; their names and types are read from the ``images`` table's schema
+(:func:`user_metadata_fields`), so the table itself is the record of them.
 
 The schema version is written into each table's Arrow metadata; opening a database written with
 another major version fails with :class:`SchemaMismatchError`.
@@ -50,6 +59,7 @@ SETTINGS_TABLE = "settings"
 REVIEW_TABLE = "review"
 MASKERS_TABLE = "maskers"
 FOREGROUND_TABLE = "foreground"
+COVERAGE_TABLE = "coverage"
 EMBEDDINGS_PREFIX = "embeddings__"
 
 
@@ -83,6 +93,30 @@ IMAGE_METADATA_COLUMNS = [f.name for f in IMAGE_METADATA_FIELDS]
 IMAGES_SCHEMA = _with_metadata(
     pa.schema([pa.field("id", pa.string(), nullable=False), *IMAGE_METADATA_FIELDS]), IMAGES_TABLE
 )
+
+# Types a user metadata column may have, by the name ``--metadata-types`` takes.
+USER_COLUMN_TYPES: dict[str, pa.DataType] = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "string": pa.string()}
+# Names a user column may not take: the fixed columns, the keys, and what LanceDB adds to results.
+RESERVED_COLUMNS = frozenset({"id", "image_id", "model_id", "vector", "_distance", "_rowid", "_score", *IMAGE_METADATA_COLUMNS})
+MAX_USER_COLUMN_NAME = 64
+
+
+def user_metadata_fields(images_schema: pa.Schema) -> list[pa.Field]:
+    """The user metadata columns of a database: the ``images`` columns after the fixed ones."""
+    fixed = set(IMAGES_SCHEMA.names)
+    return [field for field in images_schema if field.name not in fixed]
+
+
+def check_user_column_name(name: str) -> str:
+    """``name`` if it can be a user metadata column (an SQL identifier that no fixed column has), else an error."""
+    if not name or len(name) > MAX_USER_COLUMN_NAME or not (name[0].isalpha() or name[0] == "_") \
+            or not all(ch.isalnum() or ch == "_" for ch in name) or not name.isascii():
+        raise InvalidRequestError(f"metadata column {name!r} is not a plain name: use letters, digits and _ (at most "
+                                  f"{MAX_USER_COLUMN_NAME}, not starting with a digit), so filters can name it")
+    if name.lower() in RESERVED_COLUMNS:
+        raise InvalidRequestError(f"metadata column {name!r} clashes with a column Lookalike keeps itself "
+                                  f"({', '.join(sorted(RESERVED_COLUMNS))}); rename it in the CSV")
+    return name
 
 MODELS_SCHEMA = _with_metadata(
     pa.schema(
@@ -219,8 +253,29 @@ def embeddings_table_name(model_id: str) -> str:
     return f"{EMBEDDINGS_PREFIX}{safe}"
 
 
-def embeddings_schema(dim: int, model_id: str, fingerprint: str) -> pa.Schema:
-    """Schema of the embeddings table of one model version, with its dimension fixed."""
+COVERAGE_SCHEMA = _with_metadata(
+    pa.schema(
+        [
+            pa.field("model_id", pa.string(), nullable=False),
+            pa.field("images_version", pa.int64(), nullable=False),  # the images table's version it was checked against
+            pa.field("table_version", pa.int64(), nullable=False),  # ...and its own embeddings table's
+            pa.field("catalogue_rows", pa.int64(), nullable=False),
+            pa.field("rows", pa.int64(), nullable=False),
+            pa.field("missing", pa.int64(), nullable=False),  # catalogue images without a vector here
+            pa.field("extra", pa.int64(), nullable=False),  # vectors of images no longer in the catalogue
+            pa.field("changed", pa.int64(), nullable=False),  # rows whose metadata differs from the catalogue's
+            pa.field("status", pa.string(), nullable=False),  # in step | stale | cannot embed
+            pa.field("reason", pa.string()),  # why it is not in step, and what would fix it
+            pa.field("checked_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        ]
+    ),
+    COVERAGE_TABLE,
+)
+
+
+def embeddings_schema(dim: int, model_id: str, fingerprint: str, user_fields: list[pa.Field] | tuple = ()) -> pa.Schema:
+    """Schema of the embeddings table of one model version, with its dimension fixed (and the database's user
+    metadata columns after the fixed ones)."""
     if dim <= 0:
         raise InvalidRequestError(f"embedding dimension must be positive, got {dim}")
     schema = pa.schema(
@@ -229,6 +284,7 @@ def embeddings_schema(dim: int, model_id: str, fingerprint: str) -> pa.Schema:
             pa.field("model_id", pa.string(), nullable=False),
             pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
             *IMAGE_METADATA_FIELDS,
+            *user_fields,
         ]
     )
     return _with_metadata(

@@ -64,6 +64,10 @@ class VersionError(LookalikeError, ValueError):
     """A model version cannot be published, rebuilt or refreshed as asked."""
 
 
+class CannotEmbedError(VersionError):
+    """A model version has no encoder to embed new catalogue images with (vectors made outside Lookalike)."""
+
+
 class SearchError(LookalikeError, ValueError):
     """A search cannot be run as asked."""
 

@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 from torch import nn
@@ -42,6 +43,14 @@ class ProjectionHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.layers(features)
+
+
+def embed_features(head: nn.Module, features: torch.Tensor, batch: int = 4096) -> np.ndarray:
+    """A head's L2-normalised outputs for stored (normalised) features, in batches."""
+    head.eval()
+    with torch.inference_mode():
+        out = torch.cat([head(features[i : i + batch]) for i in range(0, len(features), batch)])
+    return nn.functional.normalize(out, dim=1).cpu().numpy()
 
 
 class BackboneWithHead(nn.Module):

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 import schemas
 from engine.core.clock import utc_now
-from engine.core.errors import EncoderMismatchError, NotFoundError, StorageError
+from engine.core.errors import EncoderMismatchError, InvalidRequestError, NotFoundError, StorageError
 from engine.core.faults import fault_point
 from engine.core.splits import sql_quote
 from engine.storage import migrations
@@ -34,6 +34,7 @@ SCRATCH_URI = "memory://"  # where a read-only database keeps empty stand-ins of
 AMBIGUITY_SHOWN = 5  # ids listed when a prefix matches several
 RELOCATABLE_DEPTH = 3  # a moved database finds its files at most this many path parts below its folder
 EXTERNAL_KIND = "external"
+DELETE_CHUNK = 2048  # ids per ``IN (...)`` delete: bounded SQL text, few commits
 
 
 class VersionSource(Protocol):
@@ -83,6 +84,20 @@ class ModelRecord:
     def settings(self) -> dict[str, Any]:
         """The kind's parameters (the ``config`` column, parsed)."""
         return json.loads(self.config or "{}")
+
+
+def stored_vectors(db: Database, model: ModelRecord, image_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """``model``'s stored vectors of the given images that it has, by image id (read in chunks of ids)."""
+    found: dict[str, np.ndarray] = {}
+    table = db.embeddings(model)
+    for start in range(0, len(image_ids), DELETE_CHUNK):
+        chunk = image_ids[start : start + DELETE_CHUNK]
+        rows = table.search().where("image_id IN (" + ", ".join(sql_quote(i) for i in chunk) + ")").select(["image_id", "vector"]).limit(None).to_arrow()
+        if rows.num_rows:
+            column = rows.column("vector").combine_chunks()
+            vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, model.dim).astype(np.float32, copy=False)
+            found.update(zip(rows.column("image_id").to_pylist(), vectors))
+    return found
 
 
 class Database:
@@ -173,6 +188,7 @@ class Database:
             schemas.CALIBRATIONS_TABLE: schemas.CALIBRATIONS_SCHEMA,
             schemas.REVIEW_TABLE: schemas.REVIEW_SCHEMA,
             schemas.SETTINGS_TABLE: schemas.SETTINGS_SCHEMA,
+            schemas.COVERAGE_TABLE: schemas.COVERAGE_SCHEMA,
         }
         for name in self.table_names():
             table = self._open_listed(name)
@@ -259,9 +275,62 @@ class Database:
     def review(self) -> lancedb.table.Table:
         return self._table(schemas.REVIEW_TABLE, schemas.REVIEW_SCHEMA)
 
+    @property
+    def coverage(self) -> lancedb.table.Table:
+        return self._table(schemas.COVERAGE_TABLE, schemas.COVERAGE_SCHEMA)
+
+    # ---- the catalogue's columns ----------------------------------------------------------------
+
+    def user_fields(self) -> list[pa.Field]:
+        """The user metadata columns (``ingest --metadata``), as the ``images`` table holds them."""
+        return schemas.user_metadata_fields(self.images.schema)
+
+    def metadata_fields(self) -> list[pa.Field]:
+        """Every image metadata column: the fixed ones, then the user's; repeated in every embeddings table."""
+        return [*schemas.IMAGE_METADATA_FIELDS, *self.user_fields()]
+
+    def metadata_columns(self) -> list[str]:
+        return [field.name for field in self.metadata_fields()]
+
+    def images_schema(self) -> pa.Schema:
+        """The ``images`` schema with this database's user columns."""
+        return pa.schema([schemas.IMAGES_SCHEMA.field("id"), *self.metadata_fields()], metadata=schemas.IMAGES_SCHEMA.metadata)
+
+    def add_user_columns(self, fields: Sequence[pa.Field]) -> list[pa.Field]:
+        """Add user metadata columns (null everywhere) to ``images`` and every embeddings table; returns the new ones.
+
+        ``images`` first: it is the record of the columns, and an embeddings table that lacks one (a kill in
+        between) gains it when its version is next brought in step (:func:`ensure_user_columns`)."""
+        existing = {field.name: field for field in self.user_fields()}
+        new = []
+        for field in fields:
+            schemas.check_user_column_name(field.name)
+            if field.name in existing:
+                if not existing[field.name].type.equals(field.type):
+                    raise InvalidRequestError(f"metadata column {field.name!r} is already {existing[field.name].type}, not {field.type}: "
+                                              "give it the same type (--metadata-types) or another name")
+                continue
+            new.append(pa.field(field.name, field.type, nullable=True))
+        if new:
+            self.images.add_columns(new)
+            fault_point("store.user_columns_added")
+            for model in self.find_models():
+                self.ensure_user_columns(model)
+            logger.info("added metadata columns %s", [f.name for f in new])
+        return new
+
+    def ensure_user_columns(self, model: ModelRecord) -> None:
+        """Give a version's embeddings table every user column it lacks (null; filled when brought in step)."""
+        if model.embeddings_table not in self._list_tables():
+            return
+        table = self._db.open_table(model.embeddings_table)
+        lacking = [field for field in self.user_fields() if field.name not in table.schema.names]
+        if lacking:
+            table.add_columns(lacking)
+
     def embeddings(self, model: ModelRecord) -> lancedb.table.Table:
         """The embeddings table of a model version (created on first use)."""
-        schema = schemas.embeddings_schema(model.dim, model.id, model.fingerprint)
+        schema = schemas.embeddings_schema(model.dim, model.id, model.fingerprint, self.user_fields())
         try:
             table = self._table(model.embeddings_table, schema)
         except (ValueError, RuntimeError):  # LanceDB refuses the schema of a table made by another encoder
@@ -386,35 +455,75 @@ class Database:
             return
         if vectors.shape != (len(image_rows), model.dim):
             raise EncoderMismatchError(f"expected {len(image_rows)} vectors of dim {model.dim}, got {vectors.shape}")
-        images = pa.Table.from_pylist(list(image_rows), schema=schemas.IMAGES_SCHEMA)
+        images = pa.Table.from_pylist(list(image_rows), schema=self.images_schema())
         self.images.merge_insert("id").when_not_matched_insert_all().execute(images)
         fault_point("store.images_written")
         self.write_vectors(model, images.column("id"), images, vectors)
         fault_point("store.vectors_written")
         self.clear_errors([row["path"] for row in image_rows])
 
-    def write_vectors(self, model: ModelRecord, image_ids: pa.Array, metadata: pa.Table, vectors: np.ndarray) -> None:
-        """Upsert vectors of already-stored images; ``metadata`` holds their image metadata columns."""
-        schema = schemas.embeddings_schema(model.dim, model.id, model.fingerprint)
-        embedded = pa.table(
-            {
-                "image_id": image_ids,
-                "model_id": pa.array([model.id] * len(image_ids), pa.string()),
-                "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel()), model.dim),
-                **{name: metadata.column(name) for name in schemas.IMAGE_METADATA_COLUMNS},
-            },
-            schema=schema,
-        )
-        self.embeddings(model).merge_insert("image_id").when_not_matched_insert_all().execute(embedded)
+    def embedded_table(self, model: ModelRecord, image_ids: pa.Array, metadata: pa.Table, vectors: np.ndarray) -> pa.Table:
+        """Rows of ``model``'s embeddings table: ids, vectors and the metadata columns (null where ``metadata`` lacks one)."""
+        table = self.embeddings(model)
+        self.ensure_user_columns(model)
+        schema = table.schema
+        count = len(image_ids)
+        columns = {
+            "image_id": image_ids,
+            "model_id": pa.array([model.id] * count, pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel()), model.dim),
+        }
+        for field in schema:
+            if field.name not in columns:
+                columns[field.name] = metadata.column(field.name).cast(field.type) if field.name in metadata.column_names else pa.nulls(count, field.type)
+        return pa.table(columns, schema=schema)
 
-    def relabel(self, image_id: str, label: str, split: str | None) -> None:
-        """Give a stored image a class and split, in ``images`` and every embeddings table."""
-        values = {"label": label, "labels": [label], "split": split}
-        where = f"id = {sql_quote(image_id)}"
-        self.images.update(where=where, values=values)
-        for name in self.table_names():
-            if name.startswith(schemas.EMBEDDINGS_PREFIX):
-                self._db.open_table(name).update(where=f"image_id = {sql_quote(image_id)}", values=values)
+    def write_vectors(self, model: ModelRecord, image_ids: pa.Array, metadata: pa.Table, vectors: np.ndarray, replace: bool = False) -> None:
+        """Upsert vectors of already-stored images; ``metadata`` holds their image metadata columns. With
+        ``replace``, rows already stored are overwritten (one commit), else kept."""
+        embedded = self.embedded_table(model, image_ids, metadata, vectors)
+        merge = self.embeddings(model).merge_insert("image_id")
+        if replace:
+            merge = merge.when_matched_update_all()
+        merge.when_not_matched_insert_all().execute(embedded)
+
+    def update_images(self, rows: pa.Table) -> None:
+        """Overwrite the given columns of stored images (``rows``: ``id`` and any metadata columns), one commit."""
+        if rows.num_rows:
+            self.images.merge_insert("id").when_matched_update_all().execute(rows)
+
+    def update_vector_metadata(self, model: ModelRecord, rows: pa.Table) -> None:
+        """Overwrite metadata columns of ``model``'s rows (``rows``: ``image_id`` and the columns), one commit."""
+        if rows.num_rows:
+            self.ensure_user_columns(model)
+            self.embeddings(model).merge_insert("image_id").when_matched_update_all().execute(rows)
+
+    def delete_vectors(self, model: ModelRecord, image_ids: Sequence[str]) -> None:
+        """Remove ``model``'s vectors of the given images (one commit per chunk of ids)."""
+        table = self.embeddings(model)
+        for start in range(0, len(image_ids), DELETE_CHUNK):
+            chunk = image_ids[start : start + DELETE_CHUNK]
+            table.delete("image_id IN (" + ", ".join(sql_quote(i) for i in chunk) + ")")
+
+    def delete_images(self, image_ids: Sequence[str]) -> None:
+        """Remove images from the catalogue (the commit point of a delete: versions follow when brought in step),
+        then their foreground fractions (a masked version's per-image record)."""
+        has_foreground = schemas.FOREGROUND_TABLE in self._list_tables()
+        for start in range(0, len(image_ids), DELETE_CHUNK):
+            condition = "IN (" + ", ".join(sql_quote(i) for i in image_ids[start : start + DELETE_CHUNK]) + ")"
+            self.images.delete(f"id {condition}")
+            if has_foreground:
+                self._db.open_table(schemas.FOREGROUND_TABLE).delete(f"image_id {condition}")
+
+    def drop_model(self, model: ModelRecord) -> None:
+        """Remove a version: its ``models`` row first (the commit point), then its table and coverage row."""
+        self.models.delete(f"id = {sql_quote(model.id)}")
+        fault_point("store.model_row_dropped")
+        if model.embeddings_table in self.table_names():
+            self._db.drop_table(model.embeddings_table)
+        for name in (schemas.COVERAGE_TABLE, schemas.CALIBRATIONS_TABLE):
+            if name in self._list_tables():
+                self._db.open_table(name).delete(f"model_id = {sql_quote(model.id)}")
 
     def record_errors(self, rows: Iterable[dict]) -> None:
         """Upsert ``ingest_errors`` rows (path, reason, source, when), keyed by path."""

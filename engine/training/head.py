@@ -14,10 +14,10 @@ import schemas
 from engine.core.errors import TrainingError
 from engine.core.progress import ProgressCallback
 from engine.encoders.factory import resolve_device
-from engine.encoders.heads import ProjectionHead, head_weights_sha, save_head
+from engine.encoders.heads import ProjectionHead, embed_features, head_weights_sha, save_head
 from engine.storage.database import Database, ModelRecord
 from engine.training.config import TrainConfig
-from engine.training.loop import FeatureData, LoopParts, TrainResult, class_targets, embed_features, fit, load_features, publish_version
+from engine.training.loop import FeatureData, LoopParts, TrainResult, class_targets, fit, load_features, publish_version
 from engine.training.methods import create_loss
 from engine.training.registry import METHODS, register_regime
 from engine.versions.trained import heads_dir

@@ -31,6 +31,7 @@ import schemas
 from engine.core.clock import utc_now
 from engine.core.errors import TrainingError
 from engine.core.progress import ProgressCallback
+from engine.encoders.heads import embed_features
 from engine.encoders.identity import encoder_fingerprint, model_version_id
 from engine.evaluation.metrics import evaluate
 from engine.storage.database import Database, ModelRecord
@@ -104,13 +105,6 @@ def m_per_class_order(labels: np.ndarray, m: int, batch_size: int, rng: np.rando
             order.append(rng.choice(pool, size=m, replace=len(pool) < m))
             total += m
     return np.concatenate(order)[: len(labels) - len(labels) % batch_size or len(labels)]
-
-
-def embed_features(head: nn.Module, features: torch.Tensor, batch: int = 4096) -> np.ndarray:
-    head.eval()
-    with torch.inference_mode():
-        out = torch.cat([head(features[i : i + batch]) for i in range(0, len(features), batch)])
-    return nn.functional.normalize(out, dim=1).cpu().numpy()
 
 
 def _lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.core.errors import VersionError
+from engine.core.errors import CannotEmbedError, VersionError
 from engine.encoders.config import EncoderConfig
 from engine.encoders.factory import Encoder, create_encoder
 from engine.masking.encoder import masked_encoder
 from engine.storage.database import EXTERNAL_KIND, ModelRecord
-from engine.versions.kinds import BuildContext, register_kind
+from engine.versions.kinds import BuildContext, EmbedsFiles, register_kind
 
 
 def _base_encoder(context: BuildContext, record: ModelRecord) -> Encoder:
@@ -22,7 +22,7 @@ def _base_encoder(context: BuildContext, record: ModelRecord) -> Encoder:
 
 
 @register_kind("encoder")
-class BaseEncoderKind:
+class BaseEncoderKind(EmbedsFiles):
     """A registered encoder or timm architecture with its weights file."""
 
     def build(self, context: BuildContext, record: ModelRecord) -> Encoder:
@@ -33,7 +33,7 @@ class BaseEncoderKind:
 
 
 @register_kind("masked")
-class MaskedEncoderKind:
+class MaskedEncoderKind(EmbedsFiles):
     """A base encoder with a stored masker in front (the masker and mode are in the config)."""
 
     def build(self, context: BuildContext, record: ModelRecord) -> Encoder:
@@ -54,3 +54,8 @@ class ExternalKind:
 
     def parents(self, record: ModelRecord) -> list[str]:
         return [record.parent] if record.parent else []
+
+    def embed_rows(self, context: BuildContext, record: ModelRecord, rows: Any) -> Any:
+        raise CannotEmbedError(f"model {record.id} holds vectors made outside Lookalike and cannot embed the {rows.num_rows} "
+                           "catalogue images it lacks: write their vectors with the program that made the others, "
+                           "or drop the version (lookalike models --drop)")

@@ -4,9 +4,9 @@ augmentation (TTA), stored in the ``models`` table like trained heads.
 Each derivation is built from one or more parent versions and writes its own embeddings table. Its
 parameters (a fitted whitening, the DBA settings, member weights, the TTA views) are part of its
 fingerprint, so a query is embedded by the version's own encoder (the parents' encoders plus the
-transform) and an encoder of anything else is refused. ``refresh_derived`` brings a version up to
-date after its parents gained images (DBA recomputes every catalogue row, since new images change
-their neighbours; the others compute the new rows only).
+transform) and an encoder of anything else is refused. ``bring_in_step`` brings a version up to
+date when the catalogue changes (:mod:`engine.versions.coverage`: DBA recomputes every catalogue row, since
+new images change their neighbours; the others compute the new rows only).
 
 Registry: ``register_derivation(kind, config_type)`` (which also registers the version kind);
 ``create_derivation(kind, config)``; ``list_derivations()``. Publication writes the parameters file, then the embeddings, and the
@@ -38,17 +38,16 @@ from engine.encoders.factory import Encoder
 from engine.encoders.identity import RecordedIdentity, encoder_fingerprint, model_version_id
 from engine.encoders.tta import TTAConfig, TTAModel
 from engine.encoders.whitening import WhitenedModel, Whitening, WhiteningConfig, fit_whitening
-from engine.media.decode import DecodeError, content_id, decode_image
 from engine.storage.database import Database, ModelRecord
 from engine.storage.filters import combine_where, read_filtered
 from engine.vectors.expansion import database_augmentation
+from engine.versions.files import encode_stored
 from engine.versions.kinds import KINDS, BuildContext
 from engine.versions.resolve import encoder_for_model
 
 logger = logging.getLogger(__name__)
 
 DERIVED_NOTE_KEY = "derived"
-ROW_COLUMNS = ["image_id", *schemas.IMAGE_METADATA_COLUMNS]
 Artefact = dict[str, np.ndarray]
 
 
@@ -132,6 +131,20 @@ class DerivedKind:
         derivation, parents, artefact = _load(context.db, record)
         return derivation.encoder(record, [context.encoder_of(p) for p in parents], artefact)
 
+    def depends_on_whole_catalogue(self, record: ModelRecord) -> bool:
+        """Whether any catalogue change changes every row (DBA: new neighbours, and the split says which rows are augmented)."""
+        return _load_derivation(record).recompute_all
+
+    def embed_rows(self, context: BuildContext, record: ModelRecord, rows: pa.Table) -> tuple[pa.Table, np.ndarray]:
+        """The derivation applied to the parents' stored vectors of ``rows`` (all of the catalogue's rows when it
+        depends on the whole catalogue)."""
+        derivation, parents, artefact = _load(context.db, record)
+        source = _source_rows(context.db, parents)
+        if not derivation.recompute_all:
+            wanted = set(rows.column("image_id").to_pylist())
+            source = source.filter(pa.array([i in wanted for i in source.column("image_id").to_pylist()], pa.bool_()))
+        return derivation.compute(DerivationContext(context.db, record, parents, artefact, context.device), source)
+
 
 # ---- reading stored vectors --------------------------------------------------------------------------
 
@@ -143,7 +156,7 @@ def read_rows(db: Database, model: ModelRecord, where: str | None = None, with_v
     condition = combine_where(table, where)
     if condition:
         query = query.where(condition)
-    columns = ROW_COLUMNS + (["vector"] if with_vectors else [])
+    columns = [name for name in table.schema.names if name not in ("vector", "model_id")] + (["vector"] if with_vectors else [])
     return read_filtered(query.select(columns).limit(None), where)
 
 
@@ -306,18 +319,7 @@ class AugmentedViewsDerivation(_EncoderWrapping):
         return parents[0].dim
 
     def compute(self, context: DerivationContext, rows: pa.Table) -> tuple[pa.Table, np.ndarray]:
-        images, keep = [], []
-        for position, (image_id, path) in enumerate(zip(rows.column("image_id").to_pylist(), rows.column("path").to_pylist())):
-            try:
-                data = Path(path).read_bytes()
-                if content_id(data) != image_id:
-                    raise DecodeError(f"{path} changed since it was ingested")
-                images.append(decode_image(data).image)
-                keep.append(position)
-            except (OSError, DecodeError) as exc:
-                logger.warning("tta: skipping %s: %s", path, exc)
-        kept = rows.take(pa.array(keep, pa.int64()))
-        return kept, context.encoder().encode_images(images)
+        return encode_stored(rows, context.encoder().encode_images, context.record.dim)
 
     def wrap(self, model, artefact: Artefact):  # noqa: ANN001
         return TTAModel(model, self.config)
@@ -348,11 +350,15 @@ def _config_from_record(kind: str, saved: dict) -> Any:
     return config_type(**values)
 
 
-def _load(db: Database, model: ModelRecord) -> tuple[Derivation, list[ModelRecord], Artefact]:
+def _load_derivation(model: ModelRecord) -> Derivation:
     if not is_derived(model):
         raise VersionError(f"model {model.id} is a {model.kind} version, not a derived one ({DERIVATIONS.names()})")
+    return create_derivation(model.kind, _config_from_record(model.kind, model.settings["params"]))
+
+
+def _load(db: Database, model: ModelRecord) -> tuple[Derivation, list[ModelRecord], Artefact]:
+    derivation = _load_derivation(model)
     settings = model.settings
-    derivation = create_derivation(model.kind, _config_from_record(model.kind, settings["params"]))
     parents = [db.resolve_model(p) for p in settings["parents"]]
     path = db.artifact(model.weights_source)
     if not path.is_file():
@@ -436,23 +442,6 @@ def _write(context: DerivationContext, derivation: Derivation, rows: pa.Table, p
         written += kept.num_rows
         report_progress(progress, Progress("derive", written, rows.num_rows, "rows", f"{context.record.kind} {context.record.id}"))
     return written
-
-
-def refresh_derived(db: Database, model: ModelRecord, progress: ProgressCallback | None = None, device: str | None = None) -> int:
-    """Bring a derived version up to date with its parents (derived parents first); returns rows written."""
-    derivation, parents, artefact = _load(db, model)
-    for parent in parents:
-        if is_derived(parent):
-            refresh_derived(db, parent, progress, device)
-    table = db.embeddings(model)
-    stored = set(read_rows(db, model, with_vectors=False).column("image_id").to_pylist())
-    if derivation.recompute_all:
-        rows = _source_rows(db, parents)
-        if stored:
-            table.delete("true")  # every row changes; rewritten below from the parents
-    else:
-        rows = _source_rows(db, parents, exclude=stored)
-    return _write(DerivationContext(db, model, parents, artefact, device), derivation, rows, progress)
 
 
 def derived_versions(db: Database) -> list[ModelRecord]:

@@ -12,8 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+import pyarrow as pa
+
 from engine.core.registry import Registry
 from engine.storage.database import Database, ModelRecord
+from engine.versions.files import encode_stored
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,19 @@ class VersionKind(Protocol):
 
     def parents(self, record: ModelRecord) -> list[str]:
         """Ids of the versions this one is made from (empty for a base encoder)."""
+
+    def embed_rows(self, context: BuildContext, record: ModelRecord, rows: pa.Table) -> tuple[pa.Table, np.ndarray]:
+        """Vectors of catalogue ``rows`` (``image_id``, ``path`` and metadata) that ``record``'s table lacks: the rows
+        it could embed and their vectors (its parents are in step already). Raises :class:`VersionError` for a kind
+        that cannot embed new images."""
+
+
+class EmbedsFiles:
+    """Mixin: a version whose vectors are made from the image files by its own encoder."""
+
+    def embed_rows(self, context: BuildContext, record: ModelRecord, rows: pa.Table) -> tuple[pa.Table, np.ndarray]:
+        encoder = context.encoder_of(record)
+        return encode_stored(rows, encoder.encode_images, record.dim)
 
 
 KINDS: Registry[VersionKind] = Registry("model-version kind")

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import torch
 from timm.data import resolve_model_data_config
 
 from engine.core.checksums import file_sha256
 from engine.core.errors import MissingFileError
 from engine.encoders.config import EncoderConfig
 from engine.encoders.factory import Encoder, resolve_device
-from engine.encoders.heads import BackboneWithHead, create_backbone, head_from_saved, head_weights_sha, load_finetuned_file, load_head
-from engine.storage.database import Database, ModelRecord
-from engine.versions.kinds import BuildContext, SingleParent, register_kind
+from engine.encoders.heads import BackboneWithHead, create_backbone, embed_features, head_from_saved, head_weights_sha, load_finetuned_file, load_head
+from engine.storage.database import Database, ModelRecord, stored_vectors
+from engine.versions.kinds import BuildContext, EmbedsFiles, SingleParent, register_kind
 
 HEADS_FOLDER = "heads"
 FINETUNED_FOLDER = "finetuned"
@@ -45,9 +48,19 @@ class HeadKind(SingleParent):
         return base.derive(name=record.encoder, model=BackboneWithHead(base.model, load_head(path)), weights_source=str(path),
                            weights_sha256=head_weights_sha(parent.weights_sha256, file_sha256(path)))
 
+    def embed_rows(self, context: BuildContext, record: ModelRecord, rows: pa.Table) -> tuple[pa.Table, np.ndarray]:
+        """The head applied to the parent's stored vectors of the rows (no image is decoded)."""
+        parent = context.db.resolve_model(record.parent)
+        stored = stored_vectors(context.db, parent, rows.column("image_id").to_pylist())
+        kept = [i for i, image_id in enumerate(rows.column("image_id").to_pylist()) if image_id in stored]
+        if not kept:
+            return rows.slice(0, 0), np.zeros((0, record.dim), np.float32)
+        features = torch.from_numpy(np.stack([stored[rows.column("image_id")[i].as_py()] for i in kept]))
+        return rows.take(pa.array(kept, pa.int64())), embed_features(load_head(weights_file(context.db, record)), features)
+
 
 @register_kind("finetuned")
-class FinetunedKind(SingleParent):
+class FinetunedKind(EmbedsFiles, SingleParent):
     """A backbone fine-tuned with a head, stored whole (LoRA adapters merged)."""
 
     def build(self, context: BuildContext, record: ModelRecord) -> Encoder:
