@@ -14,6 +14,7 @@ an ingest is cheap and an interrupted one resumes where it stopped.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -27,7 +28,19 @@ from engine.encoders.factory import Encoder, create_encoder
 from engine.media.decode import DecodeError, content_id
 from engine.media.scan import SourceFile, scan_folder
 from engine.storage.database import Database
-from ingest.stages import Collector, IngestConfig, IngestProgress, IngestReport, Mapped, finish, forget_vanished_errors, map_file, ordered_map, prepare, run_locked  # noqa: F401 - IngestProgress: part of this module's API
+from ingest.stages import (  # noqa: F401 - IngestProgress: part of this module's API
+    Collector,
+    IngestConfig,
+    IngestProgress,
+    IngestReport,
+    Mapped,
+    finish,
+    forget_vanished_errors,
+    map_file,
+    ordered_map,
+    prepare,
+    run_locked,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +71,12 @@ def ingest_files(
     """Ingest the given files (in the given order); ``root`` is recorded as their source folder."""
     root = Path(root).resolve()
     encoder = encoder or create_encoder(EncoderConfig())
-    return run_locked(db, root, lambda: _ingest_locked(db, files, root, config, encoder, progress))
+    return run_locked(db, root, lambda: ingest_locked(db, files, root, config, encoder, progress))
 
 
-def _ingest_locked(db: Database, files: list[SourceFile], root: Path, config: IngestConfig, encoder: Encoder, progress: ProgressCallback | None) -> IngestReport:
+def ingest_locked(db: Database, files: list[SourceFile], root: Path, config: IngestConfig, encoder: Encoder, progress: ProgressCallback | None,
+                   before_finish: Callable[[Collector], None] | None = None) -> IngestReport:
+    """The ingest itself (the caller holds the lock); ``before_finish`` sees the collector after the last write."""
     metadata = prepare(db, config)
     model = db.register_model(encoder)
     known = db.known_image_ids(model)
@@ -89,6 +104,8 @@ def _ingest_locked(db: Database, files: list[SourceFile], root: Path, config: In
         collector.flush()
     finally:
         collector.writer.close()
+    if before_finish is not None:
+        before_finish(collector)
     return finish(db, model, config, collector, progress, str(encoder.device))
 
 

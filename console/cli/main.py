@@ -7,6 +7,7 @@ each command imports what it needs when it runs. Defaults come from the engine's
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
@@ -32,22 +33,27 @@ STACKING_KINDS = ("head", "finetuned")  # a parent of these kinds gets a head on
 EXIT_SOME_FAILED = 3  # the command did its work, but some of the files given could not be used (named on stderr)
 
 # Feature areas keep their sub-commands in their own module, each exposing ``add_commands(sub, *, common, search_opts)``.
-FEATURE_COMMAND_MODULES: tuple[str, ...] = ("console.cli.tui_command", "console.cli.masking", "console.cli.reports", "console.cli.quality", "console.cli.scale")
+FEATURE_COMMAND_MODULES: tuple[str, ...] = ("console.cli.tui_command", "console.cli.masking", "console.cli.reports", "console.cli.quality", "console.cli.scale",
+                                             "console.cli.data")
 
 # ---- catalogue ---------------------------------------------------------------------------------------
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from console.service.catalogue import IngestRequest, ingest
+    from console.service.data import catalogue_encoder_config
+    from engine.catalogue.metadata import parse_types
     from engine.storage.database import Database
     from ingest.distributed import RayConfig
     from ingest.pipeline import IngestConfig
 
     db = Database(args.db)
-    config = IngestConfig(labels_csv=args.labels, split=args.split, holdout=args.holdout, holdout_split=args.holdout_split,
-                          seed=args.seed, decode_workers=args.workers)
+    config = IngestConfig(labels_csv=args.labels, metadata_csv=args.metadata, metadata_types=tuple(parse_types(args.metadata_types).items()),
+                          split=args.split, holdout=args.holdout, holdout_split=args.holdout_split, seed=args.seed, decode_workers=args.workers)
+    named = EncoderConfig(name=args.model, weights=args.weights) if args.model else None
+    encoder = dataclasses.replace(catalogue_encoder_config(db, named), device=args.device, batch_size=args.batch_size)
     request = IngestRequest(
-        args.folder, config, EncoderConfig(name=args.model, weights=args.weights, device=args.device, batch_size=args.batch_size),
+        args.folder, config, encoder,
         mask=args.mask, mask_mode=args.mask_mode, engine=args.engine,
         ray=RayConfig(address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker),
     )
@@ -57,18 +63,27 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         f"ingested {args.folder}: {report.total} files, {report.encoded} encoded, {report.skipped} already known, "
         f"{report.errors} errors in {report.seconds:.1f}s -> model {report.model_id}, database {db.uri}"
     )
+    changes = report.changes
+    if changes.images:
+        print(f"known images updated from the scan: {changes.relabelled} relabelled, {changes.resplit} re-split, "
+              f"{changes.moved} moved, {changes.metadata} with new metadata")
+    importlib.import_module("console.cli.data").print_versions(report.versions)
     if report.errors:
         print("see the errors with: lookalike errors" + (f" --db {args.db}" if args.db else ""))
     return 0
 
 
 def _searcher(args: argparse.Namespace, *, read_only: bool = True):  # noqa: ANN202 - engine.search.searcher.Searcher
-    from console.service.search import open_searcher
+    from console.service.search import open_searcher, version_warning
     from engine.storage.database import Database
 
     config = SearchConfig(k=args.k, reranker=args.reranker)
     db = Database(args.db, read_only=read_only)
-    return open_searcher(db, args.model, config, getattr(args, "mask", None), getattr(args, "mask_mode", None))
+    searcher = open_searcher(db, args.model, config, getattr(args, "mask", None), getattr(args, "mask_mode", None))
+    warning = version_warning(searcher)
+    if warning:
+        print_error(warning, prefix="warning")
+    return searcher
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -208,15 +223,23 @@ def cmd_models(args: argparse.Namespace) -> int:
     from console.service.training import model_versions
     from engine.storage.database import Database
 
-    db = Database(args.db, read_only=not args.activate)
+    db = Database(args.db, read_only=not (args.activate or args.drop))
+    if args.activate and args.drop:
+        raise InvalidRequestError("give --activate or --drop, not both")
     if args.activate:
         print(f"{db.activate_model(args.activate).id} is now the active model")
+        return 0
+    if args.drop:
+        from console.service.data import drop_versions
+
+        dropped = drop_versions(db, args.drop)
+        print(f"dropped {', '.join(m.id for m in dropped)}; the active model is {db.active_model_id()}")
         return 0
     frame = model_versions(db)
     if not frame.height:
         print("no models yet: run lookalike ingest")
         return 0
-    print_frame(frame.select("id", "active", "kind", "parent", "method", "dim", "val_map5", "created_at"))
+    print_frame(frame.select("id", "active", "kind", "parent", "method", "dim", "val_map5", "status", "rows", "missing", "created_at"))
     return 0
 
 
@@ -228,7 +251,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     print_frame(db.summary())
     models = db.models_frame()
     if models.height:
+        from console.service.data import coverage_frame
+
         print_frame(models.select("id", "kind", "encoder", "architecture", "dim", "weights_sha256", "created_at"))
+        print_frame(coverage_frame(db).select("model_id", "status", "catalogue_rows", "rows", "missing", "extra", "changed", "reason"))
     images = db.images_frame(columns=["split", "label"])
     if images.height:
         print_frame(images.group_by("split", "label").len().sort("split", "label"))
@@ -276,7 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", parents=[common], help="scan a folder and add its images")
     ingest.add_argument("folder", type=Path)
     ingest.add_argument("--labels", type=Path, help="CSV: image file name, space-separated class ids")
-    ingest.add_argument("--model", default=DEFAULT_ENCODER, help="encoder: a registered one (lookalike list encoders) or any timm architecture with --weights")
+    ingest.add_argument("--metadata", type=Path, help="CSV: a file-name column and any others (price, site, ...), which become filterable columns")
+    ingest.add_argument("--metadata-types", help="types of --metadata columns where inference is not wanted, e.g. price=float,site=string")
+    ingest.add_argument("--model", help=f"encoder: a registered one (lookalike list encoders) or any timm architecture with --weights "
+                        f"(default: the base encoder of the active model, else {DEFAULT_ENCODER})")
     ingest.add_argument("--weights", help="local weights file for the encoder")
     ingest.add_argument("--split", help="split name for these images (e.g. train)")
     ingest.add_argument("--holdout", type=open_fraction, help="move this fraction of each class to --holdout-split (stratified)")
@@ -377,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", parents=[common], help="model versions; --activate ID picks the default")
     models.add_argument("--activate", metavar="MODEL_ID")
+    models.add_argument("--drop", nargs="+", metavar="MODEL_ID", help="drop versions (table, row, coverage); never the last one")
     models.set_defaults(func=cmd_models)
 
     sub.add_parser("info", parents=[common], help="tables, models and label counts").set_defaults(func=cmd_info)

@@ -27,8 +27,10 @@ def print_frame(frame: pl.DataFrame) -> None:
         print(frame)
 
 
-def print_error(message: str) -> None:
-    stderr.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
+def print_error(message: str, prefix: str = "error") -> None:
+    """One line on stderr: ``error: ...`` (or ``warning: ...``)."""
+    colour = "red" if prefix == "error" else "yellow"
+    stderr.print(f"[{colour}]{prefix}:[/{colour}] {escape(message)}", soft_wrap=True, highlight=False)
 
 
 @contextmanager

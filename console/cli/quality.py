@@ -1,5 +1,5 @@
-"""Retrieval-quality commands: derived model versions (``whiten``, ``dba``, ``ensemble``, ``tta``,
-``refresh``) and ``eval --compare`` (pipelines side by side). Thin layer over ``engine.versions.derived`` and
+"""Retrieval-quality commands: derived model versions (``whiten``, ``dba``, ``ensemble``, ``tta``)
+and ``eval --compare`` (pipelines side by side). Thin layer over ``engine.versions.derived`` and
 ``engine.evaluation.compare``."""
 
 from __future__ import annotations
@@ -64,20 +64,6 @@ def cmd_tta(args: argparse.Namespace) -> int:
     return _publish(args, "tta", [args.parent], config)
 
 
-def cmd_refresh(args: argparse.Namespace) -> int:
-    from engine.storage.database import Database
-    from engine.versions.derived import derived_versions, refresh_derived
-
-    db = Database(args.db)
-    versions = [db.resolve_model(m) for m in args.models] if args.models else derived_versions(db)
-    if not versions:
-        print("no derived versions to refresh")
-    for version in versions:
-        written = refresh_derived(db, version, device=args.device)
-        print(f"{version.id}: {written} rows written")
-    return 0
-
-
 def run_compare(args: argparse.Namespace) -> int:
     """``lookalike eval --compare``: pipelines side by side on the stored query and catalogue splits."""
     from engine.evaluation.compare import compare_pipelines, parse_pipelines
@@ -124,8 +110,3 @@ def add_commands(sub: argparse._SubParsersAction, *, common: argparse.ArgumentPa
     tta.add_argument("--scales", default="1.0", help="comma-separated input scales, e.g. 1.0,1.15")
     tta.add_argument("--device", help="cpu, cuda (default: cuda when present)")
     tta.set_defaults(func=cmd_tta)
-
-    refresh = sub.add_parser("refresh", parents=[common], help="bring derived versions up to date after an ingest")
-    refresh.add_argument("models", nargs="*", help="derived versions (default: all)")
-    refresh.add_argument("--device")
-    refresh.set_defaults(func=cmd_refresh)

@@ -30,6 +30,17 @@ def open_searcher(db: Database, model: str | None = None, config: SearchConfig =
     return Searcher(db, record, config, encoder=query_encoder(db, record, mask, mask_mode))
 
 
+def version_warning(searcher: Searcher) -> str | None:
+    """A line to show when the searched version is not in step with the catalogue (its results may lack images or
+    hold deleted ones), naming the fix; None when it is in step. Reads only."""
+    from engine.versions.coverage import coverage_of
+
+    coverage = coverage_of(searcher.db, searcher.model)
+    if coverage.in_step:
+        return None
+    return f"model {searcher.model.id} is {coverage.status} ({coverage.reason}); results may miss or hold stale images"
+
+
 def query_paths(queries: Sequence[str | Path]) -> list[Path]:
     """Query image files: files as given, folders scanned (sorted, recursive)."""
     paths: list[Path] = []

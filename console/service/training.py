@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import polars as pl
 
+from console.service.data import coverage_frame
 from engine.core.progress import ProgressCallback
 from engine.storage.database import Database
 from engine.training import TrainConfig, TrainResult, train
@@ -37,9 +38,10 @@ def model_versions(db: Database) -> pl.DataFrame:
     notes = [json.loads(n) if n else {} for n in frame["notes"]]
     kinds = [record.kind for record in (db.resolve_model(i) for i in frame["id"])]
     active = db.active_model_id() or frame["id"][0]
+    coverage = coverage_frame(db).select("model_id", "status", "rows", "missing").rename({"model_id": "id"})
     return frame.with_columns(
         (pl.col("id") == active).alias("active"),
         pl.Series("kind", kinds, pl.String),
         pl.Series("method", [n.get("method") for n in notes], pl.String),
         pl.Series("val_map5", [n.get("val_map5") for n in notes], pl.Float64),
-    ).select("id", "active", "kind", "parent", "method", "dim", "val_map5", "created_at")
+    ).join(coverage, on="id", how="left").select("id", "active", "kind", "parent", "method", "dim", "val_map5", "status", "rows", "missing", "created_at")

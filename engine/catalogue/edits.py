@@ -227,10 +227,7 @@ class ObservedChanges:
     resplit: int = 0
     moved: int = 0
     metadata: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.relabelled + self.resplit + self.moved + self.metadata
+    images: int = 0  # distinct images changed (one may be relabelled and moved)
 
 
 def apply_observed(db: Database, observed: Sequence[Observed]) -> ObservedChanges:
@@ -266,9 +263,10 @@ def apply_observed(db: Database, observed: Sequence[Observed]) -> ObservedChange
         if new != row:
             updates.append(new)
     if updates:
-        db.update_images(pa.Table.from_pylist(updates, schema=db.images_schema().select(list(updates[0]))))
+        schema = db.images_schema()
+        db.update_images(pa.Table.from_pylist(updates, schema=pa.schema([schema.field(name) for name in updates[0]])))
         logger.info("re-scan: %s", counts)
-    return ObservedChanges(**counts)
+    return ObservedChanges(**counts, images=len(updates))
 
 
 # ---- dropping versions ---------------------------------------------------------------------------------

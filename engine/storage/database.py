@@ -241,6 +241,11 @@ class Database:
             if self._scratch is None:
                 self._scratch = lancedb.connect(SCRATCH_URI)
             return self._scratch.create_table(name, schema=schema, exist_ok=True)
+        if name in self._listed or name in self._list_tables():
+            # opened as it is: a table may hold more columns than ``schema`` (user metadata columns)
+            table = self._open_listed(name)
+            if table is not None:
+                return table
         return self._db.create_table(name, schema=schema, exist_ok=True)
 
     @property

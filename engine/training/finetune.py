@@ -28,7 +28,6 @@ from timm.models import group_parameters
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-import schemas
 from engine.core.clock import utc_now
 from engine.core.errors import MissingFileError, TrainingError
 from engine.core.progress import Progress, ProgressCallback
@@ -248,7 +247,7 @@ def reembed_images(db: Database, model: ModelRecord, encoder: Encoder, workers: 
     number of vectors written.
     """
     check_fingerprint(model, encoder)
-    images = db.images.search().select(["id", *schemas.IMAGE_METADATA_COLUMNS]).limit(None).to_arrow()
+    images = db.images.search().select(["id", *db.metadata_columns()]).limit(None).to_arrow()
     written = 0
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="reembed") as pool:
         for start in range(0, images.num_rows, chunk_rows):

@@ -10,7 +10,6 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-import schemas
 from engine.core.errors import TrainingError
 from engine.core.progress import ProgressCallback
 from engine.encoders.factory import resolve_device
@@ -74,7 +73,7 @@ def train_head(
 def reembed(db: Database, parent: ModelRecord, model: ModelRecord, head: ProjectionHead, batch_rows: int = 8192) -> int:
     """Apply ``head`` to every stored vector of ``parent`` and write them as ``model``'s embeddings."""
     source = db.embeddings(parent)
-    columns = ["image_id", "vector", *schemas.IMAGE_METADATA_COLUMNS]
+    columns = ["image_id", "vector", *db.metadata_columns()]
     table = source.search().select(columns).limit(None).to_arrow()
     head.eval()
     written = 0

@@ -39,6 +39,7 @@ from engine.storage.filters import combine_where, read_filtered
 from engine.training.config import TrainConfig
 from engine.training.epochs import EpochOutcome, EpochPlan, TrainingInterrupted, run_epochs  # noqa: F401 - TrainingInterrupted: part of this module's API
 from engine.training.methods import Objective
+from engine.versions.coverage import bring_in_step
 
 logger = logging.getLogger(__name__)
 
@@ -300,6 +301,7 @@ def publish_version(db: Database, parent: ModelRecord, *, kind: str, name: str, 
              "val_map5": state["best_map5"], "history": state["history"], "data": {**data, "embedded": embedded}}
     record = replace(record, notes=json.dumps(notes, default=str))
     db.add_model(record)
+    bring_in_step(db, [record])  # images that joined while it trained, and its coverage record
     Path(state["checkpoint"]).unlink(missing_ok=True)
     logger.info("published model %s (parent %s)", record.id, parent.id)
     return record

@@ -41,6 +41,7 @@ from engine.encoders.whitening import WhitenedModel, Whitening, WhiteningConfig,
 from engine.storage.database import Database, ModelRecord
 from engine.storage.filters import combine_where, read_filtered
 from engine.vectors.expansion import database_augmentation
+from engine.versions.coverage import bring_in_step
 from engine.versions.files import encode_stored
 from engine.versions.kinds import KINDS, BuildContext
 from engine.versions.resolve import encoder_for_model
@@ -413,6 +414,7 @@ def publish_derived(db: Database, kind: str, parents: Sequence[ModelRecord], con
     )
     written = _write(DerivationContext(db, record, parents, artefact, device), derivation, _source_rows(db, parents), progress)
     db.add_model(record)
+    bring_in_step(db, [record])  # its coverage record (and anything that changed while it was computed)
     logger.info("published derived version %s (%s of %s): %d rows", record.id, kind, [p.id for p in parents], written)
     return record
 

@@ -22,7 +22,8 @@ from engine.search.rerank import AugmentationConfig, Candidates, KReciprocalConf
 from engine.search.searcher import Searcher
 from engine.vectors.expansion import alpha_query_expansion, database_augmentation, k_reciprocal_distances
 from engine.versions import encoder_for_model
-from engine.versions.derived import DBAConfig, publish_derived, read_rows, refresh_derived, vectors_of
+from engine.versions.coverage import bring_in_step
+from engine.versions.derived import DBAConfig, publish_derived, read_rows, vectors_of
 from ingest import IngestConfig, scan_folder
 from ingest.pipeline import ingest_files
 from tests.support.paths import SAMPLES
@@ -322,9 +323,9 @@ def test_whitening_and_dba_versions_are_stored_and_refreshed(seeded):
         r["id"] = r["id"].replace("img", "new")
     new_vectors = clustered_vectors(20, 16, clusters=8, seed=14)
     db.write_embedded(model, more, new_vectors)
-    assert refresh_derived(db, whitened) == 20  # only the new rows
+    written = {c.model_id: c.written for c in bring_in_step(db)}
+    assert written == {model.id: 0, whitened.id: 20, dba.id: 420}  # whitening: only the new rows; DBA: every row has new neighbours
     assert read_rows(db, whitened, with_vectors=False).num_rows == 420
-    assert refresh_derived(db, dba) == 420  # every catalogue row has new neighbours
     assert read_rows(db, dba, with_vectors=False).num_rows == 420
 
 
