@@ -42,7 +42,16 @@ FAULT_POINTS: dict[str, str] = {
     "ingest.errors": "writer: about to record the batch's error rows",
     "ingest.index": "all batches written; the ANN index build is about to start",
     "ingest.optimize": "about to compact one table (hit 1: images, 2: embeddings, 3: errors)",
+    "ingest.observed": "the catalogue took what the scan said of known images (classes, splits, moves, metadata)",
+    "ingest.versions": "the ingest's own version is written and maintained; the others are about to be brought in step",
     "ingest.done": "the ingest finished every step",
+    "store.user_columns_added": "user metadata columns are in images, not yet in the embeddings tables",
+    "store.model_row_dropped": "a dropped version's models row is gone, its table not yet",
+    "edit.committed": "a relabel, split or delete is committed to images; no version is brought in step yet",
+    "sync.removed": "a sync removed the images whose files are gone; the scan's changes are not taken yet",
+    "coverage.deleted": "one version's rows of deleted images are gone; its metadata and new rows are not done",
+    "coverage.metadata": "one version's metadata is in step; its new rows are not written",
+    "coverage.vectors": "one version's new rows are written; its coverage row is not",
 }
 
 FaultAction = Callable[[str, str | None], None]

@@ -625,12 +625,14 @@ def review_db(zygote, fault_folder, tiny_weights, tmp_path, clean_run, tiny_enco
     return db, image_id
 
 
-@pytest.mark.parametrize("kill_at,status", [("mid_join", "added"), ("after_join", "added"), ("after_relabel", "added"), ("after_join", "assigned")])
-def test_review_decision_killed_is_stored_whole_or_not_and_can_be_made_again(kill_at, status, review_db, zygote, tiny_weights, tiny_encoder):
+# mid join: the image row is in, its vector is not; before the other versions: the join's own version has it; after
+# the join: every version has it, the decision is not stored
+@pytest.mark.parametrize("faults,status", [("store.images_written@1=kill", "added"), ("ingest.versions@1=kill", "added"),
+                                           ("ingest.done@1=kill", "added"), ("ingest.done@1=kill", "assigned")])
+def test_review_decision_killed_is_stored_whole_or_not_and_can_be_made_again(faults, status, review_db, zygote, tiny_weights, tiny_encoder):
     db, image_id = review_db
     label = {"added": "hats", "assigned": "coat"}[status]
-    faults = "store.images_written@1=kill" if kill_at == "mid_join" else None
-    job = zygote.run("decide", faults, db=db.uri, weights=tiny_weights, review_id=image_id, status=status, label=label, kill_at=kill_at)
+    job = zygote.run("decide", faults, db=db.uri, weights=tiny_weights, review_id=image_id, status=status, label=label)
     assert job.killed, job.log[-3000:]
 
     reopened = Database(db.uri)
@@ -644,6 +646,75 @@ def test_review_decision_killed_is_stored_whole_or_not_and_can_be_made_again(kil
     image = reopened.images_frame().filter(pl.col("id") == image_id)
     assert image.height == 1 and image["label"].to_list() == [label]
     assert harness.integrity_problems(harness.snapshot(db.uri)) == []
+
+
+@pytest.fixture(scope="module")
+def versions_db(zygote, fault_folder, tiny_weights, tmp_path_factory, tiny_encoder):
+    """A database of a copy of the fault folder with a base, a trained head and a DBA version; then one file of
+    the folder moved to another class and one removed (what a sync finds)."""
+    from engine.training.api import train
+    from engine.training.config import TrainConfig
+    from engine.versions.derived import DBAConfig, publish_derived
+
+    root = tmp_path_factory.mktemp("versions")
+    folder = root / "catalogue"
+    shutil.copytree(fault_folder, folder)
+    path = root / "db"
+    result = zygote.run("ingest", db=path, folder=folder, weights=tiny_weights)
+    assert result.status == 0, result.log[-3000:]
+    db = Database(path)
+    base = db.resolve_model()
+    train(db, base, TrainConfig(epochs=1, batch_size=8, head=HeadConfig(out_dim=8, hidden_dim=16), catalogue_where="label IS NOT NULL", min_class_size=1))
+    publish_derived(db, "dba", [base], DBAConfig(neighbours=3, catalogue_where="label IS NOT NULL"))
+    coats = sorted((folder / "coat").glob("*.png"))
+    coats[0].rename(folder / "dress" / coats[0].name)
+    coats[1].unlink()
+    return path, folder
+
+
+def _edited(zygote, source: Path, target: Path, op: str, folder: Path, weights, faults: str | None = None):
+    if not target.exists():
+        shutil.copytree(source, target)
+    return zygote.run("edit", faults, db=target, op=op, folder=folder, weights=weights)
+
+
+EDIT_KILLS = [
+    ("relabel", "edit.committed@1"), ("relabel", "coverage.metadata@1"), ("relabel", "coverage.metadata@2"),
+    ("delete", "edit.committed@1"), ("delete", "coverage.deleted@1"), ("delete", "coverage.deleted@2"), ("delete", "coverage.vectors@1"),
+    ("sync", "sync.removed@1"), ("sync", "ingest.observed@1"), ("sync", "ingest.versions@1"), ("sync", "coverage.deleted@2"),
+    ("refresh", "coverage.metadata@1"),
+]
+
+
+@pytest.mark.parametrize("op,point", EDIT_KILLS)
+def test_catalogue_writes_killed_then_run_again_reach_the_clean_state(op, point, versions_db, zygote, tiny_weights, tmp_path):
+    """kill -9 inside a relabel, delete, sync or refresh of a database with three versions: it opens, says which
+    versions are behind, and the same command run again gives exactly the database of a run never killed."""
+    from engine.versions.coverage import coverage_of
+
+    source, folder = versions_db
+    wanted = "relabel" if op == "refresh" else op  # a refresh finishes a relabel killed before any version followed
+    clean = _edited(zygote, source, tmp_path / "clean", wanted, folder, tiny_weights)
+    assert clean.status == 0, clean.log[-3000:]
+    if op == "refresh":
+        first = _edited(zygote, source, tmp_path / "db", "relabel", folder, tiny_weights, "edit.committed@1=kill")
+        assert first.killed, first.log[-2000:]
+    killed = _edited(zygote, source, tmp_path / "db", op, folder, tiny_weights, f"{point}=kill")
+    assert killed.killed, f"{point} did not kill the {op}: {killed.log[-2000:]}"
+
+    opened = Database(tmp_path / "db", read_only=True)
+    coverage = {m.id: coverage_of(opened, m) for m in opened.find_models()}
+    if point.startswith("edit.committed"):  # the catalogue changed and no version followed yet: every one says so
+        assert not any(c.in_step for c in coverage.values())
+    assert all(c.reason and "lookalike refresh" in c.reason for c in coverage.values() if not c.in_step)
+
+    again = zygote.run("edit", None, db=tmp_path / "db", op=op, folder=folder, weights=tiny_weights)
+    assert again.status == 0, again.log[-3000:]
+    final = harness.snapshot(tmp_path / "db")
+    assert harness.integrity_problems(final) == []
+    assert harness.differences(final, harness.snapshot(tmp_path / "clean")) == []
+    reopened = Database(tmp_path / "db", read_only=True)
+    assert all(coverage_of(reopened, m).in_step for m in reopened.find_models())
 
 
 def test_cli_prints_busy_and_full_disk_as_one_line_errors(tmp_path, tiny_weights, capsys, monkeypatch, fault_folder):

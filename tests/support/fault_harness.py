@@ -261,29 +261,41 @@ def job_train(job: dict) -> None:
 
 
 def job_decide(job: dict) -> None:
-    """Decide a review item whose image joins the catalogue; ``kill_at`` names the moment to die."""
+    """Decide a review item whose image joins the catalogue; the job's faults name the moment to die."""
     from engine.evaluation.detect import Decision, decide
     from engine.storage.database import Database
     from ingest.pipeline import add_to_catalogue
 
     db = Database(job["db"])
     encoder = tiny_encoder(job["weights"])
-    kill_at = job["kill_at"]
-    if kill_at in ("after_join", "after_relabel"):
-        original = Database.relabel
-
-        def relabel(self, image_id, label, split):
-            if kill_at == "after_join":
-                _die()
-            original(self, image_id, label, split)
-            _die()
-
-        Database.relabel = relabel
     join = lambda path, label: add_to_catalogue(db, path, label, encoder)  # noqa: E731
     decide(db, Decision(job["review_id"], job["status"], job.get("label"), "tester"), join)
 
 
-JOBS = {"ingest": job_ingest, "hold_lock": job_hold_lock, "train": job_train, "decide": job_decide}
+EDIT_LABEL = "jacket"
+
+
+def job_edit(job: dict) -> None:
+    """One catalogue write (``job['op']``: relabel, delete, sync or refresh) on a database with several versions."""
+    from engine.catalogue.edits import Selection, delete, relabel
+    from engine.storage.database import Database
+    from engine.versions.coverage import bring_in_step
+    from ingest.sync import sync_folder
+
+    db = Database(job["db"])
+    if job["op"] == "relabel":
+        relabel(db, Selection(where="label = 'coat'"), EDIT_LABEL)
+    elif job["op"] == "delete":
+        delete(db, Selection(where="label = 'bag'"))
+    elif job["op"] == "sync":
+        sync_folder(db, job["folder"], ingest_config(), tiny_encoder(job["weights"]))
+    elif job["op"] == "refresh":
+        bring_in_step(db)
+    else:
+        raise ValueError(f"unknown edit {job['op']!r}")
+
+
+JOBS = {"ingest": job_ingest, "hold_lock": job_hold_lock, "train": job_train, "decide": job_decide, "edit": job_edit}
 
 
 # ---- data and kill plans -------------------------------------------------------------------------
