@@ -1,6 +1,6 @@
 """Lookalike engine, in layers (each sub-package imports only the ones below it):
 
-``reports`` > ``training`` > ``evaluation`` > ``search`` > ``versions`` > ``masking`` >
+``reports`` > ``training`` > ``evaluation`` > ``search`` > ``catalogue`` > ``versions`` > ``masking`` >
 ``encoders`` | ``storage`` > ``vectors`` | ``media`` > ``core``.
 
 The names below are the public API, imported on first use so that ``import engine.core`` (and the

@@ -358,6 +358,39 @@ async def test_data_screen_filters_and_summarises(sample_db, tiny_encoder):
         assert first[1] == "sandal" and float(first[2]) == pytest.approx(0.0, abs=1e-4)
 
 
+async def test_data_screen_relabels_and_deletes_in_every_version(sample_db, tiny_encoder):
+    from engine import Database
+    from engine.versions.coverage import coverage_of
+    from engine.versions.derived import DBAConfig, publish_derived
+
+    db = Database(sample_db)
+    publish_derived(db, "dba", [db.resolve_model()], DBAConfig(neighbours=3))  # a second version to keep in step
+    app = make_app(sample_db, tiny_encoder, thumbnails=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f5")
+        await settle(pilot)
+        await type_into(pilot, "#data-where", "label = 'coat'")
+        await settle(pilot)
+        chosen = app.screen._view.matching["id"][0]
+        await type_into(pilot, "#data-label", "jacket")
+        await settle(pilot, rounds=12)
+        assert "2 model versions in step" in text_of(app, "#data-message"), text_of(app, "#data-message")
+        app.screen.query_one("#data-table", DataTable).focus()
+        await pilot.press("ctrl+d")
+        await pilot.pause()
+        assert "press Delete (ctrl+d) again" in text_of(app, "#data-message")
+        deleted = app.screen._view.matching["id"][0]
+        await pilot.press("ctrl+d")
+        await settle(pilot, rounds=12)
+        assert "2 model versions in step" in text_of(app, "#data-message"), text_of(app, "#data-message")
+    db = Database(sample_db, read_only=True)
+    assert db.images_frame(f"id = '{chosen}'")["label"].to_list() == ["jacket"]
+    assert db.images_frame(f"id = '{deleted}'").height == 0
+    for model in db.find_models():
+        rows = db.embeddings(model).search().where(f"image_id = '{chosen}' OR image_id = '{deleted}'").select(["image_id", "label"]).limit(None).to_list()
+        assert [(r["image_id"], r["label"]) for r in rows] == [(chosen, "jacket")] and coverage_of(db, model).in_step
+
+
 def test_library_layout_snapshot(tmp_path, tiny_encoder, snap_compare):
     """The Library screen of an empty database: panels, ingest form and the F-key footer."""
     app = make_app(tmp_path / "db", tiny_encoder, thumbnails=False)

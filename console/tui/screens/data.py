@@ -1,4 +1,5 @@
-"""Data: the ``images`` table through polars, filtered with the search ``where`` syntax, and an EDA summary."""
+"""Data: the ``images`` table through polars, filtered with the search ``where`` syntax, an EDA summary, and
+the highlighted image relabelled or deleted (in the catalogue and every model version)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, DataTable, Footer, Header, Input, Static
 
+from console.service.data import Selection, delete, relabel
 from console.tui.screens.base import ConsoleScreen
 from console.tui.screens.figure import FigureScreen, png_picture
 from console.tui.widgets import bar_chart, fill_table
@@ -100,7 +102,8 @@ def eda_summary(frame: pl.DataFrame) -> Group:
 
 
 class DataScreen(ConsoleScreen):
-    """Browse and summarise the images; s searches with the highlighted image."""
+    """Browse and summarise the images; s searches with the highlighted image; relabel or delete it (a delete asks
+    for a second press)."""
 
     AUTO_FOCUS = "#data-where"
 
@@ -108,17 +111,24 @@ class DataScreen(ConsoleScreen):
         ("ctrl+r", "reload", "Reload"),
         ("s", "search_selected", "Search with selected"),
         ("f", "figure", "EDA figure"),
+        ("ctrl+l", "relabel_selected", "Relabel selected"),
+        ("ctrl+d", "delete_selected", "Delete selected"),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self._view: DataView | None = None
+        self._delete_armed: str | None = None  # the image a first delete press named; the second press deletes it
+        self._notice: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(classes="row"):
             yield Input(placeholder="where, e.g. label = 'coat' AND width >= 28 (empty: every image)", id="data-where")
             yield Button("Filter", id="data-filter", variant="primary")
+            yield Input(placeholder="new class for the highlighted image", id="data-label")
+            yield Button("Relabel", id="data-relabel")
+            yield Button("Delete", id="data-delete", variant="error")
         yield Static("", id="data-message")
         with Horizontal(id="data-body"):
             yield DataTable(id="data-table", cursor_type="row", classes="panel")
@@ -158,7 +168,8 @@ class DataScreen(ConsoleScreen):
         shown = view.matching.head(SHOWN_ROWS).select(BROWSE_COLUMNS) if view.matching.height else view.matching
         fill_table(self.query_one("#data-table", DataTable), shown, "no images match")
         more = f" (first {SHOWN_ROWS} shown)" if view.matching.height > SHOWN_ROWS else ""
-        self.say("data-message", f"{view.matching.height} of {view.total} images match{' where ' + view.where if view.where else ''}{more}")
+        notice, self._notice = self._notice, None  # what the last edit did, shown once with the re-read view
+        self.say("data-message", (f"{notice}. " if notice else "") + f"{view.matching.height} of {view.total} images match{' where ' + view.where if view.where else ''}{more}")
         self.query_one("#data-summary", Static).update(summary)
 
     def action_search_selected(self) -> None:
@@ -166,6 +177,46 @@ class DataScreen(ConsoleScreen):
         if self._view is None or not self._view.matching.height or table.cursor_row < 0:
             return
         self.lookalike.search_for_image(self._view.matching["id"][min(table.cursor_row, self._view.matching.height - 1, SHOWN_ROWS - 1)])
+
+    def _selected(self) -> str | None:
+        table = self.query_one("#data-table", DataTable)
+        if self._view is None or not self._view.matching.height or table.cursor_row < 0:
+            return None
+        return self._view.matching["id"][min(table.cursor_row, self._view.matching.height - 1, SHOWN_ROWS - 1)]
+
+    @on(Button.Pressed, "#data-relabel")
+    @on(Input.Submitted, "#data-label")
+    def action_relabel_selected(self) -> None:
+        image_id, label = self._selected(), self.query_one("#data-label", Input).value.strip()
+        if image_id is None or not label:
+            self.say("data-message", "highlight an image and type its new class first", error=True)
+            return
+        self.say("data-message", f"relabelling {image_id[:12]} to {label} in every model version…")
+        self.edit(f"relabel {image_id[:12]}", lambda db: relabel(db, Selection(ids=(image_id,)), label))
+
+    @on(Button.Pressed, "#data-delete")
+    def action_delete_selected(self) -> None:
+        image_id = self._selected()
+        if image_id is None:
+            return
+        if self._delete_armed != image_id:
+            self._delete_armed = image_id
+            self.say("data-message", f"delete {image_id[:12]} from the catalogue and every model version? press Delete (ctrl+d) again")
+            return
+        self._delete_armed = None
+        self.say("data-message", f"deleting {image_id[:12]}…")
+        self.edit(f"delete {image_id[:12]}", lambda db: delete(db, Selection(ids=(image_id,)), allow_empty=False))
+
+    @work(thread=True, exclusive=True, group="data-edit")
+    def edit(self, what: str, change) -> None:  # noqa: ANN001 - a use case of console.service.data
+        def run() -> None:
+            report = change(self.lookalike.db)
+            behind = [c.model_id for c in report.versions if not c.in_step]
+            self.ui(self.lookalike.data_changed)
+            self._notice = f"{what}: done; {len(report.versions) - len(behind)} model versions in step" + (f", behind: {', '.join(behind)}" if behind else "")
+            self.ui(self.reload)
+
+        self.guarded("data-message", what, run)
 
     def action_figure(self) -> None:
         if self._view is None or not self._view.matching.height:

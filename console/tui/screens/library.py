@@ -13,6 +13,7 @@ from textual.validation import Function
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, ProgressBar, Static
 
 from console.service.catalogue import IngestRequest, ingest
+from console.service.data import coverage_frame
 from console.tui.screens.base import ConsoleScreen
 from console.tui.widgets import fill_table
 from engine.core.progress import Progress
@@ -51,7 +52,9 @@ def read_library(db: Database) -> LibrarySnapshot:
     models = db.models_frame()
     if models.height:
         active = db.active_model_id()
-        models = models.with_columns((pl.col("id") == active).alias("active")).select("id", "active", "parent", "dim")
+        coverage = coverage_frame(db).select("model_id", "status", "rows", "missing").rename({"model_id": "id"})
+        models = models.with_columns((pl.col("id") == active).alias("active")).join(coverage, on="id", how="left").select(
+            "id", "active", "status", "rows", "missing", "parent", "dim")
     errors = db.errors_frame()
     return LibrarySnapshot(db.summary(), counts, models, recent, errors)  # counted last: the reads above may create tables
 
