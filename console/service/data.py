@@ -85,7 +85,7 @@ def _tabular(frame: pl.DataFrame, format_name: str) -> pl.DataFrame:
     if format_name != "csv":
         return frame
     lists = [name for name, dtype in frame.schema.items() if isinstance(dtype, pl.List | pl.Array)]
-    return frame.with_columns(pl.col(name).map_elements(lambda v: json.dumps(list(v)), return_dtype=pl.String) for name in lists)
+    return frame.with_columns(pl.Series(name, [None if v is None else json.dumps(v) for v in frame[name].to_list()], pl.String) for name in lists)
 
 
 def write_frame(frame: pl.DataFrame, out: Path, format_name: str | None = None) -> tuple[Path, str]:
