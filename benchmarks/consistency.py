@@ -29,7 +29,7 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.common import write_and_show  # noqa: E402
+from common import write_and_show  # noqa: E402
 from engine.encoders.config import EncoderConfig  # noqa: E402
 from engine.encoders.factory import create_encoder  # noqa: E402
 from engine.encoders.whitening import WhiteningConfig  # noqa: E402
@@ -134,19 +134,20 @@ def bench_versions(workdir: Path, catalogue: int, new: int) -> pl.DataFrame:
     return frame.with_columns((pl.col("ingest_s_median") / frame["ingest_s_median"][0]).alias("ratio_to_1_version"))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sync-files", type=int, default=10_000)
     parser.add_argument("--catalogue", type=int, default=320)
     parser.add_argument("--new", type=int, default=80)
     parser.add_argument("--quick", action="store_true", help="small sizes, nothing written to benchmarks/results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.sync_files, args.catalogue, args.new = 300, 48, 16
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        write_and_show(bench_sync(workdir, args.sync_files), None if args.quick else RESULTS / "consistency_sync.csv")
-        write_and_show(bench_versions(workdir, args.catalogue, args.new), None if args.quick else RESULTS / "consistency_versions.csv")
+        synced = write_and_show(bench_sync(workdir, args.sync_files), None if args.quick else RESULTS / "consistency_sync.csv")
+        versions = write_and_show(bench_versions(workdir, args.catalogue, args.new), None if args.quick else RESULTS / "consistency_versions.csv")
+    return synced, versions
 
 
 if __name__ == "__main__":

@@ -56,3 +56,14 @@ def test_decode_memory_benchmark_quick():
     outcomes = dict(zip(frame["file"], frame["outcome"]))
     assert outcomes["photo 256x256"].startswith("decoded") and outcomes["panorama 30000x20"].startswith("decoded")
     assert outcomes["strip 200000x1"].startswith("error row: aspect ratio too extreme")
+
+
+@pytest.mark.slow
+def test_consistency_benchmark_quick():
+    import consistency
+
+    if not consistency.MIT.is_dir():
+        pytest.skip(f"the MIT scenes photos are not at {consistency.MIT}")
+    synced, versions = consistency.main(["--quick"])
+    assert synced["runs"][0] == consistency.REPEATS and synced["median_s"][0] > 0
+    assert versions["versions"].to_list() == [1, 3, 6] and versions["ratio_to_1_version"][0] == 1.0
