@@ -126,6 +126,7 @@ class DataScreen(ConsoleScreen):
         with Horizontal(classes="row"):
             yield Input(placeholder="where, e.g. label = 'coat' AND width >= 28 (empty: every image)", id="data-where")
             yield Button("Filter", id="data-filter", variant="primary")
+        with Horizontal(classes="row"):  # its own row: at 80 columns the filter keeps its width
             yield Input(placeholder="new class for the highlighted image", id="data-label")
             yield Button("Relabel", id="data-relabel")
             yield Button("Delete", id="data-delete", variant="error")
