@@ -30,6 +30,7 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from common import write_and_show  # noqa: E402
+
 from engine.encoders.config import EncoderConfig  # noqa: E402
 from engine.encoders.factory import create_encoder  # noqa: E402
 from engine.encoders.whitening import WhiteningConfig  # noqa: E402
