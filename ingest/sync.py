@@ -72,8 +72,9 @@ def sync_folder(db: Database, root: Path | str, config: IngestConfig = IngestCon
     def stored_under_root() -> pl.DataFrame:
         return db.images_frame(columns=["id", "path"]).filter(pl.col("path").str.starts_with(prefix))
 
-    if not any(f.error is None for f in files) and stored_under_root().height:
-        raise DataError(f"found no image files under {root}, but the catalogue holds {stored_under_root().height} images from it; if the "
+    held = 0 if any(f.error is None for f in files) else stored_under_root().height
+    if held:
+        raise DataError(f"found no image files under {root}, but the catalogue holds {held} images from it; if the "
                         f"folder is not mounted, mount it; if they are really gone, delete them: lookalike delete --where \"starts_with(path, '{prefix}')\"")
 
     def remove_gone(collector: Collector) -> None:

@@ -138,9 +138,6 @@ def relabel_from_csv(db: Database, csv_path: Path, *, progress: ProgressCallback
                 except NotFoundError as error:
                     raise NotFoundError(f"{csv_path}: {key!r} is no stored image (by path, file name or id): {error}") from error
             new_labels[image_id] = label
-        by_label: dict[str, list[str]] = {}
-        for image_id, label in new_labels.items():
-            by_label.setdefault(label, []).append(image_id)
         ids = sorted(new_labels)
         labels = [new_labels[i] for i in ids]
         db.update_images(pa.table({"id": pa.array(ids, pa.string()), "label": pa.array(labels, pa.string()),

@@ -86,6 +86,12 @@ class ModelRecord:
         return json.loads(self.config or "{}")
 
 
+def vectors_of(table: pa.Table) -> np.ndarray:
+    """The ``vector`` column of stored rows as an (n, dim) float32 array."""
+    column = table.column("vector").combine_chunks()
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size).astype(np.float32, copy=False)
+
+
 def stored_vectors(db: Database, model: ModelRecord, image_ids: Sequence[str]) -> dict[str, np.ndarray]:
     """``model``'s stored vectors of the given images that it has, by image id (read in chunks of ids)."""
     found: dict[str, np.ndarray] = {}
@@ -94,9 +100,7 @@ def stored_vectors(db: Database, model: ModelRecord, image_ids: Sequence[str]) -
         chunk = image_ids[start : start + DELETE_CHUNK]
         rows = table.search().where("image_id IN (" + ", ".join(sql_quote(i) for i in chunk) + ")").select(["image_id", "vector"]).limit(None).to_arrow()
         if rows.num_rows:
-            column = rows.column("vector").combine_chunks()
-            vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, model.dim).astype(np.float32, copy=False)
-            found.update(zip(rows.column("image_id").to_pylist(), vectors))
+            found.update(zip(rows.column("image_id").to_pylist(), vectors_of(rows)))
     return found
 
 
@@ -326,12 +330,14 @@ class Database:
 
     def ensure_user_columns(self, model: ModelRecord) -> None:
         """Give a version's embeddings table every user column it lacks (null; filled when brought in step)."""
-        if model.embeddings_table not in self._list_tables():
-            return
-        table = self._db.open_table(model.embeddings_table)
+        if model.embeddings_table in self._list_tables():
+            self._with_user_columns(self._db.open_table(model.embeddings_table))
+
+    def _with_user_columns(self, table: lancedb.table.Table) -> lancedb.table.Table:
         lacking = [field for field in self.user_fields() if field.name not in table.schema.names]
         if lacking:
             table.add_columns(lacking)
+        return table
 
     def embeddings(self, model: ModelRecord) -> lancedb.table.Table:
         """The embeddings table of a model version (created on first use)."""
@@ -467,30 +473,24 @@ class Database:
         fault_point("store.vectors_written")
         self.clear_errors([row["path"] for row in image_rows])
 
-    def embedded_table(self, model: ModelRecord, image_ids: pa.Array, metadata: pa.Table, vectors: np.ndarray) -> pa.Table:
-        """Rows of ``model``'s embeddings table: ids, vectors and the metadata columns (null where ``metadata`` lacks one)."""
-        table = self.embeddings(model)
-        self.ensure_user_columns(model)
-        schema = table.schema
+    def write_vectors(self, model: ModelRecord, image_ids: pa.Array, metadata: pa.Table, vectors: np.ndarray, replace: bool = False) -> None:
+        """Upsert vectors of already-stored images; ``metadata`` holds their image metadata columns (a column it lacks
+        is written null). With ``replace``, rows already stored are overwritten (one commit), else kept."""
+        table = self._with_user_columns(self.embeddings(model))
         count = len(image_ids)
         columns = {
             "image_id": image_ids,
             "model_id": pa.array([model.id] * count, pa.string()),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel()), model.dim),
         }
+        schema = table.schema
         for field in schema:
             if field.name not in columns:
                 columns[field.name] = metadata.column(field.name).cast(field.type) if field.name in metadata.column_names else pa.nulls(count, field.type)
-        return pa.table(columns, schema=schema)
-
-    def write_vectors(self, model: ModelRecord, image_ids: pa.Array, metadata: pa.Table, vectors: np.ndarray, replace: bool = False) -> None:
-        """Upsert vectors of already-stored images; ``metadata`` holds their image metadata columns. With
-        ``replace``, rows already stored are overwritten (one commit), else kept."""
-        embedded = self.embedded_table(model, image_ids, metadata, vectors)
-        merge = self.embeddings(model).merge_insert("image_id")
+        merge = table.merge_insert("image_id")
         if replace:
             merge = merge.when_matched_update_all()
-        merge.when_not_matched_insert_all().execute(embedded)
+        merge.when_not_matched_insert_all().execute(pa.table(columns, schema=schema))
 
     def update_images(self, rows: pa.Table) -> None:
         """Overwrite the given columns of stored images (``rows``: ``id`` and any metadata columns), one commit."""
@@ -500,8 +500,7 @@ class Database:
     def update_vector_metadata(self, model: ModelRecord, rows: pa.Table) -> None:
         """Overwrite metadata columns of ``model``'s rows (``rows``: ``image_id`` and the columns), one commit."""
         if rows.num_rows:
-            self.ensure_user_columns(model)
-            self.embeddings(model).merge_insert("image_id").when_matched_update_all().execute(rows)
+            self._with_user_columns(self.embeddings(model)).merge_insert("image_id").when_matched_update_all().execute(rows)
 
     def delete_vectors(self, model: ModelRecord, image_ids: Sequence[str]) -> None:
         """Remove ``model``'s vectors of the given images (one commit per chunk of ids)."""

@@ -41,7 +41,7 @@ from engine.core.progress import report as report_progress
 from engine.core.splits import sql_quote
 from engine.storage.database import Database, ModelRecord
 from engine.versions.kinds import KINDS, BuildContext
-from engine.versions.resolve import check_fingerprint
+from engine.versions.resolve import build_context, lineage
 
 logger = logging.getLogger(__name__)
 
@@ -175,8 +175,8 @@ def _step(db: Database, model: ModelRecord, context: BuildContext, catalogue: pl
     gap = measure_gap(db, model, catalogue)
     kind = KINDS.get(model.kind)
     whole = getattr(kind, "depends_on_whole_catalogue", lambda record: False)(model)
-    written = 0
-    reason = None
+    made: list[str] = []
+    failure: LookalikeError | None = None
     if gap.extra:
         db.delete_vectors(model, list(gap.extra))
         fault_point("coverage.deleted")
@@ -189,24 +189,29 @@ def _step(db: Database, model: ModelRecord, context: BuildContext, catalogue: pl
             rows, vectors = kind.embed_rows(context, model, _catalogue_rows(db, wanted, catalogue))
         except LookalikeError as error:
             logger.warning("model %s cannot be brought in step: %s", model.id, error)
-            after = measure_gap(db, model, catalogue)
-            return Coverage(model.id, CANNOT_EMBED if isinstance(error, CannotEmbedError) else STALE,
-                            after.catalogue_rows, after.rows, len(after.missing), len(after.extra), len(after.changed), str(error))
-        if rows.num_rows:
-            # the catalogue's metadata, whatever the parent rows the vectors came from carried
-            metadata = _catalogue_rows(db, rows.column("image_id").to_pylist(), catalogue)
-            order = {image_id: i for i, image_id in enumerate(metadata.column("image_id").to_pylist())}
-            metadata = metadata.take(pa.array([order[i] for i in rows.column("image_id").to_pylist()], pa.int64()))
-            db.write_vectors(model, metadata.column("image_id"), metadata, vectors, replace=whole)
-            written = rows.num_rows
-            fault_point("coverage.vectors")
-    after = measure_gap(db, model, catalogue)
-    if not after.in_step:
-        unmade = ", ".join(after.missing[:SHOWN_IDS])
-        reason = (f"{len(after.missing)} catalogue images could not be embedded again (file gone or changed: {unmade}"
-                  f"{', ...' if len(after.missing) > SHOWN_IDS else ''}); run lookalike sync on their folder to remove or update them")
-    status = IN_STEP if after.in_step else STALE
-    return Coverage(model.id, status, after.catalogue_rows, after.rows, len(after.missing), len(after.extra), len(after.changed), reason, written)
+            failure = error
+        else:
+            if rows.num_rows:
+                # the catalogue's metadata, whatever the parent rows the vectors came from carried
+                made = rows.column("image_id").to_pylist()
+                metadata = _catalogue_rows(db, made, catalogue)
+                order = {image_id: i for i, image_id in enumerate(metadata.column("image_id").to_pylist())}
+                metadata = metadata.take(pa.array([order[i] for i in made], pa.int64()))
+                db.write_vectors(model, metadata.column("image_id"), metadata, vectors, replace=whole)
+                fault_point("coverage.vectors")
+    # what is left follows from what was done (no second read): the extras are gone, the metadata overwritten
+    # (by the rewrite, for a version recomputed whole), the rows made are there
+    done = set(made)
+    missing = [i for i in gap.missing if i not in done]
+    changed = [i for i in gap.changed if i not in done] if whole else []
+    counts = (gap.catalogue_rows, gap.catalogue_rows - len(missing), len(missing), 0, len(changed))
+    if failure is not None:
+        return Coverage(model.id, CANNOT_EMBED if isinstance(failure, CannotEmbedError) else STALE, *counts, str(failure))
+    if not (missing or changed):
+        return Coverage(model.id, IN_STEP, *counts, None, len(made))
+    reason = (f"{len(missing)} catalogue images could not be embedded again (file gone or changed: {', '.join(missing[:SHOWN_IDS])}"
+              f"{', ...' if len(missing) > SHOWN_IDS else ''}); run lookalike sync on their folder to remove or update them")
+    return Coverage(model.id, STALE, *counts, reason, len(made))
 
 
 def bring_in_step(db: Database, models: Sequence[ModelRecord] | None = None, progress: ProgressCallback | None = None,
@@ -214,21 +219,11 @@ def bring_in_step(db: Database, models: Sequence[ModelRecord] | None = None, pro
     """Make every live version (or the given ones, with their parents first) hold exactly the catalogue's images
     with their current metadata; returns each version's coverage. The caller holds the writer lock."""
     everything = live_versions(db)
-    if models is not None:
-        wanted = {m.id for m in models}
-        for model in models:  # a version's parents come along: its rows are made from theirs
-            for ancestor in _ancestors(everything, model):
-                wanted.add(ancestor)
+    if models is not None:  # a version's parents come along: its rows are made from theirs
+        wanted = {ancestor.id for model in models for ancestor in lineage(db, model)}
         everything = [m for m in everything if m.id in wanted]
     catalogue = catalogue_frame(db)
-    encoders: dict[str, object] = {}
-
-    def encoder_of(record: ModelRecord) -> object:
-        if record.id not in encoders:
-            encoders[record.id] = check_fingerprint(record, KINDS.get(record.kind).build(context, record))
-        return encoders[record.id]
-
-    context = BuildContext(db, device, encoder_of)
+    context = build_context(db, device)
     results = []
     for done, model in enumerate(everything):
         report_progress(progress, Progress("refresh", done, len(everything), "versions", model.id))
@@ -239,15 +234,3 @@ def bring_in_step(db: Database, models: Sequence[ModelRecord] | None = None, pro
         results.append(coverage)
     report_progress(progress, Progress("refresh", len(everything), len(everything), "versions"))
     return results
-
-
-def _ancestors(ordered: Sequence[ModelRecord], model: ModelRecord) -> set[str]:
-    by_id = {m.id: m for m in ordered}
-    found: set[str] = set()
-    pending = list(KINDS.get(model.kind).parents(model))
-    while pending:
-        parent = pending.pop()
-        if parent in by_id and parent not in found:
-            found.add(parent)
-            pending.extend(KINDS.get(by_id[parent].kind).parents(by_id[parent]))
-    return found

@@ -38,7 +38,7 @@ from engine.encoders.factory import Encoder
 from engine.encoders.identity import RecordedIdentity, encoder_fingerprint, model_version_id
 from engine.encoders.tta import TTAConfig, TTAModel
 from engine.encoders.whitening import WhitenedModel, Whitening, WhiteningConfig, fit_whitening
-from engine.storage.database import Database, ModelRecord
+from engine.storage.database import Database, ModelRecord, vectors_of
 from engine.storage.filters import combine_where, read_filtered
 from engine.vectors.expansion import database_augmentation
 from engine.versions.coverage import bring_in_step
@@ -159,11 +159,6 @@ def read_rows(db: Database, model: ModelRecord, where: str | None = None, with_v
         query = query.where(condition)
     columns = [name for name in table.schema.names if name not in ("vector", "model_id")] + (["vector"] if with_vectors else [])
     return read_filtered(query.select(columns).limit(None), where)
-
-
-def vectors_of(table: pa.Table) -> np.ndarray:
-    column = table.column("vector").combine_chunks()
-    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size).astype(np.float32, copy=False)
 
 
 def _vectors_by_id(db: Database, model: ModelRecord, image_ids: Sequence[str]) -> np.ndarray:

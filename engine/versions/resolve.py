@@ -23,14 +23,22 @@ def check_fingerprint(record: ModelRecord, encoder: Any) -> Any:
     return encoder
 
 
-def encoder_for_model(db: Database, record: ModelRecord, device: str | None = None) -> Any:
-    """The encoder that embeds new images exactly as ``record``'s vectors were made (parents rebuilt first)."""
+def build_context(db: Database, device: str | None = None) -> BuildContext:
+    """A context whose ``encoder_of`` rebuilds any version's encoder (checked once, then kept for the context's life)."""
+    built: dict[str, Any] = {}
 
     def encoder_of(other: ModelRecord) -> Any:
-        return check_fingerprint(other, KINDS.get(other.kind).build(context, other))
+        if other.id not in built:
+            built[other.id] = check_fingerprint(other, KINDS.get(other.kind).build(context, other))
+        return built[other.id]
 
     context = BuildContext(db, device, encoder_of)
-    return encoder_of(record)
+    return context
+
+
+def encoder_for_model(db: Database, record: ModelRecord, device: str | None = None) -> Any:
+    """The encoder that embeds new images exactly as ``record``'s vectors were made (parents rebuilt first)."""
+    return build_context(db, device).encoder_of(record)
 
 
 def lineage(db: Database, record: ModelRecord) -> list[ModelRecord]:

@@ -51,11 +51,12 @@ class HeadKind(SingleParent):
     def embed_rows(self, context: BuildContext, record: ModelRecord, rows: pa.Table) -> tuple[pa.Table, np.ndarray]:
         """The head applied to the parent's stored vectors of the rows (no image is decoded)."""
         parent = context.db.resolve_model(record.parent)
-        stored = stored_vectors(context.db, parent, rows.column("image_id").to_pylist())
-        kept = [i for i, image_id in enumerate(rows.column("image_id").to_pylist()) if image_id in stored]
+        ids = rows.column("image_id").to_pylist()
+        stored = stored_vectors(context.db, parent, ids)
+        kept = [i for i, image_id in enumerate(ids) if image_id in stored]
         if not kept:
             return rows.slice(0, 0), np.zeros((0, record.dim), np.float32)
-        features = torch.from_numpy(np.stack([stored[rows.column("image_id")[i].as_py()] for i in kept]))
+        features = torch.from_numpy(np.stack([stored[ids[i]] for i in kept]))
         return rows.take(pa.array(kept, pa.int64())), embed_features(load_head(weights_file(context.db, record)), features)
 
 
