@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 from PIL import Image as PILImage
+from rich.cells import cell_len
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -118,8 +119,12 @@ def fill_table(table: DataTable, frame: pl.DataFrame, empty: str = "(empty)") ->
     if not frame.width or not frame.height:
         table.add_column(empty)
         return
-    table.add_columns(*frame.columns)
-    table.add_rows([tuple(cell_text(v) for v in row) for row in frame.iter_rows()])
+    rows = [tuple(cell_text(v) for v in row) for row in frame.iter_rows()]
+    # Widths given, not measured by DataTable on its next idle: a snapshot (or a quick reader) taken before that
+    # idle would otherwise see columns as narrow as their headers.
+    for index, name in enumerate(frame.columns):
+        table.add_column(name, width=max(cell_len(name), *(cell_len(row[index]) for row in rows)))
+    table.add_rows(rows)
 
 
 def cell_text(value: object) -> str:
