@@ -27,6 +27,11 @@ Tables in a Lookalike database (a LanceDB directory):
     lacked then (rows missing, rows of deleted images, rows with outdated metadata), with the reason when it
     cannot be brought in step (an external version cannot embed new images). See
     :mod:`engine.versions.coverage`.
+``audit``
+    Findings of ``lookalike audit`` about the catalogue's own data: likely label mistakes, near-duplicate groups,
+    outliers and split skews, each with the images involved, a score, its evidence (JSON) and a status; a decided
+    finding records what was done and what it replaced (so it can be undone). Keyed by a hash of the kind and
+    the images (and, for a label mistake, the label it questions), so a decided finding is not raised again.
 ``review``
     Queries flagged as distractors awaiting a decision (confirm, assign a known class, or add as a new
     class), with who decided and when. Keyed by the query's content hash and model.
@@ -60,6 +65,7 @@ REVIEW_TABLE = "review"
 MASKERS_TABLE = "maskers"
 FOREGROUND_TABLE = "foreground"
 COVERAGE_TABLE = "coverage"
+AUDIT_TABLE = "audit"
 EMBEDDINGS_PREFIX = "embeddings__"
 
 
@@ -312,3 +318,29 @@ def check_compatible(table_name: str, on_disk: pa.Schema, expected: pa.Schema) -
             f"table {table_name!r} does not match schema version {SCHEMA_VERSION}: "
             f"missing columns {missing}, columns of another type {changed}"
         )
+
+
+AUDIT_STATUSES = ("open", "kept", "relabelled", "deleted", "moved")
+
+AUDIT_SCHEMA = _with_metadata(
+    pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),  # hash of kind, images (and the questioned label)
+            pa.field("kind", pa.string(), nullable=False),  # label-mistake | near-duplicate | outlier | split-skew
+            pa.field("model_id", pa.string(), nullable=False),  # the version whose features found it
+            pa.field("scope", pa.string(), nullable=False),  # the audit's --where ("" for the whole catalogue)
+            pa.field("image_ids", pa.list_(pa.string()), nullable=False),  # the images involved, most central first
+            pa.field("score", pa.float64(), nullable=False),  # higher: more certainly a problem (per kind)
+            pa.field("label", pa.string()),  # the label a label-mistake questions
+            pa.field("suggested", pa.string()),  # the label the evidence suggests instead
+            pa.field("message", pa.string(), nullable=False),  # one line a person reads
+            pa.field("evidence", pa.string(), nullable=False),  # JSON: neighbours, votes, similarities, flags
+            pa.field("status", pa.string(), nullable=False),  # one of AUDIT_STATUSES
+            pa.field("decision", pa.string()),  # JSON: what was done and the values it replaced (for undo)
+            pa.field("decided_by", pa.string()),
+            pa.field("decided_at", pa.timestamp("us", tz="UTC")),
+            pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        ]
+    ),
+    AUDIT_TABLE,
+)

@@ -22,6 +22,7 @@ from sklearn.model_selection import train_test_split
 from engine.core.errors import InvalidRequestError, NotFoundError, VersionError
 from engine.core.faults import fault_point
 from engine.core.progress import ProgressCallback
+from engine.core.splits import sql_quote
 from engine.storage.database import ACTIVE_MODEL_KEY, Database, ModelRecord
 from engine.storage.filters import check_where
 from engine.storage.lock import writer_lock
@@ -154,6 +155,30 @@ def move_to_split(db: Database, selection: Selection, split: str, *, progress: P
         _set_columns(db, ids, {"split": split})
         fault_point("edit.committed")
         return _finish(db, "split", len(ids), progress, device)
+
+
+RESTORABLE_COLUMNS = ("label", "labels", "split")
+
+
+def restore(db: Database, values: dict[str, dict[str, Any]], *, progress: ProgressCallback | None = None, device: str | None = None) -> EditReport:
+    """Give images back earlier values of ``label``/``labels``/``split``, each its own (an undo): ``{image id: {column:
+    value}}``, one commit. Images no longer in the catalogue are refused by name."""
+    columns = sorted({name for row in values.values() for name in row})
+    if not values or any(name not in RESTORABLE_COLUMNS for name in columns) or any(set(row) != set(columns) for row in values.values()):
+        raise InvalidRequestError(f"restore takes the same columns of {list(RESTORABLE_COLUMNS)} for every image, got {columns}")
+    with writer_lock(db.uri, "restore labels and splits"):
+        ids = sorted(values)
+        present = set(db.images_frame(f"id IN ({', '.join(sql_quote(i) for i in ids)})", ["id"])["id"].to_list())
+        gone = [i for i in ids if i not in present]
+        if gone:
+            raise NotFoundError(f"{len(gone)} of these images are no longer in the catalogue ({', '.join(gone[:3])}); nothing was restored")
+        schema = db.images.schema
+        table = {"id": pa.array(ids, pa.string())}
+        for name in columns:
+            table[name] = pa.array([values[i][name] for i in ids], schema.field(name).type)
+        db.update_images(pa.table(table))
+        fault_point("edit.committed")
+        return _finish(db, "restore", len(ids), progress, device)
 
 
 def holdout(db: Database, fraction: float, split: str, *, where: str | None = None, seed: int = 0,

@@ -193,6 +193,7 @@ class Database:
             schemas.REVIEW_TABLE: schemas.REVIEW_SCHEMA,
             schemas.SETTINGS_TABLE: schemas.SETTINGS_SCHEMA,
             schemas.COVERAGE_TABLE: schemas.COVERAGE_SCHEMA,
+            schemas.AUDIT_TABLE: schemas.AUDIT_SCHEMA,
         }
         for name in self.table_names():
             table = self._open_listed(name)
@@ -287,6 +288,10 @@ class Database:
     @property
     def coverage(self) -> lancedb.table.Table:
         return self._table(schemas.COVERAGE_TABLE, schemas.COVERAGE_SCHEMA)
+
+    @property
+    def audit(self) -> lancedb.table.Table:
+        return self._table(schemas.AUDIT_TABLE, schemas.AUDIT_SCHEMA)
 
     # ---- the catalogue's columns ----------------------------------------------------------------
 
@@ -525,7 +530,7 @@ class Database:
         fault_point("store.model_row_dropped")
         if model.embeddings_table in self.table_names():
             self._db.drop_table(model.embeddings_table)
-        for name in (schemas.COVERAGE_TABLE, schemas.CALIBRATIONS_TABLE):
+        for name in (schemas.COVERAGE_TABLE, schemas.CALIBRATIONS_TABLE, schemas.AUDIT_TABLE):
             if name in self._list_tables():
                 self._db.open_table(name).delete(f"model_id = {sql_quote(model.id)}")
 

@@ -1,0 +1,99 @@
+"""One audit run: the features of the audited images, every finder over one shared neighbour search, the findings
+stored in the ``audit`` table."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.audit.finders import FINDERS, AuditConfig, AuditData, neighbours
+from engine.audit.store import write_findings
+from engine.core.errors import InvalidRequestError
+from engine.core.progress import Progress, ProgressCallback
+from engine.reports.data import load_embeddings
+from engine.storage.database import Database, ModelRecord
+from engine.storage.filters import check_where
+from engine.storage.lock import writer_lock
+from engine.versions.coverage import coverage_of
+from engine.versions.resolve import lineage
+
+logger = logging.getLogger(__name__)
+
+BASE_KINDS = ("encoder",)  # versions made straight from an image encoder (not trained on the catalogue's labels)
+IMAGE_COLUMNS = ["id", "split", "label", "width", "height", "mode", "channels", "format"]
+
+
+def audit_model(db: Database, name: str | None = None) -> ModelRecord:
+    """The version whose features an audit uses: ``name`` when given, else the base encoder the active version is
+    built on. A head trained on the catalogue's labels has learnt its mistakes too, so it would vouch for them."""
+    if name:
+        return db.resolve_model(name)
+    chain = lineage(db, db.resolve_model())
+    roots = [m for m in chain if m.kind in BASE_KINDS]
+    return roots[-1] if roots else chain[-1]
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    model_id: str
+    scope: str
+    images: int
+    counts: dict[str, int] = field(default_factory=dict)  # findings per kind
+    written: int = 0
+    decided_again: int = 0  # findings decided earlier and found again (left as decided)
+    seconds: float = 0.0
+
+
+def load_audit_data(db: Database, model: ModelRecord, where: str | None, config: AuditConfig) -> AuditData:
+    """The audited images' vectors (from ``model``) and rows, and each image's nearest other images."""
+    rows = load_embeddings(db, model, where, labelled=False)
+    images = db.images_frame(where, IMAGE_COLUMNS).sort("id")
+    similarities, positions = neighbours(rows.vectors, config.k + config.headroom)
+    return AuditData(rows.ids, rows.paths, rows.labels, rows.splits, rows.vectors, images, similarities, positions)
+
+
+def run_audit(db: Database, model: str | None = None, where: str | None = None, config: AuditConfig = AuditConfig(),
+              progress: ProgressCallback | None = None) -> AuditReport:
+    """Look for label mistakes, near-duplicates, outliers and split skews among the images ``where`` selects (default:
+    all), with the features of :func:`audit_model`; store the findings (decided ones stay decided)."""
+    started = time.perf_counter()
+    record = audit_model(db, model)
+    where = check_where(where, db.images.schema.names)
+    coverage = coverage_of(db, record)
+    if not coverage.in_step:
+        raise InvalidRequestError(f"model {record.id} is {coverage.status} ({coverage.reason}); run lookalike refresh first so the audit sees every image")
+    data = load_audit_data(db, record, where, config)
+    if len(data.ids) < 2:
+        raise InvalidRequestError(f"the audit needs at least 2 images; {len(data.ids)} match {where!r}" if where else "the catalogue holds fewer than 2 images")
+    findings, counts = [], {}
+    for step, kind in enumerate(config.kinds, start=1):
+        found = FINDERS.get(kind)(data, config)
+        counts[kind] = len(found)
+        findings.extend(found)
+        if progress is not None:
+            progress(Progress("audit", step, len(config.kinds), "kinds", f"{kind}: {len(found)}"))
+    scope = where or ""
+    with writer_lock(db.uri, "audit"):
+        written, again = write_findings(db, findings, record.id, scope, config.kinds)
+    report = AuditReport(record.id, scope, len(data.ids), counts, written, again, time.perf_counter() - started)
+    logger.info("audit of %d images with %s: %s in %.1fs", report.images, record.id, counts, report.seconds)
+    return report
+
+
+def label_mistake_scores(db: Database, model: str | None = None, where: str | None = None, config: AuditConfig = AuditConfig()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every labelled image's label-mistake score (1 - out-of-sample probability of its own label) and whether
+    confident learning flags it: (ids, scores, flagged). For curves against planted noise; writes nothing."""
+    from engine.audit.finders import class_probabilities, find_label_mistakes
+
+    data = load_audit_data(db, audit_model(db, model), check_where(where, db.images.schema.names), config)
+    classes, probabilities = class_probabilities(data, config)
+    column = {label: i for i, label in enumerate(classes)}
+    labelled = np.array([label is not None for label in data.labels])
+    own = np.array([probabilities[r, column[label]] if label is not None else 1.0 for r, label in enumerate(data.labels)])
+    flagged_ids = {f.image_ids[0] for f in find_label_mistakes(data, config)}
+    ids = data.ids[labelled]
+    return ids, 1.0 - own[labelled], np.array([i in flagged_ids for i in ids])
+
