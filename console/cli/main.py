@@ -34,7 +34,7 @@ EXIT_SOME_FAILED = 3  # the command did its work, but some of the files given co
 
 # Feature areas keep their sub-commands in their own module, each exposing ``add_commands(sub, *, common, search_opts)``.
 FEATURE_COMMAND_MODULES: tuple[str, ...] = ("console.cli.tui_command", "console.cli.masking", "console.cli.reports", "console.cli.quality", "console.cli.scale",
-                                             "console.cli.data")
+                                             "console.cli.data", "console.cli.audit")
 
 # ---- catalogue ---------------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ REGISTRIES: dict[str, tuple[str, str]] = {
     "plots": ("engine.reports", "list_plots"),
     "projections": ("engine.reports", "list_projectors"),
     "ingest-engines": ("ingest.engines", "list_ingest_engines"),
+    "audit-kinds": ("engine.audit", "list_finders"),
 }
 
 

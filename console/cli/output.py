@@ -27,6 +27,18 @@ def print_frame(frame: pl.DataFrame) -> None:
         print(frame)
 
 
+def print_table(frame: pl.DataFrame, title: str | None = None) -> None:
+    """A frame as a rich table on stdout that fits the terminal (long text cells wrap inside their column)."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", header_style="bold", show_lines=False)
+    for name in frame.columns:
+        table.add_column(name, overflow="fold", no_wrap=name in ("id", "kind", "score", "status"))
+    for row in frame.iter_rows():
+        table.add_row(*("" if value is None else f"{value}" for value in row))
+    Console().print(table)
+
+
 def print_error(message: str, prefix: str = "error") -> None:
     """One line on stderr: ``error: ...`` (or ``warning: ...``)."""
     colour = "red" if prefix == "error" else "yellow"

@@ -77,6 +77,7 @@ class Finding:
     evidence: dict[str, Any]
     label: str | None = None  # the label a label mistake questions
     suggested: str | None = None  # the label the evidence suggests
+    key: str = ""  # what else tells this finding from another of the same kind and images (a skew's feature and value)
 
 
 @dataclass(frozen=True)
@@ -344,5 +345,5 @@ def find_split_skews(data: AuditData, config: AuditConfig) -> list[Finding]:
             (pl.col("split") == cell["split"]) & (FEATURES[cell["feature"]].cast(pl.String) == cell["value"]))
         findings.append(Finding("split-skew", tuple(sorted(chosen["id"].to_list())), float(-np.log10(max(warning.details["p_value"], 1e-300))),
                                 warning.message, {"feature": cell["feature"], "value": cell["value"], "split": cell["split"],
-                                                  "cells": warning.details["cells"][:SHOWN_NEIGHBOURS]}))
+                                                  "cells": warning.details["cells"][:SHOWN_NEIGHBOURS]}, key=f"{cell['feature']}={cell['value']}"))
     return findings

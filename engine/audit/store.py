@@ -39,9 +39,9 @@ ID_DIGITS = 16  # hex digits of a finding id (64 bits: no collision among a cata
 
 
 def finding_id(finding: Finding) -> str:
-    """A finding's key: its kind, its images as a set and, for a label mistake, the label it questions. The same
-    problem found again gets the same id, so a decision about it holds."""
-    text = "|".join([finding.kind, finding.label or "", *sorted(finding.image_ids)])
+    """A finding's key: its kind, its images as a set and, for a label mistake, the label it questions (a split
+    skew: its feature and value). The same problem found again gets the same id, so a decision about it holds."""
+    text = "|".join([finding.kind, finding.label or "", finding.key, *sorted(finding.image_ids)])
     return hashlib.blake2b(text.encode(), digest_size=ID_DIGITS // 2).hexdigest()
 
 
@@ -56,7 +56,7 @@ def write_findings(db: Database, findings: Sequence[Finding], model_id: str, sco
     """Store a run's findings: new ones added, open ones updated, decided ones (and ones with a decision under way)
     left as they are, open ones of the same kinds, version and scope that were not found again removed.
     Returns (findings written, decided findings found again)."""
-    rows = finding_rows(findings, model_id, scope)
+    rows = list({row["id"]: row for row in reversed(finding_rows(findings, model_id, scope))}.values())[::-1]  # first of an id wins
     table = db.audit
     earlier = pl.from_arrow(table.search().where(f"model_id = {sql_quote(model_id)} AND scope = {sql_quote(scope)}")
                             .select(["id", "kind", "status", "decision"]).limit(None).to_arrow())
