@@ -1,6 +1,6 @@
 """The Lookalike operator console: a Textual app over the public engine and ingest API.
 
-Five screens, one per task (Library, Search, Train, Review, Data), switched with F1..F5. Every call
+Six screens, one per task (Library, Search, Train, Review, Data, Audit), switched with F1..F6. Every call
 into the engine runs in a thread worker; the app holds the services the screens share: the open
 database, the ingest encoder and one cached :class:`engine.Searcher` per model version.
 """
@@ -18,6 +18,7 @@ from textual.widget import Widget
 
 from console.service.catalogue import ingest_encoder
 from console.service.search import open_searcher
+from console.tui.screens.audit import AuditScreen
 from console.tui.screens.data import DataScreen
 from console.tui.screens.library import LibraryScreen
 from console.tui.screens.review import ReviewScreen
@@ -62,6 +63,7 @@ class LookalikeApp(App):
         "train": TrainScreen,
         "review": ReviewScreen,
         "data": DataScreen,
+        "audit": AuditScreen,
     }
     DEFAULT_MODE = "library"
     BINDINGS = [
@@ -70,6 +72,7 @@ class LookalikeApp(App):
         Binding("f3", "switch_mode('train')", "Train", priority=True),
         Binding("f4", "switch_mode('review')", "Review", priority=True),
         Binding("f5", "switch_mode('data')", "Data", priority=True),
+        Binding("f6", "switch_mode('audit')", "Audit", priority=True),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 

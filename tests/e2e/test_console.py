@@ -412,3 +412,29 @@ def test_console_command_is_registered(tmp_path):
     args = cli.build_parser().parse_args(["console", "--db", str(tmp_path / "db"), "--no-images", "--encoder", "test_efficientnet"])
     assert args.func is cmd_console and args.db == str(tmp_path / "db") and args.no_images and args.encoder == "test_efficientnet"
 
+
+
+async def test_audit_screen_runs_the_audit_decides_with_keys_and_undoes(sample_db, tiny_encoder):
+    app = make_app(sample_db, tiny_encoder)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("f6")
+        await settle(pilot)
+        assert "0 open findings" in text_of(app, "#audit-counts")
+        await pilot.press("a")
+        await settle(pilot, rounds=12)
+        assert "audited" in text_of(app, "#audit-message"), text_of(app, "#audit-message")
+        counts = text_of(app, "#audit-counts")
+        assert "showing 1 of" in counts, counts
+        shown = app.screen._item.view.row["id"]
+        await pilot.press("k")
+        await settle(pilot, rounds=12)
+        assert f"{shown[:12]}: kept" in text_of(app, "#audit-message"), text_of(app, "#audit-message")
+        assert app.screen._item is None or app.screen._item.view.row["id"] != shown
+        await pilot.press("u")
+        await settle(pilot, rounds=12)
+        assert "open again" in text_of(app, "#audit-message"), text_of(app, "#audit-message")
+    from engine.audit import audit_frame
+    from engine.storage.database import Database
+
+    assert shown in audit_frame(Database(sample_db, read_only=True))["id"].to_list()
