@@ -45,6 +45,14 @@ async def settle(pilot, rounds: int = 6) -> None:
             return
 
 
+async def wait_for(pilot, condition, rounds: int = 50) -> None:
+    """Pause until ``condition()`` holds (a message handler may run a few frames after the input that posts it)."""
+    for _ in range(rounds):
+        if condition():
+            return
+        await pilot.pause(0.02)
+
+
 async def type_into(pilot, selector: str, text: str, submit: bool = True) -> None:
     field = pilot.app.screen.query_one(selector, Input)
     field.value = text
@@ -130,8 +138,10 @@ async def test_library_ingests_a_folder_with_live_progress(tmp_path, sample_fold
         errors = table_rows(app, "#errors-table")
         assert len(errors) == 1 and errors[0][0].endswith("truncated.jpg")
         await type_into(pilot, "#errors-filter", "no such text", submit=False)
+        await wait_for(pilot, lambda: table_columns(app, "#errors-table") == ["no ingest errors"])
         assert table_columns(app, "#errors-table") == ["no ingest errors"]
         await type_into(pilot, "#errors-filter", "TRUNCATED", submit=False)
+        await wait_for(pilot, lambda: len(table_rows(app, "#errors-table")) == 1)
         assert len(table_rows(app, "#errors-table")) == 1
 
         # a second ingest of the same folder finds everything known
