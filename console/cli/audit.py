@@ -17,6 +17,7 @@ LIST_FORMATS = ("table", "csv", "json")
 
 def _run(args: argparse.Namespace) -> int:
     from console.service.audit import AuditConfig, run_audit
+    from engine.audit.finders import EXACT_SEARCH_ROWS as EXACT_ROWS
     from engine.storage.database import Database
 
     defaults = AuditConfig()
@@ -29,6 +30,8 @@ def _run(args: argparse.Namespace) -> int:
     found = ", ".join(f"{count} {kind}" for kind, count in report.counts.items())
     print(f"audited {report.images} images with model {report.model_id}" + (f" (where {report.scope})" if report.scope else "")
           + f" in {report.seconds:.1f}s: {found}")
+    if report.search_recall < 1.0:
+        print(f"neighbour search: approximate above {EXACT_ROWS:,} images, recall@10 {report.search_recall:.3f} against exact search (sampled)")
     if report.decided_again:
         print(f"{report.decided_again} findings were decided before and stay decided")
     print("lookalike audit list shows them; lookalike audit show ID, then decide ID --relabel|--keep|--delete|--move SPLIT")

@@ -28,9 +28,15 @@ from engine.core.registry import Registry
 from engine.evaluation.distractors import Neighbourhood, class_centroids, create_scorer
 from engine.reports.eda import FEATURES, NO_SPLIT, SkewConfig, split_skew_warnings
 
-EXACT_SEARCH_ROWS = 50_000  # up to this many vectors the neighbour search is exact (FAISS flat); above, HNSW
-HNSW_NEIGHBOURS = 32  # graph degree M of the HNSW index above EXACT_SEARCH_ROWS
-HNSW_EF_SEARCH = 128  # search breadth: recall@30 well above 0.95 on clustered image embeddings
+EXACT_SEARCH_ROWS = 50_000  # up to this many vectors the neighbour search is exact (FAISS flat, n^2 d)
+PCA_DIM = 128  # above it, candidates are searched in this many PCA dimensions...
+PCA_SAMPLE_ROWS = 50_000  # ...fitted on a seeded sample this large...
+IVF_LISTS_PER_ROOT = 4  # ...with an IVF index of 4 sqrt(n) lists (a query scans 6 sqrt(n) rows)...
+IVF_TRAIN_PER_LIST = 40  # ...trained on 40 sample rows a list...
+IVF_PROBES = 24  # ...probing this many lists; then re-scored exactly on the full vectors
+RESCORE_BLOCK = 512  # rows re-scored at once (bounded memory: block x width x dim floats)
+RECALL_K = 10  # the search's self-check: recall@10 against exact search...
+RECALL_SAMPLE = 200  # ...on this many seeded rows
 MAD_TO_SIGMA = 1.4826  # the median absolute deviation of a normal distribution, in standard deviations
 SHOWN_NEIGHBOURS = 5  # neighbours kept in a finding's evidence
 
@@ -97,15 +103,13 @@ class AuditData:
 def neighbours(vectors: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``width`` nearest *other* rows by inner product: (similarities, positions), -1 padded.
 
-    Exact up to :data:`EXACT_SEARCH_ROWS` rows, HNSW above (one search serves every finder)."""
+    Exact up to :data:`EXACT_SEARCH_ROWS` rows; above, candidates from an IVF index over a PCA projection, re-scored
+    exactly on the full vectors (:func:`approximate_candidates`). One search serves every finder."""
     vectors = np.ascontiguousarray(vectors, np.float32)
     n = len(vectors)
     wanted = min(width + 1, n)
     if n > EXACT_SEARCH_ROWS:
-        index = faiss.IndexHNSWFlat(vectors.shape[1], HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = max(HNSW_EF_SEARCH, wanted)
-        index.add(vectors)
-        similarities, positions = index.search(vectors, wanted)
+        similarities, positions = approximate_candidates(vectors, wanted)
     else:
         similarities, positions = faiss.knn(vectors, vectors, wanted, metric=faiss.METRIC_INNER_PRODUCT)
     # drop each row itself (not always first: an exact copy ties with it); where it is absent, drop the last
@@ -120,6 +124,51 @@ def neighbours(vectors: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]
         similarities = np.pad(similarities, ((0, 0), (0, pad)), constant_values=-np.inf)
         positions = np.pad(positions, ((0, 0), (0, pad)), constant_values=-1)
     return similarities, positions
+
+
+def approximate_candidates(vectors: np.ndarray, wanted: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's ``wanted`` nearest rows (itself included) for a table too big for exact all-pairs search:
+    candidates from an IVF-Flat index over a ``PCA_DIM`` projection (trained on a seeded sample), then exact inner
+    products on the full vectors, in blocks, sorted. The all-pairs cost drops from n^2 d to n (n/lists * probes)
+    PCA_DIM + n wanted d."""
+    n, dim = vectors.shape
+    rng = np.random.default_rng(seed)
+    lists = max(1, int(IVF_LISTS_PER_ROOT * np.sqrt(n)))
+    sample = np.sort(rng.choice(n, size=min(n, max(PCA_SAMPLE_ROWS, lists * IVF_TRAIN_PER_LIST)), replace=False))
+    reduced_dim = min(PCA_DIM, dim)
+    pca = faiss.PCAMatrix(dim, reduced_dim)
+    pca.train(vectors[sample[:PCA_SAMPLE_ROWS]])
+    reduced = np.empty((n, reduced_dim), np.float32)
+    for start in range(0, n, RESCORE_BLOCK * 64):
+        block = pca.apply(vectors[start : start + RESCORE_BLOCK * 64])
+        reduced[start : start + len(block)] = block / np.clip(np.linalg.norm(block, axis=1, keepdims=True), 1e-12, None)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(reduced_dim), reduced_dim, lists, faiss.METRIC_INNER_PRODUCT)
+    index.train(reduced[sample[: min(len(sample), lists * IVF_TRAIN_PER_LIST)]])
+    index.add(reduced)
+    index.nprobe = min(IVF_PROBES, lists)
+    _, candidates = index.search(reduced, wanted)
+    del reduced, index
+    similarities = np.empty((n, wanted), np.float32)
+    for start in range(0, n, RESCORE_BLOCK):
+        block = candidates[start : start + RESCORE_BLOCK]
+        valid = block >= 0
+        exact = (vectors[np.where(valid, block, 0)] @ vectors[start : start + len(block), :, None])[..., 0]
+        exact[~valid] = -np.inf
+        order = np.argsort(-exact, axis=1, kind="stable")
+        similarities[start : start + len(block)] = np.take_along_axis(exact, order, axis=1)
+        candidates[start : start + len(block)] = np.where(np.take_along_axis(valid, order, axis=1), np.take_along_axis(block, order, axis=1), -1)
+    return similarities, candidates
+
+
+def search_recall(vectors: np.ndarray, positions: np.ndarray, k: int = RECALL_K, sample: int = RECALL_SAMPLE, seed: int = 0) -> float:
+    """Recall@k of the shared search against exact search, on a seeded sample of rows (1.0 where it was exact)."""
+    n = len(vectors)
+    if n <= EXACT_SEARCH_ROWS or k < 1:
+        return 1.0
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, sample), replace=False))
+    _, exact = faiss.knn(np.ascontiguousarray(vectors[rows]), np.ascontiguousarray(vectors), k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    hits = [len(set(exact[i][exact[i] != row][:k].tolist()) & set(positions[row, :k].tolist())) for i, row in enumerate(rows)]
+    return float(np.sum(hits) / (k * len(rows)))
 
 
 def voters(data: AuditData, config: AuditConfig) -> np.ndarray:

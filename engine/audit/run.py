@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.audit.finders import FINDERS, AuditConfig, AuditData, neighbours
+from engine.audit.finders import FINDERS, AuditConfig, AuditData, neighbours, search_recall
 from engine.audit.store import write_findings
 from engine.core.errors import InvalidRequestError
 from engine.core.progress import Progress, ProgressCallback
@@ -23,6 +23,7 @@ from engine.versions.resolve import lineage
 logger = logging.getLogger(__name__)
 
 BASE_KINDS = ("encoder",)  # versions made straight from an image encoder (not trained on the catalogue's labels)
+RECALL_WARNING = 0.95  # below this sampled recall of the neighbour search, the audit says so
 IMAGE_COLUMNS = ["id", "split", "label", "width", "height", "mode", "channels", "format"]
 
 
@@ -45,6 +46,7 @@ class AuditReport:
     written: int = 0
     decided_again: int = 0  # findings decided earlier and found again (left as decided)
     seconds: float = 0.0
+    search_recall: float = 1.0  # recall@10 of the shared neighbour search against exact search (1.0: it was exact)
 
 
 def load_audit_data(db: Database, model: ModelRecord, where: str | None, config: AuditConfig) -> AuditData:
@@ -75,10 +77,13 @@ def run_audit(db: Database, model: str | None = None, where: str | None = None, 
         findings.extend(found)
         if progress is not None:
             progress(Progress("audit", step, len(config.kinds), "kinds", f"{kind}: {len(found)}"))
+    recall = search_recall(data.vectors, data.neighbours)
+    if recall < RECALL_WARNING:
+        logger.warning("the audit's neighbour search found %.3f of the exact 10 nearest images (sampled); findings may be missed", recall)
     scope = where or ""
     with writer_lock(db.uri, "audit"):
         written, again = write_findings(db, findings, record.id, scope, config.kinds)
-    report = AuditReport(record.id, scope, len(data.ids), counts, written, again, time.perf_counter() - started)
+    report = AuditReport(record.id, scope, len(data.ids), counts, written, again, time.perf_counter() - started, recall)
     logger.info("audit of %d images with %s: %s in %.1fs", report.images, record.id, counts, report.seconds)
     return report
 

@@ -61,6 +61,25 @@ def test_neighbours_are_the_exact_nearest_others():
     assert (small_positions[:, 2:] == -1).all() and np.isneginf(small_sims[:, 2:]).all()
 
 
+def test_above_the_exact_limit_candidates_come_from_an_index_and_are_rescored_exactly(monkeypatch):
+    from engine.audit import finders
+
+    rng = np.random.default_rng(5)
+    latent = rng.normal(size=(3000, 12)) @ rng.normal(size=(12, 64))  # low-dimensional, as image embeddings are
+    vectors = _unit(latent + 0.05 * rng.normal(size=latent.shape))
+    monkeypatch.setattr(finders, "EXACT_SEARCH_ROWS", 1000)
+    monkeypatch.setattr(finders, "PCA_DIM", 16)
+    similarities, positions = finders.neighbours(vectors, 10)
+    valid = positions >= 0
+    rows = np.nonzero(valid)[0]
+    np.testing.assert_allclose(similarities[valid], np.sum(vectors[rows] * vectors[positions[valid]], axis=1), atol=1e-5)
+    assert (np.diff(np.where(valid, similarities, -np.inf), axis=1) <= 1e-6).all()  # best first
+    assert not (positions == np.arange(len(vectors))[:, None]).any()
+    assert finders.search_recall(vectors, positions) >= 0.9
+    monkeypatch.setattr(finders, "EXACT_SEARCH_ROWS", 10_000)
+    assert finders.search_recall(vectors, positions) == 1.0  # an exact search is not sampled
+
+
 def test_duplicate_groups_never_chain_and_every_member_passes_with_its_centre():
     rng = np.random.default_rng(1)
     base = _unit(rng.normal(size=(1, 64)))[0]
