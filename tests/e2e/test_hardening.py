@@ -683,6 +683,8 @@ EDIT_KILLS = [
     ("delete", "edit.committed@1"), ("delete", "coverage.deleted@1"), ("delete", "coverage.deleted@2"), ("delete", "coverage.vectors@1"),
     ("sync", "sync.removed@1"), ("sync", "ingest.observed@1"), ("sync", "ingest.versions@1"), ("sync", "coverage.deleted@2"),
     ("refresh", "coverage.metadata@1"),
+    ("audit", "audit.written@1"), ("audit", "audit.intent@1"), ("audit", "edit.committed@1"), ("audit", "coverage.metadata@2"),
+    ("audit", "audit.applied@1"),
 ]
 
 
@@ -715,6 +717,11 @@ def test_catalogue_writes_killed_then_run_again_reach_the_clean_state(op, point,
     assert harness.differences(final, harness.snapshot(tmp_path / "clean")) == []
     reopened = Database(tmp_path / "db", read_only=True)
     assert all(coverage_of(reopened, m).in_step for m in reopened.find_models())
+    if op == "audit":  # the decision is recorded once, with what it replaced
+        from engine.audit import audit_frame
+
+        decided = audit_frame(reopened, status=None).sort("id").row(0, named=True)
+        assert decided["status"] == "relabelled" and decided["decided_by"] == "harness" and decided["decision"]
 
 
 def test_cli_prints_busy_and_full_disk_as_one_line_errors(tmp_path, tiny_weights, capsys, monkeypatch, fault_folder):

@@ -276,7 +276,8 @@ EDIT_LABEL = "jacket"
 
 
 def job_edit(job: dict) -> None:
-    """One catalogue write (``job['op']``: relabel, delete, sync or refresh) on a database with several versions."""
+    """One catalogue write (``job['op']``: relabel, delete, sync, refresh, or audit: the audit run, then its first
+    finding by id relabelled through an audit decision) on a database with several versions."""
     from engine.catalogue.edits import Selection, delete, relabel
     from engine.storage.database import Database
     from engine.versions.coverage import bring_in_step
@@ -291,6 +292,14 @@ def job_edit(job: dict) -> None:
         sync_folder(db, job["folder"], ingest_config(), tiny_encoder(job["weights"]))
     elif job["op"] == "refresh":
         bring_in_step(db)
+    elif job["op"] == "audit":
+        from engine.audit import AuditConfig, AuditDecision, audit_frame, decide, run_audit
+
+        if not audit_frame(db, status=None).height:  # a run killed after writing its findings is not repeated
+            run_audit(db, config=AuditConfig(k=3, headroom=5, kinds=("label-mistake",)))
+        first = audit_frame(db, status=None).sort("id").row(0, named=True)
+        if first["status"] == "open":
+            decide(db, AuditDecision(first["id"], "relabel", label=EDIT_LABEL, decided_by="harness"))
     else:
         raise ValueError(f"unknown edit {job['op']!r}")
 
