@@ -18,16 +18,19 @@ from textual.widgets import DataTable, Footer, Header, Static
 from console.service.audit import AuditDecision, FindingView, decide, list_findings, run_audit, show_finding, undo
 from console.tui.screens.base import ConsoleScreen
 from console.tui.widgets import Thumbnail, fill_table, load_preview
+from engine.core.splits import sql_quote
 
 SHOWN_IMAGES = 4  # images of a finding shown side by side (a group's first ones)
 
 
 @dataclass(frozen=True)
 class AuditItem:
-    """The finding on screen, with previews of its images."""
+    """The finding on screen: previews of its images, then (for a finding about one image) of the neighbours that
+    voted, so the label can be judged against them."""
 
     view: FindingView
     previews: list[PILImage.Image | None]
+    captions: list[str]
 
 
 class AuditScreen(ConsoleScreen):
@@ -91,9 +94,19 @@ class AuditScreen(ConsoleScreen):
 
     def _read_item(self, finding_id: str) -> AuditItem:
         view = show_finding(self.lookalike.db, finding_id)
+        shown = view.images.head(SHOWN_IMAGES)
+        paths = shown["path"].to_list() if shown.height else []
+        captions = [f"{label or '?'} · {split or '-'}" for label, split in shown.select("label", "split").iter_rows()] if shown.height else []
+        neighbours = view.evidence.get("neighbours") or []
+        if len(paths) == 1 and neighbours:
+            chosen = neighbours[: SHOWN_IMAGES - 1]
+            found = dict(self.lookalike.db.images_frame("id IN (" + ", ".join(sql_quote(n["id"]) for n in chosen) + ")", ["id", "path"]).iter_rows())
+            for neighbour in chosen:
+                if neighbour["id"] in found:
+                    paths.append(found[neighbour["id"]])
+                    captions.append(f"neighbour: {neighbour['label']} {neighbour['similarity']:.2f}")
         show_images = self.lookalike.image_class is not None
-        paths = view.images["path"].to_list()[:SHOWN_IMAGES] if view.images.height else []
-        return AuditItem(view, [load_preview(Path(p)) if show_images and Path(p).is_file() else None for p in paths])
+        return AuditItem(view, [load_preview(Path(p)) if show_images and Path(p).is_file() else None for p in paths], captions)
 
     def _show(self, findings: pl.DataFrame, position: int, item: AuditItem | None) -> None:
         self._findings, self._position, self._item = findings, position, item
@@ -124,7 +137,7 @@ class AuditScreen(ConsoleScreen):
             thumb = self.query_one(f"#audit-cell-{cell}", Thumbnail)
             thumb.display = cell < len(item.previews)
             if cell < len(item.previews):
-                thumb.show(item.previews[cell], f"{images['label'][cell] or '?'} · {images['split'][cell] or '-'}")
+                thumb.show(item.previews[cell], item.captions[cell])
 
     # ---- moving and deciding -------------------------------------------------------------------
 
