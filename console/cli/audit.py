@@ -70,9 +70,8 @@ def _show(args: argparse.Namespace) -> int:
         print(f"suggested label: {row['suggested']}")
     if view.images.height:
         print_table(view.images.with_columns(view.images["id"].str.slice(0, SHORT_ID)), title="images (first: the centre of a group)")
-    gone = len(row["image_ids"]) - view.images.height
-    if gone:
-        print(f"{gone} of its images are no longer in the catalogue")
+    if view.outdated:
+        print(f"out of date: {view.outdated} (run lookalike audit again, or --keep it)")
     for name in ("votes", "neighbours", "flags"):
         if view.evidence.get(name):
             print(f"{name}: {view.evidence[name]}")

@@ -24,9 +24,9 @@ def list_findings(db: Database, kind: str | None = None, status: str | None = "o
     frame = audit_frame(db, kind, None if status == "all" else status)
     if not frame.height:
         return pl.DataFrame(schema={"id": pl.String, "kind": pl.String, "score": pl.Float64, "status": pl.String, "images": pl.String, "message": pl.String})
-    count = pl.col("image_ids").list.len()
-    images = pl.when(count > pl.col("present")).then(pl.format("{} ({} gone)", count, count - pl.col("present"))).otherwise(count.cast(pl.String))
-    return frame.with_columns(images.alias("images")).select(LIST_COLUMNS)
+    count = pl.col("image_ids").list.len().cast(pl.String)
+    message = pl.when(pl.col("outdated").is_not_null()).then(pl.format("[out of date: {}] {}", pl.col("outdated"), pl.col("message"))).otherwise(pl.col("message"))
+    return frame.with_columns(count.alias("images"), message.alias("message")).select(LIST_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class FindingView:
     evidence: dict[str, Any]
     decision: dict[str, Any] | None
     images: pl.DataFrame  # id, path, label, split of the images still in the catalogue
+    outdated: str | None = None  # why an open finding no longer stands (see engine.audit.audit_frame)
 
 
 def show_finding(db: Database, finding: str) -> FindingView:
@@ -46,4 +47,5 @@ def show_finding(db: Database, finding: str) -> FindingView:
     if images.height:
         order = {image_id: position for position, image_id in enumerate(ids)}
         images = images.with_columns(pl.col("id").replace_strict(order, return_dtype=pl.Int64).alias("order")).sort("order").drop("order")
-    return FindingView(row, json.loads(row["evidence"]), json.loads(row["decision"]) if row["decision"] else None, images)
+    outdated = audit_frame(db, row["kind"], None).filter(pl.col("id") == row["id"])["outdated"].to_list()
+    return FindingView(row, json.loads(row["evidence"]), json.loads(row["decision"]) if row["decision"] else None, images, outdated[0] if outdated else None)

@@ -74,19 +74,30 @@ def write_findings(db: Database, findings: Sequence[Finding], model_id: str, sco
 
 
 def audit_frame(db: Database, kind: str | None = None, status: str | None = OPEN) -> pl.DataFrame:
-    """Findings, highest score first within each kind, with ``present``: how many of their images the catalogue still
-    holds (a finding whose images were deleted elsewhere is moot). ``status=None`` gives every status."""
+    """Findings, highest score first within each kind, with what the catalogue says of them now: ``present`` (how
+    many of their images it still holds) and ``outdated`` (why an open finding no longer stands: images deleted
+    since, or a label mistake whose image was relabelled since; None when it stands). ``status=None``: every status."""
     conditions = [*([f"kind = {sql_quote(kind)}"] if kind else []), *([f"status = {sql_quote(status)}"] if status else [])]
     query = db.audit.search().limit(None)
     if conditions:
         query = query.where(" AND ".join(conditions))
     frame = pl.from_arrow(query.to_arrow())
     if not frame.height:
-        return frame.with_columns(pl.lit(0, pl.Int64).alias("present"))
-    catalogue = db.images_frame(columns=["id"])["id"]
-    present = frame.select("id", "image_ids").explode("image_ids").with_columns(pl.col("image_ids").is_in(catalogue.implode()).alias("present"))
-    counts = present.group_by("id").agg(pl.col("present").sum().cast(pl.Int64))
-    return frame.join(counts, on="id", how="left").sort(["kind", "score", "id"], descending=[False, True, False])
+        return frame.with_columns(pl.lit(0, pl.Int64).alias("present"), pl.lit(None, pl.String).alias("outdated"))
+    catalogue = db.images_frame(columns=["id", "label"]).rename({"id": "image_id", "label": "current_label"})
+    members = frame.select("id", pl.col("image_ids").alias("image_id")).explode("image_id")
+    present = members.join(catalogue, on="image_id", how="left").group_by("id", maintain_order=True).agg(
+        pl.col("current_label").is_not_null().sum().cast(pl.Int64).alias("labelled_now"),
+        pl.col("image_id").is_in(catalogue["image_id"].implode()).sum().cast(pl.Int64).alias("present"),
+        pl.col("current_label").first().alias("first_label"))
+    frame = frame.join(present, on="id", how="left")
+    gone = pl.col("image_ids").list.len() - pl.col("present")
+    outdated = (pl.when(pl.col("status") != OPEN).then(None)
+                .when(gone > 0).then(pl.format("{} of its images deleted since", gone))
+                .when((pl.col("kind") == "label-mistake") & (pl.col("first_label") != pl.col("label")))
+                .then(pl.format("relabelled {} since", pl.col("first_label"))))
+    return (frame.with_columns(outdated.alias("outdated")).drop("labelled_now", "first_label")
+            .sort(["kind", "score", "id"], descending=[False, True, False]))
 
 
 def resolve_finding(db: Database, given: str) -> dict[str, Any]:
@@ -185,6 +196,10 @@ def decide(db: Database, decision: AuditDecision, *, progress: ProgressCallback 
     row = resolve_finding(db, decision.finding)
     if row["status"] != OPEN:
         raise InvalidRequestError(f"finding {row['id']} was decided already ({row['status']} by {row['decided_by']}); undo it first to decide again")
+    if row["decision"] is None and decision.action != "keep":
+        outdated = audit_frame(db, row["kind"]).filter(pl.col("id") == row["id"])["outdated"].to_list()
+        if outdated and outdated[0]:
+            raise InvalidRequestError(f"finding {row['id']} is out of date ({outdated[0]}); run lookalike audit again, or --keep it")
     intent = _intent(db, row, decision)
     report = None
     if decision.action != "keep":

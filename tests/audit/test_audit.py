@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 from console.cli.main import main
 from engine.audit import AuditConfig, AuditDecision, audit_frame, decide, run_audit, undo
 from engine.audit.finders import AuditData, class_probabilities, duplicate_groups, duplicate_links, find_label_mistakes, find_outliers, neighbours
-from engine.core.errors import InvalidRequestError, NotFoundError
+from engine.core.errors import InvalidRequestError
 from engine.core.faults import reset_fault_counts
 from engine.storage.database import Database
 from engine.versions.coverage import coverage_of
@@ -304,9 +304,28 @@ def test_deciding_a_finding_whose_images_were_deleted_elsewhere_says_so(audit_db
     run_audit(db, config=AuditConfig(k=3, headroom=5))
     finding = audit_frame(db).row(0, named=True)
     assert main(["delete", *finding["image_ids"], "--yes", "--db", str(audit_db)]) == 0
-    assert audit_frame(db).filter(pl.col("id") == finding["id"])["present"].to_list() == [0]
-    with pytest.raises(NotFoundError, match="no longer in the catalogue"):
+    after = audit_frame(db).filter(pl.col("id") == finding["id"]).row(0, named=True)
+    assert after["present"] == 0 and "deleted since" in after["outdated"]
+    with pytest.raises(InvalidRequestError, match="out of date"):
         decide(db, AuditDecision(finding["id"], "relabel", label="bag"))
+    assert decide(db, AuditDecision(finding["id"], "keep")).finding["status"] == "kept"
+
+
+def test_a_label_mistake_relabelled_elsewhere_is_out_of_date_in_every_view(audit_db, capsys):
+    db = Database(audit_db)
+    run_audit(db, config=AuditConfig(k=3, headroom=5, kinds=("label-mistake",)))
+    finding = audit_frame(db).row(0, named=True)
+    other = next(c for c in CLASSES if c != finding["label"])
+    assert main(["relabel", finding["image_ids"][0], "--to", other, "--db", str(audit_db)]) == 0
+    assert audit_frame(db).filter(pl.col("id") == finding["id"])["outdated"].to_list() == [f"relabelled {other} since"]
+    capsys.readouterr()
+    assert main(["audit", "list", "--db", str(audit_db), "--format", "csv"]) == 0
+    assert "out of date: relabelled" in capsys.readouterr().out
+    with pytest.raises(InvalidRequestError, match="out of date"):
+        decide(db, AuditDecision(finding["id"], "relabel"))
+    # the next audit replaces it: the stale finding is gone (its id held the old label)
+    run_audit(db, config=AuditConfig(k=3, headroom=5, kinds=("label-mistake",)))
+    assert finding["id"] not in audit_frame(db)["id"].to_list()
 
 
 @pytest.mark.skipif(os.environ.get("LOOKALIKE_FAULTS") is not None, reason="runs its own faults")

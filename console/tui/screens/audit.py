@@ -127,9 +127,8 @@ class AuditScreen(ConsoleScreen):
         text.append(row["message"] + "\n")
         if row["suggested"]:
             text.append("suggested label: ", style="bold").append(f"{row['suggested']}\n")
-        gone = len(row["image_ids"]) - item.view.images.height
-        if gone:
-            text.append(f"{gone} of its images are no longer in the catalogue\n", style="red")
+        if item.view.outdated:
+            text.append(f"out of date: {item.view.outdated} (run the audit again, or keep it)\n", style="red")
         info.update(text)
         images = item.view.images
         fill_table(self.query_one("#audit-table", DataTable), images.select("label", "split", "path", "id") if images.height else images, "no images left")
