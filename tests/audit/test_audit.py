@@ -20,6 +20,7 @@ from engine.audit.finders import AuditData, class_probabilities, duplicate_group
 from engine.core.errors import InvalidRequestError
 from engine.core.faults import reset_fault_counts
 from engine.storage.database import Database
+from engine.storage.filters import WhereFilterError
 from engine.versions.coverage import coverage_of
 from tests.support.paths import SAMPLES
 
@@ -336,3 +337,19 @@ def test_dropping_a_version_drops_its_findings(audit_db):
     assert audit_frame(db, status=None).filter(pl.col("model_id") == dba.id).height
     assert main(["models", "--drop", dba.id, "--db", str(audit_db)]) == 0
     assert audit_frame(db, status=None).filter(pl.col("model_id") == dba.id).height == 0
+
+
+def test_an_audit_of_some_images_finds_only_among_them_and_keeps_other_scopes(audit_db):
+    db = Database(audit_db)
+    config = AuditConfig(k=3, headroom=5, kinds=("label-mistake", "near-duplicate"))
+    everything = run_audit(db, config=config)
+    whole = audit_frame(db)
+    report = run_audit(db, where="split = 'train'", config=config)
+    assert report.images == everything.images - 1 and report.scope == "split = 'train'"
+    train = set(db.images_frame("split = 'train'", ["id"])["id"].to_list())
+    scoped = audit_frame(db).filter(pl.col("scope") == report.scope)
+    assert all(set(ids) <= train for ids in scoped["image_ids"].to_list())
+    # the whole-catalogue findings are still there: a run replaces open findings of its own scope only
+    assert set(whole["id"].to_list()) <= set(audit_frame(db)["id"].to_list())
+    with pytest.raises(WhereFilterError, match="unknown column 'colour'"):
+        run_audit(db, where="colour = 'red'")
