@@ -18,6 +18,7 @@ LIST_FORMATS = ("table", "csv", "json")
 def _run(args: argparse.Namespace) -> int:
     from console.service.audit import AuditConfig, run_audit
     from engine.audit.finders import EXACT_SEARCH_ROWS as EXACT_ROWS
+    from engine.audit.run import AGREEMENT_WARNING
     from engine.storage.database import Database
 
     defaults = AuditConfig()
@@ -30,6 +31,10 @@ def _run(args: argparse.Namespace) -> int:
     found = ", ".join(f"{count} {kind}" for kind, count in report.counts.items())
     print(f"audited {report.images} images with model {report.model_id}" + (f" (where {report.scope})" if report.scope else "")
           + f" in {report.seconds:.1f}s: {found}")
+    if report.vote_agreement is not None:
+        print(f"the features' k-NN vote agrees with {report.vote_agreement:.1%} of the labels (leave-one-out)"
+              + (": with features this weak most label-mistake findings are look-alike classes, not mistakes; audit with a stronger "
+                 "version (--model) or read them as confusions" if report.vote_agreement < AGREEMENT_WARNING else ""))
     if report.search_recall < 1.0:
         print(f"neighbour search: approximate above {EXACT_ROWS:,} images, recall@10 {report.search_recall:.3f} against exact search (sampled)")
     if report.decided_again:

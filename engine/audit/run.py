@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 BASE_KINDS = ("encoder",)  # versions made straight from an image encoder (not trained on the catalogue's labels)
 RECALL_WARNING = 0.95  # below this sampled recall of the neighbour search, the audit says so
+AGREEMENT_WARNING = 0.9  # below this share of labels the votes agree with, label-mistake findings are mostly confusions
 IMAGE_COLUMNS = ["id", "split", "label", "width", "height", "mode", "channels", "format"]
 
 
@@ -47,6 +48,7 @@ class AuditReport:
     decided_again: int = 0  # findings decided earlier and found again (left as decided)
     seconds: float = 0.0
     search_recall: float = 1.0  # recall@10 of the shared neighbour search against exact search (1.0: it was exact)
+    vote_agreement: float | None = None  # share of labelled images whose out-of-sample vote is their own label
 
 
 def load_audit_data(db: Database, model: ModelRecord, where: str | None, config: AuditConfig) -> AuditData:
@@ -77,15 +79,31 @@ def run_audit(db: Database, model: str | None = None, where: str | None = None, 
         findings.extend(found)
         if progress is not None:
             progress(Progress("audit", step, len(config.kinds), "kinds", f"{kind}: {len(found)}"))
+    agreement = vote_agreement(data, config) if "label-mistake" in config.kinds else None
+    if agreement is not None and agreement < AGREEMENT_WARNING:
+        logger.warning("the features agree with %.0f%% of the labels: label-mistake findings are mostly look-alike classes", 100 * agreement)
     recall = search_recall(data.vectors, data.neighbours)
     if recall < RECALL_WARNING:
         logger.warning("the audit's neighbour search found %.3f of the exact 10 nearest images (sampled); findings may be missed", recall)
     scope = where or ""
     with writer_lock(db.uri, "audit"):
         written, again = write_findings(db, findings, record.id, scope, config.kinds)
-    report = AuditReport(record.id, scope, len(data.ids), counts, written, again, time.perf_counter() - started, recall)
+    report = AuditReport(record.id, scope, len(data.ids), counts, written, again, time.perf_counter() - started, recall, agreement)
     logger.info("audit of %d images with %s: %s in %.1fs", report.images, record.id, counts, report.seconds)
     return report
+
+
+def vote_agreement(data: AuditData, config: AuditConfig) -> float | None:
+    """The share of labelled images whose out-of-sample k-NN vote is their own label (leave-one-out accuracy of the
+    features): how far label-mistake findings can be trusted. None without two classes."""
+    from engine.audit.finders import class_probabilities
+
+    labelled = np.array([label is not None for label in data.labels])
+    classes, probabilities = class_probabilities(data, config)
+    if len(classes) < 2 or not labelled.any():
+        return None
+    voted = classes[np.argmax(probabilities[labelled], axis=1)]
+    return float(np.mean(voted == data.labels[labelled]))
 
 
 def label_mistake_scores(db: Database, model: str | None = None, where: str | None = None, config: AuditConfig = AuditConfig()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -121,6 +121,12 @@ def test_label_mistakes_find_planted_flips_and_ignore_votes_of_copies():
         if row in by_row:
             assert by_row[row].suggested == labels[row] and by_row[row].label == noisy[row]
 
+    # the report's measure of how far findings can be trusted: clean labels on separable features agree fully
+    from engine.audit.run import vote_agreement
+
+    assert vote_agreement(_data(vectors, labels, config), config) == 1.0
+    assert 0.9 < vote_agreement(_data(vectors, noisy, config), config) < 1.0
+
     # an exact copy carrying the same (wrong) label does not vote for it
     copy = np.concatenate([vectors, vectors[flipped[:1]]])
     copy_labels = [*noisy, noisy[flipped[0]]]
@@ -204,6 +210,7 @@ def test_a_copy_across_splits_with_two_labels_is_found_decided_and_undone_in_eve
     db = Database(audit_db)
     report = run_audit(db, config=AuditConfig(k=3, headroom=5))
     assert report.model_id == db.resolve_model("test_efficientnet").id  # the base encoder, not the active DBA version
+    assert 0.0 <= report.vote_agreement <= 1.0 and report.search_recall == 1.0
     groups = audit_frame(db, "near-duplicate")
     copy_id = db.images_frame("path LIKE '%copy_of_bag%'", ["id"])["id"][0]
     mine = groups.filter(pl.col("image_ids").list.contains(copy_id))
