@@ -105,18 +105,3 @@ def vote_agreement(data: AuditData, config: AuditConfig) -> float | None:
     voted = classes[np.argmax(probabilities[labelled], axis=1)]
     return float(np.mean(voted == data.labels[labelled]))
 
-
-def label_mistake_scores(db: Database, model: str | None = None, where: str | None = None, config: AuditConfig = AuditConfig()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every labelled image's label-mistake score (1 - out-of-sample probability of its own label) and whether
-    confident learning flags it: (ids, scores, flagged). For curves against planted noise; writes nothing."""
-    from engine.audit.finders import class_probabilities, find_label_mistakes
-
-    data = load_audit_data(db, audit_model(db, model), check_where(where, db.images.schema.names), config)
-    classes, probabilities = class_probabilities(data, config)
-    column = {label: i for i, label in enumerate(classes)}
-    labelled = np.array([label is not None for label in data.labels])
-    own = np.array([probabilities[r, column[label]] if label is not None else 1.0 for r, label in enumerate(data.labels)])
-    flagged_ids = {f.image_ids[0] for f in find_label_mistakes(data, config)}
-    ids = data.ids[labelled]
-    return ids, 1.0 - own[labelled], np.array([i in flagged_ids for i in ids])
-
