@@ -18,7 +18,7 @@ from engine.encoders.config import DEFAULT_ENCODER, EncoderConfig
 from engine.storage.database import Database, ModelNotFoundError
 from engine.storage.lock import writer_lock
 from engine.versions.coverage import Coverage, bring_in_step, catalogue_frame, coverage_of, live_versions
-from engine.versions.resolve import lineage
+from engine.versions.resolve import base_version
 from ingest.pipeline import IngestConfig
 from ingest.sync import SyncReport, sync_folder
 
@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("parquet", "csv", "json")
 EXPORT_WHAT = ("images", "embeddings", "results")
-BASE_KINDS = ("encoder",)  # root versions whose encoder a folder is ingested with by default
 
 relabel = edits.relabel
 relabel_from_csv = edits.relabel_from_csv
@@ -45,14 +44,14 @@ def catalogue_encoder_config(db: Database, given: EncoderConfig | None = None) -
     if given is not None:
         return given
     try:
-        roots = [m for m in lineage(db, db.resolve_model()) if m.kind in BASE_KINDS]
+        base = base_version(db, db.resolve_model())
     except ModelNotFoundError:  # an empty database
-        roots = []
-    if not roots:
+        base = None
+    if base is None:
         return EncoderConfig(name=DEFAULT_ENCODER)
-    settings = roots[-1].settings
+    settings = base.settings
     weights = settings.get("weights")
-    return EncoderConfig(name=settings.get("name", roots[-1].encoder), weights=weights if weights and db.artifact(weights).is_file() else None)
+    return EncoderConfig(name=settings.get("name", base.encoder), weights=weights if weights and db.artifact(weights).is_file() else None)
 
 
 def sync(db: Database, folder: Path, config: IngestConfig = IngestConfig(), encoder: EncoderConfig | None = None,

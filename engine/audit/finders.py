@@ -348,7 +348,8 @@ def _majority(labels: np.ndarray) -> str | None:
 @FINDERS.register("outlier", "labelled images far from every class: a distractor scorer applied to the catalogue itself, robust z-score")
 def find_outliers(data: AuditData, config: AuditConfig) -> list[Finding]:
     labelled = np.nonzero([label is not None for label in data.labels])[0]
-    votes = voters(data, config)[labelled]
+    all_votes = voters(data, config)
+    votes = all_votes[labelled]
     usable = votes.any(axis=1)
     labelled, votes = labelled[usable], votes[usable]
     if len(labelled) < 3:
@@ -378,7 +379,7 @@ def find_outliers(data: AuditData, config: AuditConfig) -> list[Finding]:
             f"far from every class ({config.outlier_scorer} {scores[position]:.3f}, robust z {z[position]:.1f}); labelled {data.labels[row]}, "
             f"nearest: {', '.join(nearest)}",
             {"path": str(data.paths[row]), "split": data.splits[row], "scorer": config.outlier_scorer, "score": round(float(scores[position]), 4),
-             "median": round(median, 4), "neighbours": _neighbour_evidence(data, row, voters(data, config))},
+             "median": round(median, 4), "neighbours": _neighbour_evidence(data, row, all_votes)},
             label=str(data.labels[row]), suggested=_majority(neighbour_labels[position])))
     return findings
 

@@ -18,11 +18,10 @@ from engine.storage.database import Database, ModelRecord
 from engine.storage.filters import check_where
 from engine.storage.lock import writer_lock
 from engine.versions.coverage import coverage_of
-from engine.versions.resolve import lineage
+from engine.versions.resolve import base_version, lineage
 
 logger = logging.getLogger(__name__)
 
-BASE_KINDS = ("encoder",)  # versions made straight from an image encoder (not trained on the catalogue's labels)
 RECALL_WARNING = 0.95  # below this sampled recall of the neighbour search, the audit says so
 AGREEMENT_WARNING = 0.9  # below this share of labels the votes agree with, label-mistake findings are mostly confusions
 IMAGE_COLUMNS = ["id", "split", "label", "width", "height", "mode", "channels", "format"]
@@ -33,9 +32,8 @@ def audit_model(db: Database, name: str | None = None) -> ModelRecord:
     built on. A head trained on the catalogue's labels has learnt its mistakes too, so it would vouch for them."""
     if name:
         return db.resolve_model(name)
-    chain = lineage(db, db.resolve_model())
-    roots = [m for m in chain if m.kind in BASE_KINDS]
-    return roots[-1] if roots else chain[-1]
+    active = db.resolve_model()
+    return base_version(db, active) or lineage(db, active)[-1]
 
 
 @dataclass(frozen=True)

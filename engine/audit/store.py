@@ -56,7 +56,10 @@ def write_findings(db: Database, findings: Sequence[Finding], model_id: str, sco
     """Store a run's findings: new ones added, open ones updated, decided ones (and ones with a decision under way)
     left as they are, open ones of the same kinds, version and scope that were not found again removed.
     Returns (findings written, decided findings found again)."""
-    rows = list({row["id"]: row for row in reversed(finding_rows(findings, model_id, scope))}.values())[::-1]  # first of an id wins
+    unique: dict[str, dict[str, Any]] = {}
+    for row in finding_rows(findings, model_id, scope):
+        unique.setdefault(row["id"], row)  # the first of an id wins
+    rows = list(unique.values())
     table = db.audit
     earlier = pl.from_arrow(table.search().where(f"model_id = {sql_quote(model_id)} AND scope = {sql_quote(scope)}")
                             .select(["id", "kind", "status", "decision"]).limit(None).to_arrow())
@@ -134,7 +137,7 @@ class DecisionReport:
     edit: EditReport | None
 
 
-def _targets(row: dict[str, Any], decision: AuditDecision, db: Database) -> list[str]:
+def _targets(row: dict[str, Any], decision: AuditDecision) -> list[str]:
     involved = list(row["image_ids"])
     if decision.images:
         chosen = [i for i in involved if any(i.startswith(given) for given in decision.images)]
@@ -169,7 +172,7 @@ def _intent(db: Database, row: dict[str, Any], decision: AuditDecision) -> dict[
             raise InvalidRequestError(f"finding {row['id']} has an unfinished {pending['action']} decision (a run was cut off); decide "
                                       f"--{pending['action']} again to finish it, then undo it if it was not wanted")
         return pending
-    targets = _targets(row, decision, db)
+    targets = _targets(row, decision)
     intent: dict[str, Any] = {"action": decision.action, "images": targets}
     if decision.action == "relabel":
         label = decision.label or row["suggested"]

@@ -41,6 +41,15 @@ def encoder_for_model(db: Database, record: ModelRecord, device: str | None = No
     return build_context(db, device).encoder_of(record)
 
 
+BASE_KINDS = ("encoder",)  # versions made straight from an image encoder (not trained on the catalogue's labels)
+
+
+def base_version(db: Database, record: ModelRecord) -> ModelRecord | None:
+    """The image-encoder version ``record`` is built on (a head on Lite2: Lite2), or None when its chain has none."""
+    roots = [m for m in lineage(db, record) if m.kind in BASE_KINDS]
+    return roots[-1] if roots else None
+
+
 def lineage(db: Database, record: ModelRecord) -> list[ModelRecord]:
     """``record`` and every version it is made from, depth first (parents after children, no repeats)."""
     seen: dict[str, ModelRecord] = {}
