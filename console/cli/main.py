@@ -18,7 +18,7 @@ from pathlib import Path
 
 from console.cli.arguments import non_negative_float, non_negative_int, open_fraction, positive_float, positive_int, unit_fraction
 from console.cli.options import REGISTRIES, registered, registry_names
-from console.cli.output import print_error, print_frame, progress_bar
+from console.cli.output import add_output_options, print_error, progress_bar, show_rows
 from engine.core.errors import InvalidRequestError, LookalikeError
 from engine.core.splits import CATALOGUE_SPLIT, CATALOGUE_WHERE, QUERY_SPLIT, split_where
 from engine.encoders.config import DEFAULT_ENCODER, HEAD_KINDS, EncoderConfig, HeadConfig
@@ -94,7 +94,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     failures: list = []
     if args.id:
         ids = searcher.db.resolve_image_ids(args.id)  # full ids or unique prefixes
-        outcome = search(searcher, searcher.vectors_of(ids), where=args.where, columns=columns, exclude_ids=None if args.include_self else ids)
+        outcome = search(searcher, searcher.vectors_of(ids), where=args.where, columns=columns, exclude_ids=None if args.include_self else ids,
+                         query_names=ids)
     else:
         if not args.queries:
             raise InvalidRequestError("give query image files or --id IMAGE_ID")
@@ -104,10 +105,35 @@ def cmd_search(args: argparse.Namespace) -> int:
         if not encoded.paths:
             raise InvalidRequestError(f"none of the {len(failures)} query files could be used (see above)")
         outcome = search(searcher, encoded.vectors, where=args.where, columns=columns, query_names=encoded.paths)
-    print_frame(outcome.results)
-    if args.predict:
-        print_frame(outcome.predictions)
+    show_search(args, outcome)
     return EXIT_SOME_FAILED if failures else 0
+
+
+def show_search(args: argparse.Namespace, outcome) -> None:  # noqa: ANN001 - console.service.search.SearchOutcome
+    """Search results: one table per query for reading (its verdict and classes in the title), every column for scripts."""
+    from console.cli.output import output_format, print_table, relative_path
+
+    frames = {"results": outcome.results} | ({"predictions": outcome.predictions} if args.predict else {})
+    if output_format(args) != "table":
+        show_rows(args, frames, empty="")
+        return
+    results = outcome.results
+    if not results.height:
+        print("no results" + (f": no catalogue image matches --where {args.where!r}" if args.where else ""))
+    hidden = {"query", "query_path", "distractor_score", "is_distractor"}
+    for query, rows in results.group_by("query", maintain_order=True):
+        first = rows.row(0, named=True)
+        title = f"query {relative_path(first['query_path'])}"
+        if first.get("distractor_score") is not None:
+            title += f": distractor score {first['distractor_score']:.3f}, " + ("flagged as a distractor" if first["is_distractor"] else "a known class")
+        print_table(rows.select([c for c in ("rank", "path", "label", "distance") if c in rows.columns]
+                                + [c for c in rows.columns if c not in hidden | {"rank", "path", "label", "distance", "image_id"}] + ["image_id"]),
+                    title=title)
+        if args.predict:
+            classes = outcome.predictions.filter(outcome.predictions["query"] == query[0])
+            voted = ", ".join(f"{label} {score:.3f}" for label, score in zip(classes["label"], classes["score"]))
+            print(f"classes: {voted}" + (" (voted by the whole catalogue: --where filters the results only)" if args.where else ""))
+        print()
 
 
 def report_skipped(failures: list) -> None:
@@ -154,7 +180,8 @@ def cmd_review(args: argparse.Namespace) -> int:
     db = Database(args.db, read_only=args.review_id is None)
     if args.review_id is None:
         frame = review_frame(db, None if args.status == "all" else args.status)
-        print_frame(frame.select("id", "path", "score", "suggested", "status", "label", "decided_by", "decided_at") if frame.height else frame)
+        show_rows(args, {"review": frame.select("id", "path", "score", "suggested", "status", "label", "decided_by", "decided_at")},
+                  empty=f"no {'' if args.status == 'all' else args.status + ' '}review items (lookalike predict queues flagged queries)")
         return 0
     if not (args.confirm or args.assign or args.add):
         raise InvalidRequestError("to decide a review item give --confirm, --assign CLASS or --add CLASS")
@@ -168,7 +195,7 @@ def cmd_calibrations(args: argparse.Namespace) -> int:
     from engine.evaluation.detect import calibrations_frame
     from engine.storage.database import Database
 
-    print_frame(calibrations_frame(Database(args.db, read_only=True)))
+    show_rows(args, {"calibrations": calibrations_frame(Database(args.db, read_only=True))}, empty="no calibrations yet: run lookalike calibrate")
     return 0
 
 
@@ -187,9 +214,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         queries, query_labels = load_split(searcher.table, split_where(args.query_split))
     result = evaluate(queries, query_labels, catalogue, catalogue_labels, vote_neighbours=searcher.config.vote_neighbours)
     print(f"model {searcher.model.id}: {result.queries} queries against {result.catalogue} catalogue images")
-    print_frame(result.as_frame())
-    if args.per_class:
-        print_frame(result.per_class)
+    show_rows(args, {"metrics": result.as_frame()} | ({"per_class": result.per_class} if args.per_class else {}), empty="no queries")
     return 0
 
 
@@ -236,35 +261,46 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"dropped {', '.join(m.id for m in dropped)}; the active model is {db.active_model_id()}")
         return 0
     frame = model_versions(db)
-    if not frame.height:
-        print("no models yet: run lookalike ingest")
-        return 0
-    print_frame(frame.select("id", "active", "kind", "parent", "method", "dim", "val_map5", "status", "rows", "missing", "created_at"))
+    show_rows(args, {"models": frame.select("id", "active", "kind", "parent", "method", "dim", "val_map5", "status", "rows", "missing", "created_at")},
+              empty="no models yet: run lookalike ingest", views={"models": models_view}, titles={"models": "model versions (* the active one)"})
     return 0
 
 
+def models_view(frame):  # noqa: ANN001, ANN201 - polars frames
+    """What a reader needs of each version in 80 columns: the active one starred, method beside kind, gaps in the status."""
+    import polars as pl
+
+    return frame.select(
+        (pl.col("id") + pl.when(pl.col("active")).then(pl.lit(" *")).otherwise(pl.lit(""))).alias("id"),
+        (pl.col("kind") + pl.when(pl.col("method").is_not_null()).then(pl.lit("/") + pl.col("method")).otherwise(pl.lit(""))).alias("kind"),
+        "parent", "dim", "val_map5",
+        (pl.col("status") + pl.when(pl.col("missing") > 0).then(pl.format(" ({} missing)", "missing")).otherwise(pl.lit(""))).alias("status"),
+    )
+
+
 def cmd_info(args: argparse.Namespace) -> int:
+    from console.service.data import coverage_frame
     from engine.storage.database import Database
 
     db = Database(args.db, read_only=True)
-    print(f"database {db.uri}")
-    print_frame(db.summary())
     models = db.models_frame()
+    frames = {"tables": db.summary()}
     if models.height:
-        from console.service.data import coverage_frame
-
-        print_frame(models.select("id", "kind", "encoder", "architecture", "dim", "weights_sha256", "created_at"))
-        print_frame(coverage_frame(db).select("model_id", "status", "catalogue_rows", "rows", "missing", "extra", "changed", "reason"))
+        frames |= {"models": models.select("id", "kind", "architecture", "dim", "created_at", "encoder", "weights_sha256"),
+                   "coverage": coverage_frame(db).select("model_id", "status", "catalogue_rows", "rows", "missing", "extra", "changed", "reason")}
     images = db.images_frame(columns=["split", "label"])
-    if images.height:
-        print_frame(images.group_by("split", "label").len().sort("split", "label"))
+    frames["labels"] = images.group_by("split", "label").len().sort("split", "label")
+    if args.format == "table" and args.out is None:
+        print(f"database {db.uri}")
+    show_rows(args, frames, empty="an empty database: run lookalike ingest FOLDER",
+              views={"models": ("id", "kind", "architecture", "dim", "created_at"), "coverage": ("model_id", "status", "rows", "missing", "extra", "changed", "reason")})
     return 0
 
 
 def cmd_errors(args: argparse.Namespace) -> int:
     from engine.storage.database import Database
 
-    print_frame(Database(args.db, read_only=True).errors_frame())
+    show_rows(args, {"errors": Database(args.db, read_only=True).errors_frame()}, empty="no ingest errors")
     return 0
 
 
@@ -332,8 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--include-self", action="store_true", help="with --id, keep the image itself in its results (rank 1)")
     search.add_argument("--where", help="SQL filter over image metadata, e.g. \"label = 'coast' AND width >= 256\"")
     search.add_argument("--columns", help="extra columns to show, comma-separated (e.g. split,width)")
-    search.add_argument("--predict", action="store_true", help="also print the top-5 classes by k-NN voting")
+    search.add_argument("--predict", action="store_true", help="also print the classes the nearest catalogue images vote for (up to 5; the whole catalogue votes, whatever --where)")
     importlib.import_module("console.cli.masking").add_mask_options(search, "mask queries with this masker (default: as the model's catalogue was masked); another masking is refused")
+    add_output_options(search)
     search.set_defaults(func=cmd_search)
 
     evaluation = sub.add_parser("eval", parents=[search_opts], help="P@1, P@5, mAP@5 and mAP of a model")
@@ -342,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--query-dir", help="labelled query folder instead of --query-split")
     evaluation.add_argument("--per-class", action="store_true")
     evaluation.add_argument("--compare", metavar="PIPELINES", help="pipelines side by side, RERANKER[@MODEL] comma-separated, e.g. base,qe,dba,k-reciprocal,qe+k-reciprocal@MODEL")
+    add_output_options(evaluation)
     evaluation.set_defaults(func=cmd_eval)
 
     calibrate = sub.add_parser("calibrate", parents=[common], help="calibrate the distractor threshold on the catalogue")
@@ -354,7 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--seed", type=int, default=CalibrationConfig.seed)
     calibrate.add_argument("--catalogue-where", default=CATALOGUE_WHERE, help="which rows are the catalogue")
     calibrate.set_defaults(func=cmd_calibrate)
-    sub.add_parser("calibrations", parents=[common], help="stored calibrations, newest first").set_defaults(func=cmd_calibrations)
+    calibrations = sub.add_parser("calibrations", parents=[common], help="stored calibrations, newest first")
+    add_output_options(calibrations)
+    calibrations.set_defaults(func=cmd_calibrations)
 
     predict = sub.add_parser("predict", parents=[search_opts], help="top-5 classes with -1 for distractors, as a Kaggle CSV")
     predict.add_argument("queries", help="query folder (or one image)")
@@ -372,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     decision.add_argument("--assign", metavar="CLASS", help="it belongs to this known class (joins the catalogue)")
     decision.add_argument("--add", metavar="CLASS", help="it is a new class (joins the catalogue)")
     review.add_argument("--by", default=os.environ.get("USER", "unknown"), help="who decides")
+    add_output_options(review)
     review.set_defaults(func=cmd_review)
 
     train = sub.add_parser("train", parents=[common], help="train a head on stored features, or fine-tune the backbone on the images")
@@ -407,10 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", parents=[common], help="model versions; --activate ID picks the default")
     models.add_argument("--activate", metavar="MODEL_ID")
     models.add_argument("--drop", nargs="+", metavar="MODEL_ID", help="drop versions (table, row, coverage); never the last one")
+    add_output_options(models)
     models.set_defaults(func=cmd_models)
-
-    sub.add_parser("info", parents=[common], help="tables, models and label counts").set_defaults(func=cmd_info)
-    sub.add_parser("errors", parents=[common], help="files that could not be ingested").set_defaults(func=cmd_errors)
+    for name, function, text in (("info", cmd_info, "tables, models and label counts"), ("errors", cmd_errors, "files that could not be ingested")):
+        command = sub.add_parser(name, parents=[common], help=text)
+        add_output_options(command)
+        command.set_defaults(func=function)
     sub.add_parser("encoders", help="registered encoders").set_defaults(func=cmd_encoders)
     listing = sub.add_parser("list", help="what a registry holds: encoders, methods, rerankers, kinds, ...")
     listing.add_argument("family", choices=sorted(REGISTRIES))

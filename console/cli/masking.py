@@ -11,7 +11,7 @@ from pathlib import Path
 
 from console.cli.arguments import open_fraction, positive_float, positive_int
 from console.cli.options import registered
-from console.cli.output import print_frame, progress_bar
+from console.cli.output import add_output_options, progress_bar, show_rows
 from engine.core.errors import InvalidRequestError
 
 
@@ -50,20 +50,18 @@ def cmd_maskers(args: argparse.Namespace) -> int:
 
     db = Database(args.db, read_only=True)
     if args.foreground:
-        return _show_foreground(db, args.foreground)
-    frame = maskers_frame(db)
-    if not frame.height:
-        print("no maskers yet: run lookalike train-masker")
-        return 0
+        return _show_foreground(args, db, args.foreground)
     import polars as pl
 
+    frame = maskers_frame(db)
     epochs = [json.loads(d).get("best_epoch") for d in frame["details"]]
-    print_frame(frame.with_columns(pl.Series("best_epoch", epochs, pl.Int64))
-                 .select("id", "encoder", "image_size", "val_iou", "train_images", "val_images", "best_epoch", "created_at"))
+    show_rows(args, {"maskers": frame.with_columns(pl.Series("best_epoch", epochs, pl.Int64))
+                     .select("id", "encoder", "image_size", "val_iou", "train_images", "val_images", "best_epoch", "created_at")},
+              empty="no maskers yet: run lookalike train-masker")
     return 0
 
 
-def _show_foreground(db, model_name: str) -> int:
+def _show_foreground(args: argparse.Namespace, db, model_name: str) -> int:  # noqa: ANN001 - a Database
     """Foreground fractions stored by a masked ingest: summary, then the images with the least foreground."""
     import polars as pl
 
@@ -74,10 +72,11 @@ def _show_foreground(db, model_name: str) -> int:
     if not frame.height:
         print(f"model {model.id} has no foreground fractions (it was not ingested with --mask)")
         return 0
-    print_frame(frame.group_by("masker_id", "mode").agg(pl.len().alias("images"), pl.col("fraction").mean().alias("mean"),
-                                                         pl.col("fraction").min().alias("min"), pl.col("fraction").max().alias("max")))
     paths = db.images_frame(columns=["id", "path"]).rename({"id": "image_id"})
-    print_frame(frame.sort("fraction").head(10).join(paths, on="image_id", how="left").select("image_id", "path", "fraction"))
+    summary = frame.group_by("masker_id", "mode").agg(pl.len().alias("images"), pl.col("fraction").mean().alias("mean"),
+                                                      pl.col("fraction").min().alias("min"), pl.col("fraction").max().alias("max"))
+    least = frame.sort("fraction").head(10).join(paths, on="image_id", how="left").select("image_id", "path", "fraction")
+    show_rows(args, {"summary": summary, "least_foreground": least}, empty="", titles={"least_foreground": "the images with the least foreground"})
     return 0
 
 
@@ -127,6 +126,7 @@ def add_commands(sub, *, common: argparse.ArgumentParser, search_opts: argparse.
 
     maskers = sub.add_parser("maskers", parents=[common], help="stored foreground maskers, newest first")
     maskers.add_argument("--foreground", metavar="MODEL", help="instead: the foreground fractions a masked model version stored")
+    add_output_options(maskers)
     maskers.set_defaults(func=cmd_maskers)
 
     preview = sub.add_parser("mask-preview", parents=[common], help="write PNGs of images with their mask overlaid")

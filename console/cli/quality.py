@@ -7,16 +7,9 @@ from __future__ import annotations
 import argparse
 
 from console.cli.arguments import crop_fraction, non_negative_float, non_negative_int, positive_float, positive_int
-from console.cli.output import progress_bar
+from console.cli.output import progress_bar, show_rows
 from engine.core.errors import InvalidRequestError
 from engine.core.splits import CATALOGUE_WHERE, split_where
-
-
-def _print(frame) -> None:  # noqa: ANN001 - a polars frame
-    import polars as pl
-
-    with pl.Config(tbl_rows=max(frame.height, 1), tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=220, float_precision=4):
-        print(frame)
 
 
 def _publish(args: argparse.Namespace, kind: str, parents: list[str | None], config) -> int:  # noqa: ANN001
@@ -75,7 +68,7 @@ def run_compare(args: argparse.Namespace) -> int:
     with progress_bar(lines=True) as show:
         frame = compare_pipelines(Database(args.db, read_only=True), specs, args.model, catalogue_where=split_where(args.catalogue_split),
                                   query_where=split_where(args.query_split), k=args.k, progress=show)
-    _print(frame)
+    show_rows(args, {"pipelines": frame}, empty="no pipelines")
     return 0
 
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from console.cli.arguments import non_negative_int, positive_int, similarity
-from console.cli.output import print_frame
+from console.cli.output import print_table
 from engine.core.splits import CATALOGUE_WHERE, QUERY_WHERE
 
 PLOT_NAMES = ("eda", "umap", "gallery", "pr", "curves", "distractors")  # the registered plots, for --help only
@@ -50,16 +50,16 @@ def _config(args: argparse.Namespace):
     )
 
 
-def _print_section(section) -> None:
+def _print_section(section, tables: bool = True) -> None:  # noqa: ANN001 - engine.reports.Section
+    """A section's title, warnings and notes (and with ``tables`` its tables) on stdout."""
 
     print(f"== {section.title}")
     for warning in section.warnings:
         print(f"WARNING [{warning.kind}] {warning.message}")
     for note in section.notes:
         print(note)
-    for caption, frame in section.tables:
-        print(f"-- {caption}")
-        print_frame(frame)
+    for caption, frame in section.tables if tables else ():
+        print_table(frame, title=caption)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -72,8 +72,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     report = build_report(db, args.model, config, progress=lambda name: print(f"drawing {name} ...", file=sys.stderr, flush=True))
     files = write_report(report, args.out, subtitle=f"database {db.uri}; catalogue {config.catalogue_where}; queries {config.query_where}")
-    for section in report.sections:
-        _print_section(section)
+    for section in report.sections:  # the tables are on the page: here, what to look at
+        _print_section(section, tables=False)
     print(f"wrote {len(files) - 1} figures and {files[-1]} ({len(report.warnings)} warnings) in {time.perf_counter() - started:.1f}s")
     return 0
 

@@ -11,8 +11,7 @@ from engine.core.errors import InvalidRequestError
 def cmd_optimize(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
-    import polars as pl
-
+    from console.cli.output import print_table
     from engine.storage.database import Database
     from engine.storage.maintenance import MaintenanceConfig, optimize_database
 
@@ -22,8 +21,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     config = MaintenanceConfig(keep_versions=timedelta(hours=args.keep_versions_hours))
     tables = [t for t in (args.tables or "").split(",") if t]
     frame = optimize_database(db, config, tables or None)
-    with pl.Config(tbl_rows=max(frame.height, 1), tbl_cols=-1, tbl_width_chars=200):
-        print(frame)
+    print_table(frame)
     print(f"optimized {frame.height} tables of database {db.uri}; versions older than {args.keep_versions_hours} h removed")
     return 0
 

@@ -115,7 +115,8 @@ class SearchOutcome:
 
 def search(searcher: Searcher, vectors: np.ndarray, *, k: int | None = None, where: str | None = None,
            columns: Sequence[str] = (), query_names: Sequence[str] | None = None, exclude_ids: Sequence[str] | None = None) -> SearchOutcome:
-    """Search, vote and score the queries ``vectors``: the sequence every front end shows.
+    """Search, vote and score the queries ``vectors``: the sequence every front end shows. ``where`` filters the
+    results only; the voted classes and the distractor verdict are those of the whole catalogue.
 
     ``exclude_ids`` (one per query) leaves each query's own catalogue image out of its results: a stored
     image searched by id would otherwise find itself first.
@@ -131,7 +132,9 @@ def search(searcher: Searcher, vectors: np.ndarray, *, k: int | None = None, whe
                    .filter(pl.col("rank") <= k))
     if query_names is not None:
         results = results.with_columns(pl.Series("query_path", [str(query_names[q]) for q in results["query"]], pl.String))
-    predictions = searcher.predict(vectors, where=where)
+    # The class of a query does not depend on which results the user filtered for: votes (and the distractor
+    # verdict) come from the whole catalogue, so a filter excluding the true class cannot change the answer.
+    predictions = searcher.predict(vectors)
     detector = DistractorDetector.for_searcher(searcher)
     verdicts = None
     if detector is not None:
