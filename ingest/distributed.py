@@ -2,7 +2,7 @@
 
 The stages are the local pipeline's own code, only placed differently:
 
-* reader: :func:`engine.media.scan.scan_folder` on the driver; the file list becomes a Ray dataset
+* reader: :func:`engine.media.scan.scan` on the driver; the file list becomes a Ray dataset
   (``ray.data.from_items``);
 * mapper + encoder: ``map_batches`` over a pool of encoder actors (``ActorPoolStrategy``, one GPU each
   when the cluster has GPUs); each actor runs :func:`ingest.pipeline.map_file` (read, hash, skip known,
@@ -22,6 +22,7 @@ known files are skipped before decoding; that is fine to a few million images pe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import pickle
@@ -38,9 +39,9 @@ from engine.core.progress import ProgressCallback
 from engine.core.progress import report as report_progress
 from engine.encoders.config import EncoderConfig
 from engine.encoders.factory import Encoder, create_encoder
-from engine.media.scan import SourceFile, scan_folder
+from engine.media.scan import SourceFile
 from engine.storage.database import Database
-from ingest.stages import Collector, IngestConfig, IngestReport, finish, forget_vanished_errors, map_file, ordered_map, prepare, run_locked
+from ingest.stages import Collector, IngestConfig, IngestReport, finish, forget_vanished_errors, map_file, ordered_map, prepare, run_locked, scan_for
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +108,11 @@ def ingest_folder_ray(
 ) -> IngestReport:
     """Ingest every image under ``root`` into ``db`` on a Ray cluster; the same rows as :func:`ingest.ingest_folder`."""
     root = Path(root).resolve()
-    files = scan_folder(root, config.labels_csv, config.split, config.holdout, config.holdout_split, config.seed)
+    found = scan_for(root, config)
+    files = found.files
     report = ingest_files_ray(db, files, root, config, encoder_config, ray_config, progress)
     forget_vanished_errors(db, root, files)
-    return report
+    return dataclasses.replace(report, scan=found.summary)
 
 
 def ingest_files_ray(

@@ -1,6 +1,6 @@
 """Ingest runner: reader -> mapper -> encoder -> writer, streamed with bounded memory.
 
-* reader: :func:`engine.media.scan.scan_folder` lists files in a deterministic order;
+* reader: :func:`engine.media.scan.scan` lists files in a deterministic order;
 * the stages themselves live in :mod:`ingest.stages`, which the Ray runner shares;
 * mapper: a thread pool reads, hashes, decodes and preprocesses files (Pillow and the tensor
   transforms release the GIL), running ahead of the encoder by a bounded window;
@@ -13,6 +13,7 @@ an ingest is cheap and an interrupted one resumes where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from engine.core.progress import report as report_progress
 from engine.encoders.config import EncoderConfig
 from engine.encoders.factory import Encoder, create_encoder
 from engine.media.decode import DecodeError, content_id
-from engine.media.scan import SourceFile, scan_folder
+from engine.media.scan import SourceFile
 from engine.storage.database import Database
 from ingest.stages import (  # noqa: F401 - IngestProgress: part of this module's API
     Collector,
@@ -40,6 +41,7 @@ from ingest.stages import (  # noqa: F401 - IngestProgress: part of this module'
     ordered_map,
     prepare,
     run_locked,
+    scan_for,
 )
 
 logger = logging.getLogger(__name__)
@@ -54,10 +56,11 @@ def ingest_folder(
 ) -> IngestReport:
     """Ingest every image under ``root`` into ``db`` with ``encoder`` (default: the default encoder)."""
     root = Path(root).resolve()
-    files = scan_folder(root, config.labels_csv, config.split, config.holdout, config.holdout_split, config.seed)
+    found = scan_for(root, config)
+    files = found.files
     report = ingest_files(db, files, root, config, encoder, progress)
     forget_vanished_errors(db, root, files)
-    return report
+    return dataclasses.replace(report, scan=found.summary)
 
 
 def ingest_files(

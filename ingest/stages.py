@@ -29,7 +29,7 @@ from engine.core.progress import Progress, ProgressCallback
 from engine.core.progress import report as report_progress
 from engine.encoders.factory import Encoder
 from engine.media.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_image
-from engine.media.scan import SourceFile
+from engine.media.scan import LABEL_FROM, Scan, ScanSummary, SourceFile, scan
 from engine.storage.database import Database, ModelRecord
 from engine.storage.index import IndexConfig, ensure_index
 from engine.storage.lock import DatabaseNotWritableError, storage_failure, writer_lock
@@ -51,6 +51,7 @@ class IngestConfig:
     """How to ingest a folder."""
 
     labels_csv: Path | None = None
+    label_depth: int = LABEL_FROM["top"]  # folder labels: the N-th folder below the root, or -1 for the one a file sits in
     metadata_csv: Path | None = None  # file name -> user columns, filterable in every table
     metadata_types: tuple[tuple[str, str], ...] = ()  # (column, int|float|bool|string) pairs; the rest are inferred
     split: str | None = None
@@ -105,6 +106,12 @@ class IngestReport:
     seconds: float
     changes: ObservedChanges = field(default_factory=ObservedChanges)  # known images the scan relabelled, re-split or found moved
     versions: list[Coverage] = field(default_factory=list)  # every version's coverage after the ingest
+    scan: ScanSummary | None = None  # how the folder's files were labelled (None when files were given, not a folder)
+
+
+def scan_for(root: Path, config: IngestConfig) -> Scan:
+    """The reader stage with an ingest's settings: the files under ``root`` and how they were labelled."""
+    return scan(root, config.labels_csv, config.split, config.holdout, config.holdout_split, config.seed, config.label_depth)
 
 
 

@@ -21,11 +21,10 @@ from engine.core.progress import ProgressCallback
 from engine.encoders.config import EncoderConfig
 from engine.encoders.factory import Encoder, create_encoder
 from engine.media.decode import content_id
-from engine.media.scan import scan_folder
 from engine.storage.database import Database
 from engine.versions.coverage import Coverage
 from ingest.pipeline import ingest_locked
-from ingest.stages import Collector, IngestConfig, forget_vanished_errors, run_locked, storable_text
+from ingest.stages import Collector, IngestConfig, forget_vanished_errors, run_locked, scan_for, storable_text
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ def sync_folder(db: Database, root: Path | str, config: IngestConfig = IngestCon
     some from it, is refused before anything is written."""
     started = time.perf_counter()
     root = Path(root).resolve()
-    files = scan_folder(root, config.labels_csv, config.split, config.holdout, config.holdout_split, config.seed)
+    files = scan_for(root, config).files
     prefix = storable_text(str(root)).rstrip("/") + "/"
     found: dict[str, int] = {}
 

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from console.cli.arguments import open_fraction
+from console.cli.options import add_label_options, label_depth
 from console.cli.output import print_error, progress_bar
 from engine.core.errors import InvalidRequestError
 
@@ -93,7 +94,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     db = Database(args.db)
     encoder = EncoderConfig(name=args.model, weights=args.weights, device=args.device) if args.model else None
     with progress_bar() as show:
-        report = data.sync(db, args.folder, IngestConfig(labels_csv=args.labels, split=args.split), encoder, keep_missing=args.keep_missing, progress=show)
+        report = data.sync(db, args.folder, IngestConfig(labels_csv=args.labels, label_depth=label_depth(args), split=args.split), encoder, keep_missing=args.keep_missing, progress=show)
     removed = f"{report.missing_kept} gone but kept" if args.keep_missing else f"{report.removed} removed (file gone or changed)"
     print(f"synced {report.folder}: {report.scanned} files, {report.new} new, {report.changed} changed, {report.moved} moved, "
           f"{report.relabelled} relabelled, {report.resplit} re-split, {report.metadata} with new metadata, {removed}, "
@@ -166,7 +167,7 @@ def add_commands(sub: argparse._SubParsersAction, *, common: argparse.ArgumentPa
 
     sync = sub.add_parser("sync", parents=[common], help="re-scan a folder: new and changed files in, moved ones re-pathed, gone ones out")
     sync.add_argument("folder", type=Path)
-    sync.add_argument("--labels", type=Path, help="CSV: image file name, space-separated class ids")
+    add_label_options(sync)
     sync.add_argument("--split", help="split of new images")
     sync.add_argument("--keep-missing", action="store_true", help="keep images whose files are gone")
     sync.add_argument("--model", help="encoder for new images (default: the base encoder of the active model)")

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from console.cli.arguments import non_negative_float, non_negative_int, open_fraction, positive_float, positive_int, unit_fraction
-from console.cli.options import REGISTRIES, registered, registry_names
+from console.cli.options import REGISTRIES, add_label_options, label_depth, registered, registry_names
 from console.cli.output import add_output_options, print_error, progress_bar, show_rows
 from engine.core.errors import InvalidRequestError, LookalikeError
 from engine.core.splits import CATALOGUE_SPLIT, CATALOGUE_WHERE, QUERY_SPLIT, split_where
@@ -43,13 +43,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from console.service.catalogue import IngestRequest, ingest
     from console.service.data import catalogue_encoder_config
     from engine.catalogue.metadata import parse_types
-    from engine.storage.database import Database
+    from engine.storage.database import Database, default_db_path
     from ingest.distributed import RayConfig
     from ingest.pipeline import IngestConfig
+    from ingest.stages import scan_for
 
-    db = Database(args.db)
-    config = IngestConfig(labels_csv=args.labels, metadata_csv=args.metadata, metadata_types=tuple(parse_types(args.metadata_types).items()),
+    config = IngestConfig(labels_csv=args.labels, label_depth=label_depth(args), metadata_csv=args.metadata, metadata_types=tuple(parse_types(args.metadata_types).items()),
                           split=args.split, holdout=args.holdout, holdout_split=args.holdout_split, seed=args.seed, decode_workers=args.workers)
+    if not Path(args.db or default_db_path()).exists():  # a bad folder or label CSV fails before a database is created
+        scan_for(args.folder.resolve(), config)
+    db = Database(args.db)
     named = EncoderConfig(name=args.model, weights=args.weights) if args.model else None
     encoder = dataclasses.replace(catalogue_encoder_config(db, named), device=args.device, batch_size=args.batch_size)
     request = IngestRequest(
@@ -63,6 +66,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         f"ingested {args.folder}: {report.total} files, {report.encoded} encoded, {report.skipped} already known, "
         f"{report.errors} errors in {report.seconds:.1f}s -> model {report.model_id}, database {db.uri}"
     )
+    for line in report.scan.lines() if report.scan else ():
+        print(line)
     changes = report.changes
     if changes.images:
         print(f"known images updated from the scan: {changes.relabelled} relabelled, {changes.resplit} re-split, "
@@ -202,18 +207,29 @@ def cmd_calibrations(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.compare:
         return importlib.import_module("console.cli.quality").run_compare(args)
-    from engine.evaluation.metrics import evaluate, load_split
+    from engine.evaluation.metrics import evaluate, evaluate_leave_one_out, load_split
     from engine.media.scan import scan_folder
 
     searcher = _searcher(args)
-    catalogue, catalogue_labels = load_split(searcher.table, split_where(args.catalogue_split))
-    if args.query_dir:
-        files = [f for f in scan_folder(Path(args.query_dir)) if f.labels]
-        queries, query_labels = searcher.encode_files([f.path for f in files]), [f.labels[0] for f in files]
+    catalogue_where = searcher.db.catalogue_where(split_where(args.catalogue_split))
+    catalogue, catalogue_labels = load_split(searcher.table, catalogue_where)
+    vote = searcher.config.vote_neighbours
+    if args.leave_one_out:
+        if args.query_dir:
+            raise InvalidRequestError("--leave-one-out queries with the catalogue itself; it does not take --query-dir")
+        result = evaluate_leave_one_out(catalogue, catalogue_labels, vote_neighbours=vote)
+        print(f"model {searcher.model.id}: leave-one-out, each of {result.queries} catalogue images against the other {result.catalogue}")
     else:
-        queries, query_labels = load_split(searcher.table, split_where(args.query_split))
-    result = evaluate(queries, query_labels, catalogue, catalogue_labels, vote_neighbours=searcher.config.vote_neighbours)
-    print(f"model {searcher.model.id}: {result.queries} queries against {result.catalogue} catalogue images")
+        if args.query_dir:
+            files = [f for f in scan_folder(Path(args.query_dir)) if f.labels]
+            queries, query_labels = searcher.encode_files([f.path for f in files]), [f.labels[0] for f in files]
+        else:
+            queries, query_labels = load_split(searcher.table, split_where(args.query_split))
+            if not len(queries):
+                raise InvalidRequestError(f"no labelled images in the query split {args.query_split!r}: hold some out (lookalike split --holdout 0.2 "
+                                          f"--to {args.query_split}), give --query-dir DIR, or evaluate with --leave-one-out")
+        result = evaluate(queries, query_labels, catalogue, catalogue_labels, vote_neighbours=vote)
+        print(f"model {searcher.model.id}: {result.queries} queries against {result.catalogue} catalogue images")
     show_rows(args, {"metrics": result.as_frame()} | ({"per_class": result.per_class} if args.per_class else {}), empty="no queries")
     return 0
 
@@ -337,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser("ingest", parents=[common], help="scan a folder and add its images")
     ingest.add_argument("folder", type=Path)
-    ingest.add_argument("--labels", type=Path, help="CSV: image file name, space-separated class ids")
+    add_label_options(ingest)
     ingest.add_argument("--metadata", type=Path, help="CSV: a file-name column and any others (price, site, ...), which become filterable columns")
     ingest.add_argument("--metadata-types", help="types of --metadata columns where inference is not wanted, e.g. price=float,site=string")
     ingest.add_argument("--model", help=f"encoder: a registered one (lookalike list encoders) or any timm architecture with --weights "
@@ -374,10 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.set_defaults(func=cmd_search)
 
     evaluation = sub.add_parser("eval", parents=[search_opts], help="P@1, P@5, mAP@5 and mAP of a model")
-    evaluation.add_argument("--catalogue-split", default=CATALOGUE_SPLIT)
+    evaluation.add_argument("--catalogue-split", default=CATALOGUE_SPLIT, help=f"(default {CATALOGUE_SPLIT}; every labelled image when no image has a split)")
     evaluation.add_argument("--query-split", default=QUERY_SPLIT)
     evaluation.add_argument("--query-dir", help="labelled query folder instead of --query-split")
     evaluation.add_argument("--per-class", action="store_true")
+    evaluation.add_argument("--leave-one-out", action="store_true", help="each catalogue image queries all the others (for catalogues without a query split)")
     evaluation.add_argument("--compare", metavar="PIPELINES", help="pipelines side by side, RERANKER[@MODEL] comma-separated, e.g. base,qe,dba,k-reciprocal,qe+k-reciprocal@MODEL")
     add_output_options(evaluation)
     evaluation.set_defaults(func=cmd_eval)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 
-from engine.core.errors import LookalikeError
+from console.cli.arguments import positive_int
+from engine.core.errors import InvalidRequestError, LookalikeError
 
 # ``lookalike list FAMILY``: every registry, by (module, function) so that nothing loads before it is asked for.
 REGISTRIES: dict[str, tuple[str, str]] = {
@@ -52,3 +54,20 @@ def registered(family: str, chains: bool = False) -> Callable[[str], str]:
 
     check.__name__ = family
     return check
+
+
+def label_depth(args: argparse.Namespace) -> int:
+    """Which folder names a file's class: ``--label-depth N`` or ``--label-from top|parent``."""
+    from engine.media.scan import LABEL_FROM
+
+    if args.label_depth is not None and args.label_from is not None:
+        raise InvalidRequestError("give --label-depth or --label-from, not both")
+    return args.label_depth if args.label_depth is not None else LABEL_FROM[args.label_from or "top"]
+
+
+def add_label_options(parser: argparse.ArgumentParser) -> None:
+    """Where a file's class comes from: a CSV, or which of its folders."""
+    parser.add_argument("--labels", type=Path, help="CSV of image file name and space-separated classes (columns by name: image,labels; or no header)")
+    parser.add_argument("--label-from", choices=("top", "parent"), help="class from the top sub-folder (default: photos/cat/x/1.jpg -> cat) "
+                        "or from the folder the file sits in (-> x); files directly in the folder get no class")
+    parser.add_argument("--label-depth", type=positive_int, help="class from the N-th folder below the root (1 = --label-from top)")

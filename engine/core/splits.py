@@ -18,3 +18,4 @@ def split_where(split: str) -> str:
 
 CATALOGUE_WHERE = split_where(CATALOGUE_SPLIT)
 QUERY_WHERE = split_where(QUERY_SPLIT)
+UNSPLIT_CATALOGUE_WHERE = "label IS NOT NULL"  # the catalogue of a database without splits: every labelled image

@@ -191,7 +191,15 @@ def create_encoder(config: EncoderConfig | str = EncoderConfig()) -> Encoder:
         weights_source, weights_sha = str(weights_path), file_sha256(weights_path)
     else:
         logger.info("no local weights for %s: trying the timm hub", architecture)
-        model = timm.create_model(architecture, pretrained=True)
+        try:
+            model = timm.create_model(architecture, pretrained=True)
+        except (OSError, RuntimeError, ValueError) as exc:  # offline, no such hub entry, or no pretrained weights at all
+            logger.debug("hub weights for %s failed: %s", architecture, exc)
+            raise EncoderError(
+                f"no weights for {config.name!r} here: it has no bundled weights and the model hub could not provide them "
+                f"({type(exc).__name__}); give a local state-dict file with --weights FILE, or use a bundled encoder "
+                f"({', '.join(n for n in ENCODERS.names() if ENCODERS.get(n).default_weights is not None)})"
+            ) from None
         weights_source = f"hub:{model.pretrained_cfg.get('hf_hub_id') or architecture}"
         weights_sha = hashlib.sha256(
             b"".join(t.detach().cpu().numpy().tobytes() for t in model.state_dict().values())

@@ -90,6 +90,7 @@ def evaluate_pipeline(
     model = db.resolve_model(spec.model or default_model)
     config = SearchConfig(k=k, reranker=spec.reranker, reranker_configs=reranker_configs, vote_neighbours=vote_neighbours)
     searcher = Searcher(db, model, config)
+    catalogue_where = db.catalogue_where(catalogue_where)
     catalogue, catalogue_labels = load_split(searcher.table, catalogue_where)
     queries, query_labels = load_split(searcher.table, query_where)
     if len(queries) == 0 or len(catalogue) == 0:

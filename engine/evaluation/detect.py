@@ -71,6 +71,7 @@ def calibrate_model(
     catalogue_where: str = DEFAULT_CATALOGUE_WHERE,
 ) -> StoredCalibration:
     """Calibrate the distractor threshold of ``model`` on its catalogue and store it as the active one."""
+    catalogue_where = db.catalogue_where(catalogue_where)
     vectors, labels = load_split(db.embeddings(model), catalogue_where)
     if len(vectors) == 0:
         raise EvaluationError(f"no labelled catalogue images match {catalogue_where!r} for model {model.id}")

@@ -76,12 +76,9 @@ class EvaluationResult:
     per_class: pl.DataFrame
 
     def as_frame(self) -> pl.DataFrame:
-        return pl.DataFrame(
-            {
-                "metric": ["P@1", "P@5", "mAP@5", "mAP", "queries", "catalogue"],
-                "value": [self.p_at_1, self.p_at_5, self.map_at_5, self.mean_ap, float(self.queries), float(self.catalogue)],
-            }
-        )
+        """One row: the four metrics, then how many queries and catalogue images they were measured on."""
+        return pl.DataFrame({"P@1": [self.p_at_1], "P@5": [self.p_at_5], "mAP@5": [self.map_at_5], "mAP": [self.mean_ap],
+                             "queries": [self.queries], "catalogue": [self.catalogue]})
 
 
 def evaluate(
@@ -98,18 +95,31 @@ def evaluate(
     return evaluate_ranking(distances, indices, query_labels, catalogue_labels, vote_neighbours)
 
 
+def evaluate_leave_one_out(vectors: np.ndarray, labels: Sequence[str], vote_neighbours: int = 10) -> EvaluationResult:
+    """The metrics of :func:`evaluate` with every catalogue image as a query against all the others (the standard
+    protocol for a catalogue too small to hold out queries); ``catalogue`` counts the images each query ranks."""
+    if len(vectors) < 2:
+        raise EvaluationError(f"leave-one-out needs at least 2 labelled images, found {len(vectors)}")
+    distances, indices = exact_ranking(vectors, vectors)
+    others = indices != np.arange(len(vectors))[:, None]  # each row holds its own image exactly once
+    width = len(vectors) - 1
+    return evaluate_ranking(distances[others].reshape(-1, width), indices[others].reshape(-1, width), labels, labels, vote_neighbours, left_out=True)
+
+
 def evaluate_ranking(
     distances: np.ndarray,
     indices: np.ndarray,
     query_labels: Sequence[str],
     catalogue_labels: Sequence[str],
     vote_neighbours: int = 10,
+    left_out: bool = False,
 ) -> EvaluationResult:
     """The metrics of :func:`evaluate` for a given ranking: per query, catalogue positions ``indices``
-    (the whole catalogue, nearest first) and their ``distances`` (used by the vote)."""
+    (the whole catalogue, nearest first; without the query itself when ``left_out``) and their ``distances``
+    (used by the vote)."""
     truth = np.asarray(query_labels, dtype=object)
     labels = np.asarray(catalogue_labels, dtype=object)
-    if len(truth) == 0 or indices.shape != (len(truth), len(labels)):
+    if len(truth) == 0 or indices.shape != (len(truth), len(labels) - left_out):
         raise EvaluationError(f"a full ranking of {len(labels)} catalogue images per query is needed, got {indices.shape} for {len(truth)} queries")
     ranked = labels[indices]
     relevant = ranked == truth[:, None]
@@ -127,7 +137,7 @@ def evaluate_ranking(
         .agg(pl.len().alias("queries"), pl.col("P@1").mean(), pl.col("P@5").mean(), pl.col("mAP@5").mean(), pl.col("AP").mean().alias("mAP"))
         .sort("label")
     )
-    return EvaluationResult(len(truth), len(labels), float(p1.mean()), float(p5.mean()), float(ap5.mean()), float(ap.mean()), per_class)
+    return EvaluationResult(len(truth), len(labels) - left_out, float(p1.mean()), float(p5.mean()), float(ap5.mean()), float(ap.mean()), per_class)
 
 
 def load_split(table, where: str) -> tuple[np.ndarray, list[str]]:

@@ -30,11 +30,12 @@ class SourceFile:
     error: str | None = None  # a folder the scan could not read: it becomes an error row, not a silent gap
 
 
-def iter_image_files(root: Path, problems: list[OSError] | None = None) -> Iterator[Path]:
+def iter_image_files(root: Path, problems: list[OSError] | None = None, others: list[Path] | None = None) -> Iterator[Path]:
     """Image files under ``root``, recursively, sorted by relative path; links to folders are not followed.
 
     Folders that cannot be listed (no read permission, a path longer than the system allows) are appended to
-    ``problems`` when given, and logged either way: never skipped in silence.
+    ``problems`` when given, and logged either way: never skipped in silence. Files that are not images by their
+    suffix are appended to ``others`` when given.
     """
 
     def unreadable(error: OSError) -> None:
@@ -47,6 +48,8 @@ def iter_image_files(root: Path, problems: list[OSError] | None = None) -> Itera
         for name in sorted(files):
             if Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 yield Path(directory) / name
+            elif others is not None:
+                others.append(Path(directory) / name)
 
 
 def class_name(text: str) -> str:
@@ -58,39 +61,75 @@ def class_name(text: str) -> str:
     return "_".join(text.split())
 
 
-def labels_from_folders(path: Path, root: Path) -> tuple[str, ...]:
-    """The sub-folder an image sits in is its class (whitespace normalised); images directly in ``root`` have none."""
-    relative = path.relative_to(root)
-    return (class_name(relative.parts[0]),) if len(relative.parts) > 1 else ()
+LABEL_FROM = {"top": 1, "parent": -1}  # --label-from: the folder right below the root, or the one a file sits in
+CSV_FILE_COLUMNS = ("image", "file", "filename", "file_name", "path", "image_id", "imageid", "name", "id")  # in order of preference
+CSV_LABEL_COLUMNS = ("labels", "label", "classes", "class", "category", "categories", "target", "tags", "id")
+
+
+def labels_from_folders(path: Path, root: Path, depth: int = LABEL_FROM["top"]) -> tuple[str, ...]:
+    """The class of an image from its folders (whitespace normalised): with ``depth`` N > 0 the N-th folder below
+    ``root`` (1: the top one), with -1 the folder the file sits in. Images with too few folders have none."""
+    folders = path.relative_to(root).parts[:-1]
+    if depth < 0:
+        return (class_name(folders[depth]),) if len(folders) >= -depth else ()
+    return (class_name(folders[depth - 1]),) if len(folders) >= depth else ()
 
 
 def read_label_csv(csv_path: Path) -> dict[str, tuple[str, ...]]:
     """Read ``file name -> classes`` from a CSV as Kaggle sets ship them.
 
-    The first column is the image file name (with or without extension, or a relative path); the
-    second holds one or more class ids separated by spaces. A header row is detected and skipped.
+    Without a header the first column is the image file name (with or without extension, or a relative path)
+    and the second holds one or more class ids separated by spaces. With a header the columns are found by name
+    (``image``/``file``/``path``... and ``labels``/``class``/``Id``...); a header naming neither is refused.
     """
     mapping: dict[str, tuple[str, ...]] = {}
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as handle:
+            rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError:
+        raise DataError(f"label CSV {csv_path} is not UTF-8 text; save it as UTF-8 CSV") from None
+    except OSError as exc:
+        raise DataError(f"cannot read label CSV {csv_path}: {exc.strerror or exc}") from None
     if not rows:
         raise DataError(f"label CSV {csv_path} is empty")
-    header = [cell.strip().lower() for cell in rows[0]]
-    if header and header[0] in {"image", "id", "file", "filename", "image_id", "imageid", "path", "name"}:
-        rows = rows[1:]
+    file_column, label_column, rows = _csv_columns(csv_path, rows)
     for line_no, row in enumerate(rows, start=2):
-        if len(row) < 2:
-            raise DataError(f"{csv_path}:{line_no}: expected 'image,classes', got {row!r}")
-        mapping[row[0].strip()] = tuple(row[1].split())
+        if len(row) <= max(file_column, label_column):
+            raise DataError(f"{csv_path}:{line_no}: expected a file name and its classes, got {row!r}")
+        mapping[row[file_column].strip()] = tuple(row[label_column].split())
     return mapping
 
 
-def _csv_labels(path: Path, root: Path, mapping: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+def _csv_columns(csv_path: Path, rows: list[list[str]]) -> tuple[int, int, list[list[str]]]:
+    """Which column holds the file name and which the classes, and the data rows (without the header)."""
+    header = [cell.strip().lower() for cell in rows[0]]
+    file_column = next((header.index(name) for name in CSV_FILE_COLUMNS if name in header), None)
+    if file_column is None:
+        if _looks_like_header(rows):
+            raise DataError(f"label CSV {csv_path}: cannot tell its columns {rows[0]!r}; expected a file column "
+                            f"({', '.join(CSV_FILE_COLUMNS[:5])}) and a class column ({', '.join(CSV_LABEL_COLUMNS[:5])}, Id), "
+                            "or no header with the file name first and its space-separated classes second")
+        return 0, 1, rows
+    label_column = next((header.index(name) for name in CSV_LABEL_COLUMNS if name in header and header.index(name) != file_column), None)
+    if label_column is None:
+        others = [i for i in range(len(header)) if i != file_column]
+        if len(others) != 1:
+            raise DataError(f"label CSV {csv_path}: which of {[rows[0][i] for i in others]} holds the classes? name it 'labels' (or {', '.join(CSV_LABEL_COLUMNS[1:5])})")
+        label_column = others[0]
+    return file_column, label_column, rows[1:]
+
+
+def _looks_like_header(rows: list[list[str]]) -> bool:
+    """A first row whose first cell names no image file while the next rows' do: column names nobody can read."""
+    first = rows[0][0].strip()
+    later = [row[0].strip() for row in rows[1:] if row]
+    names_file = lambda cell: Path(cell).suffix.lower() in IMAGE_SUFFIXES  # noqa: E731
+    return not names_file(first) and bool(later) and any(names_file(cell) for cell in later)
+
+
+def _csv_key(path: Path, root: Path, mapping: dict[str, tuple[str, ...]]) -> str | None:
     relative = path.relative_to(root)
-    for key in (relative.as_posix(), path.name, path.stem):
-        if key in mapping:
-            return mapping[key]
-    return ()
+    return next((key for key in (relative.as_posix(), path.name, path.stem) if key in mapping), None)
 
 
 def stratified_holdout(files: list[SourceFile], fraction: float, seed: int, holdout_split: str) -> list[SourceFile]:
@@ -111,6 +150,78 @@ def stratified_holdout(files: list[SourceFile], fraction: float, seed: int, hold
     ]
 
 
+@dataclass(frozen=True)
+class ScanSummary:
+    """How a scan labelled what it found, so that nothing is left out in silence."""
+
+    images: int
+    labelled: int
+    unlabelled: int  # images the rule gave no class: top-level files, too shallow for the depth, or not in the CSV
+    other_files: int  # files skipped because their suffix is not an image's
+    label_source: str  # "folders (depth N)" or "CSV name"
+    csv_rows: int = 0
+    csv_rows_without_file: int = 0  # CSV rows naming a file the folder does not hold
+
+    def lines(self) -> list[str]:
+        """The summary as sentences a person reads after an ingest."""
+        said = [f"labels from {self.label_source}: {self.labelled} images labelled, {self.unlabelled} without a label"]
+        if self.csv_rows:
+            said[0] += f"; {self.csv_rows} CSV rows, {self.csv_rows_without_file} of them naming no file found"
+        if self.other_files:
+            said.append(f"{self.other_files} files skipped: not images by their suffix ({', '.join(sorted(IMAGE_SUFFIXES)[:6])}, ...)")
+        return said
+
+
+@dataclass(frozen=True)
+class Scan:
+    files: list[SourceFile]
+    summary: ScanSummary
+
+
+def scan(
+    root: Path,
+    labels_csv: Path | None = None,
+    split: str | None = None,
+    holdout: float | None = None,
+    holdout_split: str = "val",
+    seed: int = 0,
+    label_depth: int = LABEL_FROM["top"],
+) -> Scan:
+    """The files to ingest under ``root`` in deterministic order, labelled from folders (``label_depth``) or a CSV,
+    with a summary of how each was labelled. A CSV that names none of the files is refused."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotAFolderError(f"not a folder: {root}; give the folder that holds the images")
+    if label_depth == 0:
+        raise DataError("the label depth counts folders below the root: 1 or more, or -1 for the folder a file sits in")
+    mapping = read_label_csv(labels_csv) if labels_csv else None
+    problems: list[OSError] = []
+    others: list[Path] = []
+    files, used_keys = [], set()
+    for path in iter_image_files(root, problems, others):
+        if mapping is None:
+            labels = labels_from_folders(path, root, label_depth)
+        else:
+            key = _csv_key(path, root, mapping)
+            used_keys.add(key)
+            labels = mapping[key] if key is not None else ()
+        files.append(SourceFile(path, labels, split))
+    labelled = sum(1 for f in files if f.labels)
+    if mapping is not None and files and mapping and not used_keys - {None}:
+        example = next(iter(mapping))
+        raise DataError(f"label CSV {labels_csv} names none of the {len(files)} images under {root} (its first file column holds e.g. "
+                        f"{example!r}): give file names relative to that folder, with or without the extension")
+    if holdout:
+        files = stratified_holdout(files, holdout, seed, holdout_split)
+    source = f"CSV {Path(labels_csv).name}" if mapping is not None else (
+        "the folder each file sits in" if label_depth < 0 else f"folder names ({'the top folder' if label_depth == 1 else f'{label_depth} levels down'})")
+    summary = ScanSummary(len(files), labelled, len(files) - labelled, len(others), source,
+                          csv_rows=len(mapping or {}), csv_rows_without_file=len(set(mapping or {}) - used_keys))
+    unread = [SourceFile(Path(str(p.filename)), (), split, f"cannot read folder: {p.strerror or p}") for p in problems]
+    logger.info("found %d image files under %s%s", len(files), root, f", {len(unread)} folders unreadable" if unread else "")
+    return Scan(files + unread, summary)
+
+
 def scan_folder(
     root: Path,
     labels_csv: Path | None = None,
@@ -118,19 +229,7 @@ def scan_folder(
     holdout: float | None = None,
     holdout_split: str = "val",
     seed: int = 0,
+    label_depth: int = LABEL_FROM["top"],
 ) -> list[SourceFile]:
-    """The files to ingest under ``root`` in deterministic order, labelled from folders or a CSV."""
-    root = Path(root)
-    if not root.is_dir():
-        raise NotAFolderError(f"not a folder: {root}; give the folder that holds the images")
-    mapping = read_label_csv(labels_csv) if labels_csv else None
-    problems: list[OSError] = []
-    files = [
-        SourceFile(path, _csv_labels(path, root, mapping) if mapping is not None else labels_from_folders(path, root), split)
-        for path in iter_image_files(root, problems)
-    ]
-    if holdout:
-        files = stratified_holdout(files, holdout, seed, holdout_split)
-    unread = [SourceFile(Path(str(p.filename)), (), split, f"cannot read folder: {p.strerror or p}") for p in problems]
-    logger.info("found %d image files under %s%s", len(files), root, f", {len(unread)} folders unreadable" if unread else "")
-    return files + unread
+    """The files of :func:`scan`, without the summary."""
+    return scan(root, labels_csv, split, holdout, holdout_split, seed, label_depth).files

@@ -91,7 +91,8 @@ class ReportContext:
 
     @cached_property
     def catalogue(self) -> EmbeddingSet:
-        return require_rows(load_embeddings(self.db, self.model, self.config.catalogue_where), "catalogue", self.config.catalogue_where, self.model)
+        where = self.db.catalogue_where(self.config.catalogue_where)
+        return require_rows(load_embeddings(self.db, self.model, where), "catalogue", where, self.model)
 
     @cached_property
     def queries(self) -> EmbeddingSet:
@@ -226,8 +227,9 @@ def _eda(context: ReportContext) -> ReportSection:
 def _umap(context: ReportContext) -> ReportSection:
     config = context.config
     maps = []
+    where = context.db.catalogue_where(config.catalogue_where)
     for model in context.map_models():
-        catalogue = require_rows(load_embeddings(context.db, model, config.catalogue_where), "catalogue", config.catalogue_where, model)
+        catalogue = require_rows(load_embeddings(context.db, model, where), "catalogue", where, model)
         queries = load_embeddings(context.db, model, config.query_where)
         maps.append(embedding_map.embedding_map(model.id, catalogue, queries if len(queries) else None, config.map, context.cache))
     section = ReportSection("umap", f"Embedding map ({config.map.method})")

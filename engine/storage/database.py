@@ -20,7 +20,7 @@ import schemas
 from engine.core.clock import utc_now
 from engine.core.errors import EncoderMismatchError, InvalidRequestError, NotFoundError, StorageError
 from engine.core.faults import fault_point
-from engine.core.splits import sql_quote
+from engine.core.splits import CATALOGUE_WHERE, UNSPLIT_CATALOGUE_WHERE, sql_quote
 from engine.storage import migrations
 from engine.storage.filters import combine_where, read_filtered
 from engine.storage.location import artifacts_dir, is_object_store, resolve_storage_options
@@ -559,6 +559,14 @@ class Database:
         if columns:
             query = query.select(list(columns))
         return pl.from_arrow(read_filtered(query, where))
+
+    def catalogue_where(self, where: str | None) -> str | None:
+        """The filter that selects the catalogue: ``where`` as given, except that the conventional default (split
+        'train') on a database whose images carry no split at all means every labelled image."""
+        if where != CATALOGUE_WHERE or self.images.count_rows("split IS NOT NULL") or not self.images.count_rows():
+            return where
+        logger.info("no image has a split: the catalogue is every labelled image")
+        return UNSPLIT_CATALOGUE_WHERE
 
     def errors_frame(self) -> pl.DataFrame:
         return pl.from_arrow(self.errors.to_arrow()).sort("path")

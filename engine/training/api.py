@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from engine.core.progress import ProgressCallback
@@ -29,5 +30,7 @@ def list_methods(regime: str | None = None) -> dict[str, str]:
 
 def train(db: Database, parent: ModelRecord, config: TrainConfig = TrainConfig(),
           progress: ProgressCallback | None = None, should_stop: Callable[[], bool] | None = None) -> TrainResult:
-    """Run ``config.regime`` on ``parent`` and publish the new model version."""
+    """Run ``config.regime`` on ``parent`` and publish the new model version (on a database without splits the
+    default catalogue is every labelled image)."""
+    config = dataclasses.replace(config, catalogue_where=db.catalogue_where(config.catalogue_where))
     return REGIMES.get(config.regime)(db, parent, config, progress=progress, should_stop=should_stop)

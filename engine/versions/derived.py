@@ -196,7 +196,7 @@ class WhiteningDerivation(_EncoderWrapping):
 
     def fit(self, db: Database, parents: Sequence[ModelRecord]) -> Artefact:
         (parent,) = parents
-        catalogue = vectors_of(read_rows(db, parent, self.config.catalogue_where))
+        catalogue = vectors_of(read_rows(db, parent, db.catalogue_where(self.config.catalogue_where)))
         if len(catalogue) == 0:
             raise VersionError(f"no rows of {parent.id} match {self.config.catalogue_where!r} to fit the whitening on")
         whitening = fit_whitening(catalogue, self.config)
@@ -251,7 +251,7 @@ class AugmentationDerivation(_EncoderWrapping):
         return parents[0].dim
 
     def compute(self, context: DerivationContext, rows: pa.Table) -> tuple[pa.Table, np.ndarray]:
-        catalogue_rows = read_rows(context.db, context.parents[0], self.config.catalogue_where)
+        catalogue_rows = read_rows(context.db, context.parents[0], context.db.catalogue_where(self.config.catalogue_where))
         catalogue_ids = set(catalogue_rows.column("image_id").to_pylist())
         vectors = vectors_of(rows).copy()
         in_catalogue = np.array([i in catalogue_ids for i in rows.column("image_id").to_pylist()], bool)
