@@ -43,6 +43,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from console.service.catalogue import IngestRequest, ingest
     from console.service.data import catalogue_encoder_config
     from engine.catalogue.metadata import parse_types
+    from engine.encoders.factory import create_encoder
     from engine.storage.database import Database, default_db_path
     from ingest.distributed import RayConfig
     from ingest.pipeline import IngestConfig
@@ -50,10 +51,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     config = IngestConfig(labels_csv=args.labels, label_depth=label_depth(args), metadata_csv=args.metadata, metadata_types=tuple(parse_types(args.metadata_types).items()),
                           split=args.split, holdout=args.holdout, holdout_split=args.holdout_split, seed=args.seed, decode_workers=args.workers)
-    if not Path(args.db or default_db_path()).exists():  # a bad folder or label CSV fails before a database is created
-        scan_for(args.folder.resolve(), config)
-    db = Database(args.db)
     named = EncoderConfig(name=args.model, weights=args.weights) if args.model else None
+    built = None
+    if not Path(args.db or default_db_path()).exists() and not args.mask:
+        # a new database: a bad folder, label CSV or encoder fails before the database is created
+        scan_for(args.folder.resolve(), config)
+        built = create_encoder(dataclasses.replace(named or EncoderConfig(name=DEFAULT_ENCODER), device=args.device, batch_size=args.batch_size))
+    db = Database(args.db)
     encoder = dataclasses.replace(catalogue_encoder_config(db, named), device=args.device, batch_size=args.batch_size)
     request = IngestRequest(
         args.folder, config, encoder,
@@ -61,7 +65,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         ray=RayConfig(address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker),
     )
     with progress_bar() as show:
-        report = ingest(db, request, progress=show)
+        report = ingest(db, request, encoder=built, progress=show)
     print(
         f"ingested {args.folder}: {report.total} files, {report.encoded} encoded, {report.skipped} already known, "
         f"{report.errors} errors in {report.seconds:.1f}s -> model {report.model_id}, database {db.uri}"
@@ -116,7 +120,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def show_search(args: argparse.Namespace, outcome) -> None:  # noqa: ANN001 - console.service.search.SearchOutcome
     """Search results: one table per query for reading (its verdict and classes in the title), every column for scripts."""
-    from console.cli.output import output_format, print_table, relative_path
+    from console.cli.output import cell_text, output_format, print_table
 
     frames = {"results": outcome.results} | ({"predictions": outcome.predictions} if args.predict else {})
     if output_format(args) != "table":
@@ -128,7 +132,7 @@ def show_search(args: argparse.Namespace, outcome) -> None:  # noqa: ANN001 - co
     hidden = {"query", "query_path", "distractor_score", "is_distractor"}
     for query, rows in results.group_by("query", maintain_order=True):
         first = rows.row(0, named=True)
-        title = f"query {relative_path(first['query_path'])}"
+        title = f"query {cell_text('query_path', first['query_path'])}"
         if first.get("distractor_score") is not None:
             title += f": distractor score {first['distractor_score']:.3f}, " + ("flagged as a distractor" if first["is_distractor"] else "a known class")
         print_table(rows.select([c for c in ("rank", "path", "label", "distance") if c in rows.columns]
@@ -238,7 +242,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from console.service.training import config_for_regime, train_version
+    from console.service.training import config_for_regime, default_parent, train_version
     from engine.storage.database import Database
 
     db = Database(args.db)
@@ -248,9 +252,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                               consistency_weight=args.consistency_weight, workers=args.workers)
     config = config_for_regime(args.regime, method=args.method, head=head, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                patience=args.patience, catalogue_where=args.catalogue_where, seed=args.seed, device=args.device, finetune=finetune)
-    parent = db.resolve_model(args.parent)
-    stacked = " (itself a trained version: the new head goes on top of it; --parent names another)" if parent.kind in STACKING_KINDS else ""
-    print(f"training {config.method} ({config.regime}) on {parent.id}{stacked}", flush=True)
+    parent = db.resolve_model(args.parent) if args.parent else default_parent(db)
+    if args.parent is None and parent.id != db.resolve_model().id:
+        why = f" (the base encoder of the active model {db.resolve_model().id}; --parent names another)"
+    elif parent.kind in STACKING_KINDS:
+        why = " (itself a trained version: the new head goes on top of it)"
+    else:
+        why = ""
+    print(f"training {config.method} ({config.regime}) on {parent.id}{why}", flush=True)
     with progress_bar(lines=True) as show:
         result = train_version(db, parent.id, config, activate=args.activate, progress=show)
     print(f"trained {result.model.id} from {parent.id}: {result.epochs_run} epochs, best val mAP@5 {result.val_map5:.4f} "
@@ -436,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--regime", default=TrainConfig.regime, type=registered("regimes"),
                        help="head: a head on the parent's stored features (fast); finetune: last backbone blocks (or LoRA) and a head on augmented images")
     train.add_argument("--method", default=TrainConfig.method, type=registered("methods"), help="lookalike list methods; simsiam and rotation need no labels (finetune regime)")
-    train.add_argument("--parent", help="model whose features to train on (default: the active model, even a trained one: say which)")
+    train.add_argument("--parent", help="model whose features to train on (default: the base encoder of the active model; a trained one gets a head on top)")
     train.add_argument("--head", default=HeadConfig.kind, choices=HEAD_KINDS)
     train.add_argument("--dim", type=positive_int, default=HeadConfig.out_dim)
     train.add_argument("--hidden", type=positive_int, default=HeadConfig.hidden_dim)

@@ -10,18 +10,27 @@ import polars as pl
 
 from console.service.data import coverage_frame
 from engine.core.progress import ProgressCallback
-from engine.storage.database import Database
+from engine.storage.database import Database, ModelRecord
 from engine.training import TrainConfig, TrainResult, train
 from engine.training.config import regime_defaults
+from engine.versions.resolve import base_version
 
 
 def train_version(db: Database, parent: str | None, config: TrainConfig, *, activate: bool = False,
                   progress: ProgressCallback | None = None, should_stop: Callable[[], bool] | None = None) -> TrainResult:
-    """Train ``config`` on ``parent`` (default: the active version) and publish the new version."""
-    result = train(db, db.resolve_model(parent), config, progress=progress, should_stop=should_stop)
+    """Train ``config`` on ``parent`` (default: :func:`default_parent`) and publish the new version."""
+    record = db.resolve_model(parent) if parent else default_parent(db)
+    result = train(db, record, config, progress=progress, should_stop=should_stop)
     if activate:
         db.activate_model(result.model.id)
     return result
+
+
+def default_parent(db: Database) -> ModelRecord:
+    """What a new head trains on unless told: the image encoder the active version is built on (a head goes on
+    features, not on another head), else the active version itself (an ensemble, an external one)."""
+    active = db.resolve_model()
+    return base_version(db, active) or active
 
 
 def config_for_regime(regime: str, **given: object) -> TrainConfig:

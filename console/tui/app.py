@@ -7,6 +7,7 @@ database, the ingest encoder and one cached :class:`engine.Searcher` per model v
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import logging
 import threading
@@ -17,6 +18,7 @@ from textual.binding import Binding
 from textual.widget import Widget
 
 from console.service.catalogue import ingest_encoder
+from console.service.data import catalogue_encoder_config
 from console.service.search import open_searcher
 from console.tui.screens.audit import AuditScreen
 from console.tui.screens.data import DataScreen
@@ -46,7 +48,8 @@ class ConsoleConfig:
     """How the console runs: which database, which encoder ingests, whether to draw images."""
 
     db: str | None = None  # None: $LOOKALIKE_DB or the default path
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # the encoder new folders are ingested with
+    encoder: EncoderConfig | None = None  # the encoder new folders join with; None: the active version's base encoder, else the default
+    device: str | None = None  # where that encoder runs (None: cuda when present)
     thumbnails: bool = True  # draw images with textual-image where the terminal supports it
     user: str = field(default_factory=_current_user)  # recorded as decided_by in the review queue
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -90,11 +93,16 @@ class LookalikeApp(App):
 
     # ---- services for the screens (called from worker threads) -----------------------------------
 
+    def ingest_encoder_config(self) -> EncoderConfig:
+        """The encoder config new images are ingested with (the CLI's ``ingest`` picks it the same way)."""
+        config = catalogue_encoder_config(self.db, self.config.encoder)
+        return dataclasses.replace(config, device=self.config.device) if self.config.device else config
+
     def ingest_encoder(self) -> Encoder:
         """The encoder new images are ingested with, built on first use."""
         with self._lock:
             if self._encoder is None:
-                self._encoder = ingest_encoder(self.db, self.config.encoder)
+                self._encoder = ingest_encoder(self.db, self.ingest_encoder_config())
             return self._encoder
 
     def searcher(self, model_id: str | None = None) -> Searcher:

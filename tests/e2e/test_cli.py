@@ -193,8 +193,8 @@ def test_ids_take_unique_prefixes_and_a_stored_image_does_not_find_itself(tmp_pa
     assert main(["search", "--id", image_id[:10], "-k", "3", "--model", model_id[:-3], "--db", db]) == 0
     out = capsys.readouterr().out
     assert image_id not in out and out.count("train_") == 3  # itself left out: 3 other images
-    assert main(["search", "--id", image_id[:10], "-k", "3", "--include-self", "--db", db]) == 0
-    assert image_id in capsys.readouterr().out
+    assert main(["search", "--id", image_id[:10], "-k", "3", "--include-self", "--db", db, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["image_id"] == image_id
     assert main(["search", "--id", "0", "--db", db]) == 2  # 120 ids: several start with 0
     assert "is ambiguous" in capsys.readouterr().err
     assert main(["search", "--id", "not-hex", "--db", db]) == 2

@@ -159,7 +159,7 @@ class LibraryScreen(ConsoleScreen):
             self.ui(self._show_progress, event)
 
         def run() -> None:
-            request = IngestRequest(folder, config, self.lookalike.config.encoder)
+            request = IngestRequest(folder, config, self.lookalike.ingest_encoder_config())
             report = ingest(self.lookalike.db, request, encoder=self.lookalike.ingest_encoder(), progress=progress)
             self.lookalike.data_changed()
             self.ui(self._ingest_done, folder, report)

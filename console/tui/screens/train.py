@@ -56,7 +56,7 @@ class TrainScreen(ConsoleScreen):
         yield Header()
         with Grid(id="train-form"):
             yield Label("parent")
-            yield Select([], prompt="active model", id="train-parent", compact=True)
+            yield Select([], prompt="the active model's encoder", id="train-parent", compact=True)
             yield Label("regime")
             yield Select([(r, r) for r in list_regimes()], value=TrainConfig.regime, allow_blank=False, id="train-regime", compact=True)
             yield Label("method")
@@ -205,7 +205,7 @@ class TrainScreen(ConsoleScreen):
         self.query_one("#train-progress", ProgressBar).update(total=config.epochs, progress=0)
         self.query_one("#train-start", Button).disabled = True
         self.query_one("#train-stop", Button).disabled = False
-        self.say("train-status", f"training {config.method} on {parent if parent is not Select.NULL else 'the active model'}…")
+        self.say("train-status", f"training {config.method} on {parent if parent is not Select.NULL else 'the active model encoder'}…")
         self.run_training(None if parent is Select.NULL else str(parent), config)
 
     def action_toggle(self) -> None:
