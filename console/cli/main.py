@@ -30,7 +30,8 @@ PROGRAM = "lookalike"
 EXIT_USER_ERROR = 2  # a LookalikeError: one line, the cause and the fix
 EXIT_BUG = 1  # anything else: a traceback
 STACKING_KINDS = ("head", "finetuned")  # a parent of these kinds gets a head on top of its own
-EXIT_SOME_FAILED = 3  # the command did its work, but some of the files given could not be used (named on stderr)
+EXIT_SOME_FAILED = 3
+MIN_QUERY_CHARS = 24  # of a query's path in its table's title, however long the verdict beside it  # the command did its work, but some of the files given could not be used (named on stderr)
 
 # Feature areas keep their sub-commands in their own module, each exposing ``add_commands(sub, *, common, search_opts)``.
 FEATURE_COMMAND_MODULES: tuple[str, ...] = ("console.cli.tui_command", "console.cli.masking", "console.cli.reports", "console.cli.quality", "console.cli.scale",
@@ -120,7 +121,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def show_search(args: argparse.Namespace, outcome) -> None:  # noqa: ANN001 - console.service.search.SearchOutcome
     """Search results: one table per query for reading (its verdict and classes in the title), every column for scripts."""
-    from console.cli.output import cell_text, output_format, print_table
+    from rich.console import Console
+
+    from console.cli.output import cell_text, output_format, print_table, shorten_start
 
     frames = {"results": outcome.results} | ({"predictions": outcome.predictions} if args.predict else {})
     if output_format(args) != "table":
@@ -132,16 +135,20 @@ def show_search(args: argparse.Namespace, outcome) -> None:  # noqa: ANN001 - co
     hidden = {"query", "query_path", "distractor_score", "is_distractor"}
     for query, rows in results.group_by("query", maintain_order=True):
         first = rows.row(0, named=True)
-        title = f"query {cell_text('query_path', first['query_path'])}"
+        verdict = ""
         if first.get("distractor_score") is not None:
-            title += f": distractor score {first['distractor_score']:.3f}, " + ("flagged as a distractor" if first["is_distractor"] else "a known class")
+            verdict = f": distractor score {first['distractor_score']:.3f}, " + ("flagged as a distractor" if first["is_distractor"] else "a known class")
+        name = shorten_start(cell_text("query_path", first["query_path"]), max(MIN_QUERY_CHARS, Console().width - len("query ") - len(verdict)))
+        title = f"query {name}{verdict}"
         print_table(rows.select([c for c in ("rank", "path", "label", "distance") if c in rows.columns]
                                 + [c for c in rows.columns if c not in hidden | {"rank", "path", "label", "distance", "image_id"}] + ["image_id"]),
                     title=title)
         if args.predict:
             classes = outcome.predictions.filter(outcome.predictions["query"] == query[0])
             voted = ", ".join(f"{label} {score:.3f}" for label, score in zip(classes["label"], classes["score"]))
-            print(f"classes: {voted}" + (" (voted by the whole catalogue: --where filters the results only)" if args.where else ""))
+            print(f"classes: {voted or 'none (no labelled neighbours)'}")
+            if args.where:
+                print("  (voted by the whole catalogue: --where filters the results only)")
         print()
 
 
@@ -152,20 +159,36 @@ def report_skipped(failures: list) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from console.service.training import label_trained_versions
     from engine.evaluation.detect import calibrate_model
     from engine.storage.database import Database
 
     db = Database(args.db)
     model = db.resolve_model(args.model)
+    leaky = label_trained_versions(db, model)
+    if leaky and not args.allow_leak:
+        from engine.versions.resolve import base_version
+
+        base = base_version(db, model)
+        raise InvalidRequestError(
+            f"model {model.id} was trained on the labels of every catalogue class ({', '.join(leaky)}), so the classes a fold holds out "
+            f"are not unseen to it and the simulated AUROC over-promises; calibrate a version trained without labels "
+            f"(--model {base.id if base else 'BASE'}), or give --allow-leak to calibrate anyway (the calibration records it)")
     config = CalibrationConfig(scorer=args.scorer, objective=args.objective, target_fpr=args.target_fpr, folds=args.folds, seed=args.seed)
-    stored = calibrate_model(db, model, config, catalogue_where=args.catalogue_where)
-    folds = stored.details["data"]["folds"]
+    stored = calibrate_model(db, model, config, catalogue_where=args.catalogue_where, label_trained=leaky)
+    data = stored.details["data"]
+    folds = data["folds"]
+    spread = lambda key: f"{data[key]:.0%} (folds {min(f[key] for f in folds):.0%} to {max(f[key] for f in folds):.0%})"  # noqa: E731
     print(
         f"calibrated model {model.id}: scorer {stored.scorer}, objective {stored.objective}, threshold {stored.threshold:.4f}\n"
-        f"on {stored.details['data']['catalogue_images']} catalogue images of {stored.details['data']['classes']} classes, "
+        f"on {data['catalogue_images']} catalogue images of {data['classes']} classes, "
         f"{len(folds)} folds holding out {[f['held_out_classes'] for f in folds]}\n"
-        f"simulated AUROC {stored.auroc:.3f}, MAP@5 with -1 {stored.map5:.3f} (calibration {stored.id}, now active)"
+        f"simulated AUROC {stored.auroc:.3f}, MAP@5 with -1 {stored.map5:.3f} (calibration {stored.id}, now active)\n"
+        f"expected at this threshold: {spread('known_flagged')} of queries of known classes flagged, "
+        f"{spread('distractors_caught')} of distractors caught; new images unlike the catalogue's may fare worse"
     )
+    if leaky:
+        print_error(f"{', '.join(leaky)} trained on every class: these figures over-promise (--allow-leak)", prefix="warning")
     return 0
 
 
@@ -417,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--folds", type=positive_int, default=CalibrationConfig.folds)
     calibrate.add_argument("--seed", type=int, default=CalibrationConfig.seed)
     calibrate.add_argument("--catalogue-where", default=CATALOGUE_WHERE, help="which rows are the catalogue")
+    calibrate.add_argument("--allow-leak", action="store_true", help="calibrate a version trained on the catalogue's labels anyway (its figures over-promise)")
     calibrate.set_defaults(func=cmd_calibrate)
     calibrations = sub.add_parser("calibrations", parents=[common], help="stored calibrations, newest first")
     add_output_options(calibrations)

@@ -54,3 +54,17 @@ def model_versions(db: Database) -> pl.DataFrame:
         pl.Series("method", [n.get("method") for n in notes], pl.String),
         pl.Series("val_map5", [n.get("val_map5") for n in notes], pl.Float64),
     ).join(coverage, on="id", how="left").select("id", "active", "kind", "parent", "method", "dim", "val_map5", "status", "rows", "missing", "created_at")
+
+
+def label_trained_versions(db: Database, record: ModelRecord) -> list[str]:
+    """The versions in ``record``'s chain whose training used the catalogue's labels (heads and fine-tunes with a
+    supervised method): features that have seen every class, so held-out classes are not unseen to them."""
+    from engine.training.methods import create_loss
+    from engine.versions.resolve import lineage
+
+    trained = []
+    for version in lineage(db, record):
+        method = json.loads(version.notes).get("method") if version.notes else None
+        if method and create_loss(method, TrainConfig(), 2, 8).needs_labels:
+            trained.append(version.id)
+    return trained

@@ -69,15 +69,20 @@ def calibrate_model(
     model: ModelRecord,
     config: CalibrationConfig = CalibrationConfig(),
     catalogue_where: str = DEFAULT_CATALOGUE_WHERE,
+    label_trained: Sequence[str] = (),
 ) -> StoredCalibration:
-    """Calibrate the distractor threshold of ``model`` on its catalogue and store it as the active one."""
+    """Calibrate the distractor threshold of ``model`` on its catalogue and store it as the active one.
+
+    ``label_trained`` names the versions in ``model``'s chain trained on the catalogue's labels: their features
+    saw the classes a fold holds out, so the simulation over-promises; the stored calibration says so."""
     catalogue_where = db.catalogue_where(catalogue_where)
     vectors, labels = load_split(db.embeddings(model), catalogue_where)
     if len(vectors) == 0:
         raise EvaluationError(f"no labelled catalogue images match {catalogue_where!r} for model {model.id}")
     calibration: Calibration = calibrate(vectors, labels, config)
     classes, centroids = class_centroids(vectors, labels)
-    details = {"config": calibration.config, "data": calibration.data, "curve": calibration.curve}
+    data = calibration.data | {"label_trained": list(label_trained)}
+    details = {"config": calibration.config, "data": data, "curve": calibration.curve}
     row = {
         "id": uuid.uuid4().hex[:12], "model_id": model.id, "scorer": calibration.scorer, "objective": calibration.objective,
         "threshold": calibration.threshold, "catalogue_where": catalogue_where, "neighbours": config.neighbours,

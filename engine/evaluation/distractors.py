@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -253,11 +254,28 @@ def _choose_threshold(objective: str, scores: np.ndarray, positive: np.ndarray, 
     raise EvaluationError(f"unknown calibration objective {objective!r}; choose one of ['map5', 'fpr', 'roc']")
 
 
+def held_out_class_sets(classes: Sequence[str], per_fold: int, folds: int, rng: np.random.Generator) -> list[set[str]]:
+    """``folds`` distinct sets of ``per_fold`` classes, dealt from seeded shuffles so that every class plays the
+    distractor about equally often; fewer when the classes allow fewer distinct sets (6 classes in pairs: 15)."""
+    wanted = min(folds, math.comb(len(classes), per_fold))
+    sets: list[set[str]] = []
+    pool: list[str] = []
+    while len(sets) < wanted:
+        if len(pool) < per_fold:  # a new round: the classes not yet dealt in this one go first
+            pool += [c for c in rng.permutation(classes).tolist() if c not in pool]
+        held = set(pool[:per_fold])
+        if held in sets:  # the same set again: shuffle what is left of the round instead
+            pool = rng.permutation(pool).tolist()
+            continue
+        sets.append(held)
+        pool = pool[per_fold:]
+    return sets
+
+
 def simulate_folds(labels: Sequence[str], config: CalibrationConfig) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per fold: (catalogue mask, known-query mask, distractor mask) over the catalogue rows.
 
-    Classes are shuffled once (seeded) and dealt into folds so that every class plays the distractor
-    about equally often; kept classes lend ``query_fraction`` of their images (stratified) as known queries.
+    Each fold holds out a distinct set of classes (:func:`held_out_class_sets`); kept classes lend ``query_fraction`` of their images (stratified) as known queries.
     """
     labels = np.asarray(labels, dtype=object)
     classes = sorted(set(labels))
@@ -265,10 +283,8 @@ def simulate_folds(labels: Sequence[str], config: CalibrationConfig) -> list[tup
         raise EvaluationError(f"calibration needs at least 3 classes to hold some out, found {len(classes)}")
     rng = np.random.default_rng(config.seed)
     per_fold = max(1, round(len(classes) * config.holdout_class_fraction))
-    order = list(rng.permutation(classes))
     folds = []
-    for fold in range(config.folds):
-        held = {order[(fold * per_fold + i) % len(order)] for i in range(per_fold)}
+    for held in held_out_class_sets(classes, per_fold, config.folds, rng):
         distractor = np.isin(labels, list(held))
         known_query = np.zeros(len(labels), bool)
         for cls in classes:
@@ -282,6 +298,14 @@ def simulate_folds(labels: Sequence[str], config: CalibrationConfig) -> list[tup
         catalogue = ~distractor & ~known_query
         folds.append((catalogue, known_query, distractor))
     return folds
+
+
+def flag_rates(scores: np.ndarray, is_distractor: np.ndarray, threshold: float) -> dict[str, float]:
+    """The share of known queries a threshold flags (its false-positive rate) and of distractors it catches."""
+    flagged = np.asarray(scores) > threshold
+    positive = np.asarray(is_distractor, bool)
+    return {"known_flagged": float(flagged[~positive].mean()) if (~positive).any() else 0.0,
+            "distractors_caught": float(flagged[positive].mean()) if positive.any() else 0.0}
 
 
 def calibrate(vectors: np.ndarray, labels: Sequence[str], config: CalibrationConfig = CalibrationConfig()) -> Calibration:
@@ -299,9 +323,11 @@ def calibrate(vectors: np.ndarray, labels: Sequence[str], config: CalibrationCon
         fold_info.append({"held_out_classes": sorted(set(labels[distractor])), "known_queries": int(known.sum()), "distractors": int(distractor.sum())})
     scores, positive = np.concatenate(pooled_scores), np.concatenate(pooled_positive)
     threshold, curve = _choose_threshold(config.objective, scores, positive, pooled_classes, pooled_truth, config.target_fpr)
+    for info, fold_scores, fold_positive in zip(fold_info, pooled_scores, pooled_positive):  # what the threshold does per fold
+        info |= flag_rates(fold_scores, fold_positive, threshold)
     result = Calibration(
         scorer=config.scorer, threshold=threshold, objective=config.objective, config=asdict(config),
-        data={"catalogue_images": int(len(labels)), "classes": len(set(labels)), "folds": fold_info},
+        data={"catalogue_images": int(len(labels)), "classes": len(set(labels)), "folds": fold_info, **flag_rates(scores, positive, threshold)},
         curve=curve, auroc=roc_auc(scores, positive), map5=map5_with_distractors(pooled_classes, scores, threshold, pooled_truth),
     )
     logger.info("calibrated %s/%s: threshold %.4f, AUROC %.3f, MAP@5 %.3f", config.scorer, config.objective, threshold, result.auroc, result.map5)

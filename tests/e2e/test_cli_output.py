@@ -148,12 +148,20 @@ def test_label_csvs_are_read_by_column_name_and_refused_when_unreadable(messy, t
 
 
 def test_a_database_without_splits_trains_calibrates_and_evaluates_leave_one_out(tmp_path, model, capsys):
+    from engine.storage.database import Database
+
     db = str(tmp_path / "db")
     assert main(["ingest", str(SAMPLES), "--db", db, *model]) == 0  # as the README's --labels line: no --split
     capsys.readouterr()
+    base = Database(db, read_only=True).resolve_model().id
     assert main(["train", "--db", db, "--epochs", "2", "--activate"]) == 0  # before: "found 0 in split = 'train'"
-    assert main(["calibrate", "--db", db, "--folds", "2"]) == 0
-    assert "on 120 catalogue images" in capsys.readouterr().out
+    capsys.readouterr()
+    assert main(["calibrate", "--db", db, "--folds", "2"]) == 2  # the head saw every class: a simulation would leak
+    err = capsys.readouterr().err
+    assert "trained on the labels of every catalogue class" in err and f"--model {base}" in err
+    assert main(["calibrate", "--db", db, "--folds", "2", "--model", base]) == 0
+    out = capsys.readouterr().out
+    assert "on 120 catalogue images" in out and "of queries of known classes flagged" in out
     assert main(["eval", "--db", db]) == 2
     assert "--leave-one-out" in capsys.readouterr().err
     assert main(["eval", "--db", db, "--leave-one-out", "--format", "json"]) == 0

@@ -419,8 +419,9 @@ def test_console_command_is_registered(tmp_path):
     from console.cli import main as cli
     from console.cli.tui_command import cmd_console
 
-    args = cli.build_parser().parse_args(["console", "--db", str(tmp_path / "db"), "--no-images", "--encoder", "test_efficientnet"])
-    assert args.func is cmd_console and args.db == str(tmp_path / "db") and args.no_images and args.encoder == "test_efficientnet"
+    args = cli.build_parser().parse_args(["console", "--db", str(tmp_path / "db"), "--no-images", "--model", "test_efficientnet"])
+    assert args.func is cmd_console and args.db == str(tmp_path / "db") and args.no_images and args.model == "test_efficientnet"
+    assert cli.build_parser().parse_args(["console", "--encoder", "x"]).model == "x"  # the older spelling still works
 
 
 

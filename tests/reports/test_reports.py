@@ -210,7 +210,7 @@ def test_report_draws_every_figure_from_real_data(sample_db, tmp_path):
     assert per_class["label"].to_list() == expected.per_class["label"].to_list() and per_class["queries"].sum() == 30
     for column in ("P@1", "P@5", "mAP@5", "mAP"):
         np.testing.assert_allclose(per_class[column].to_numpy(), expected.per_class[column].to_numpy(), err_msg=column)
-    overall = dict(dict(sections["pr"].tables)["overall"].iter_rows())
+    overall = dict(sections["pr"].tables)["overall"].row(0, named=True)
     assert overall["mAP@5"] == pytest.approx(expected.map_at_5) and overall["P@1"] == pytest.approx(expected.p_at_1)
 
     # the gallery shows k results per query, worst first by AP
