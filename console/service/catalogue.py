@@ -7,12 +7,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.catalogue.edits import Selection
+from engine.catalogue.edits import delete as delete_images
 from engine.core.errors import InvalidRequestError, NotFoundError
 from engine.core.progress import ProgressCallback
 from engine.core.splits import sql_quote
 from engine.encoders.config import EncoderConfig
 from engine.encoders.factory import Encoder, create_encoder
-from engine.evaluation.detect import Decision, decide
+from engine.evaluation.detect import Decision, decide, review_row, write_review_row
 from engine.masking.encoder import MaskedEncoder, masked_encoder
 from engine.storage.database import AMBIGUITY_SHOWN, Database
 from engine.versions import encoder_for_model
@@ -80,3 +82,27 @@ def decide_review(db: Database, decision: Decision, *, model: str | None = None,
         add_to_catalogue(db, path, label, chosen)
 
     return decide(db, decision, join_catalogue=join)
+
+
+@dataclass(frozen=True)
+class ReviewUndo:
+    """What taking a review decision back needs: the item as it was, and the image the decision added."""
+
+    previous: dict
+    joined_image: str | None  # None when the decision added no image (a confirmed distractor, or one already there)
+
+
+def decide_review_undoably(db: Database, decision: Decision, *, encoder: Encoder | None = None) -> tuple[dict, ReviewUndo]:
+    """:func:`decide_review`, returning also what :func:`undo_review` needs to take the decision back."""
+    previous = review_row(db, resolve_review_id(db, decision.review_id))
+    known_before = db.images.count_rows(f"id = {sql_quote(previous['id'])}") > 0
+    row = decide_review(db, decision, encoder=encoder)
+    return row, ReviewUndo(previous, None if known_before or not row["label"] else row["id"])
+
+
+def undo_review(db: Database, undo: ReviewUndo) -> dict:
+    """Take a decision back: an image it added leaves the catalogue (and every version), the item is as it was."""
+    if undo.joined_image is not None:
+        delete_images(db, Selection(ids=(undo.joined_image,)), allow_empty=True)
+    write_review_row(db, undo.previous)
+    return undo.previous

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -52,6 +54,30 @@ def discard_late_terminal_replies(wait: float = 0.3) -> None:
         return
     time.sleep(wait)
     termios.tcflush(sys.stdin.fileno(), termios.TCIFLUSH)
+
+
+SHORT_ID_CHARS = 12  # of a 32-character image id in a table: any unique prefix is taken back
+PATH_PARTS_SHOWN = 2  # a path in a table: its folder and file name
+
+
+def short_path(path: str, parts: int = PATH_PARTS_SHOWN) -> str:
+    """The last ``parts`` components of a path ("…/coast/n203.jpg"), as tables show it."""
+    pieces = Path(path).parts
+    return path if len(pieces) <= parts else "…/" + "/".join(pieces[-parts:])
+
+
+SYSTEM_VIEWERS = ("xdg-open", "open", "wslview")  # Linux desktops, macOS, WSL
+
+
+def open_in_system_viewer(path: str | Path) -> str:
+    """Open ``path`` with the desktop's image viewer, without waiting for it; what happened, as a sentence."""
+    if not Path(path).is_file():
+        return f"cannot open {path}: the file is not there"
+    viewer = next((shutil.which(name) for name in SYSTEM_VIEWERS if shutil.which(name)), None)
+    if viewer is None:
+        return f"no system image viewer here ({', '.join(SYSTEM_VIEWERS)}): open {path} yourself"
+    subprocess.Popen([viewer, str(path)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return f"opened {Path(path).name} with {Path(viewer).name}"
 
 
 def load_preview(path: str | Path, side: int = PREVIEW_SIDE) -> PILImage.Image | None:

@@ -241,10 +241,7 @@ def decide(db: Database, decision: Decision, join_catalogue: Callable[[Path, str
     """
     if decision.status not in schemas.REVIEW_STATUSES[1:]:
         raise EvaluationError(f"unknown decision {decision.status!r}; choose one of {list(schemas.REVIEW_STATUSES[1:])}")
-    rows = db.review.search().where(f"id = {sql_quote(decision.review_id)}").limit(None).to_arrow().to_pylist()
-    if not rows:
-        raise UnknownIdError(f"no review item {decision.review_id!r}")
-    row = rows[0]
+    row = review_row(db, decision.review_id)
     if decision.status in ("assigned", "added"):
         if not decision.label or decision.label == DISTRACTOR_LABEL:
             raise EvaluationError(f"decision {decision.status!r} needs a class label")
@@ -262,6 +259,19 @@ def decide(db: Database, decision: Decision, join_catalogue: Callable[[Path, str
             join_catalogue(Path(row["path"]), decision.label)
     row.update(status=decision.status, label=decision.label if decision.status != "distractor" else None,
                decided_by=decision.decided_by, decided_at=utc_now())
+    write_review_row(db, row)
+    return row
+
+
+def review_row(db: Database, review_id: str) -> dict:
+    """One review item as stored."""
+    rows = db.review.search().where(f"id = {sql_quote(review_id)}").limit(None).to_arrow().to_pylist()
+    if not rows:
+        raise UnknownIdError(f"no review item {review_id!r}")
+    return rows[0]
+
+
+def write_review_row(db: Database, row: dict) -> None:
+    """Store ``row`` over the review item of the same id and model (a decision, or an earlier state given back)."""
     table = pa.Table.from_pylist([row], schema=schemas.REVIEW_SCHEMA)
     db.review.merge_insert(["id", "model_id"]).when_matched_update_all().execute(table)
-    return row

@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 import pytest_textual_snapshot
+from PIL import Image as PILImage
 from rich.console import Console
 from textual.widgets import Button, DataTable, Input, ProgressBar, Sparkline, Static
 
@@ -172,7 +173,7 @@ async def test_search_by_file_shows_ranked_results_thumbnails_and_classes(sample
         await settle(pilot)
         rows = table_rows(app, "#search-table")
         assert len(rows) == 6 and [r[0] for r in rows] == [str(i) for i in range(1, 7)]
-        assert rows[0][3] == str(query) and float(rows[0][2]) == pytest.approx(0.0, abs=1e-4)  # itself, first
+        assert rows[0][3] == f"…/coat/{query.name}" and float(rows[0][2]) == pytest.approx(0.0, abs=1e-4)  # itself, first
         distances = [float(r[2]) for r in rows]
         assert distances == sorted(distances)
         assert "6 results from model" in text_of(app, "#search-message")
@@ -188,11 +189,11 @@ async def test_search_by_file_shows_ranked_results_thumbnails_and_classes(sample
         # picking a result makes it the next query (a catalogue image, by id)
         table = app.screen.query_one("#search-table", DataTable)
         table.move_cursor(row=2)
-        picked = rows[2][4]
+        picked = rows[2][-1]  # the id, shortened; the query takes it whole
         await pilot.press("p")
         await settle(pilot)
-        assert app.screen.query_one("#search-query", Input).value == picked
-        assert table_rows(app, "#search-table")[0][4] == picked
+        assert app.screen.query_one("#search-query", Input).value.startswith(picked)
+        assert table_rows(app, "#search-table")[0][-1] == picked
 
 
 async def test_search_with_bad_where_shows_the_error_and_keeps_working(sample_db, ingested_folder, tiny_encoder):
@@ -214,6 +215,7 @@ async def test_search_with_bad_where_shows_the_error_and_keeps_working(sample_db
         await type_into(pilot, "#search-query", str(query.parent / "missing.png"))
         await settle(pilot)
         assert message.has_class("error") and "neither an image file" in text_of(app, "#search-message")
+        assert table_rows(app, "#search-table") == []  # before: the sandal results stayed under the error
 
 
 async def test_train_runs_live_then_stops_and_resumes(sample_db, tiny_encoder):
@@ -319,6 +321,68 @@ async def test_review_confirms_assigns_and_skips(review_db, tiny_encoder):
     images = app.db.images_frame()
     assert images.height == len(CLASSES) * PER_CLASS + 1
     assert images.filter(pl.col("path").str.contains("dress_test"))["label"].to_list() == ["coat"]
+
+
+async def test_review_keys_never_fall_into_the_class_box_and_decisions_undo(review_db, tiny_encoder):
+    app = make_app(review_db, tiny_encoder, thumbnails=False)
+    catalogue = len(CLASSES) * PER_CLASS
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await settle(pilot)
+        footer = " ".join(str(b.binding.description) for b in app.screen.active_bindings.values() if b.binding.show)
+        assert all(word in footer for word in ("Confirm", "Assign #n", "New class", "Undo", "Skip", "View"))
+        await pilot.press("1")  # the bag query: its first suggestion, bag; it joins the catalogue
+        await settle(pilot)
+        assert "assigned as bag" in text_of(app, "#review-message") and app.db.images.count_rows() == catalogue + 1
+        await pilot.press("u")
+        await settle(pilot)
+        assert "undone" in text_of(app, "#review-message") and app.db.images.count_rows() == catalogue  # it left again
+        assert text_of(app, "#review-counts").startswith("3 left to review") and "bag_test" in text_of(app, "#review-info")
+
+        box = app.screen.query_one("#review-new-class", Input)
+        await pilot.press("c")  # a screen key: confirms the bag query, is not typed
+        await settle(pilot)
+        assert box.value == "" and "coat_test" in text_of(app, "#review-info")
+        await pilot.press("n", *"gown", "enter")  # n gives the box the keys; Enter adds the class and gives them back
+        await settle(pilot)
+        assert "added as gown" in text_of(app, "#review-message") and not box.has_focus
+        await pilot.press("c")  # confirms the dress query: before, "c" was typed into the box
+        await settle(pilot)
+        assert box.value == "" and text_of(app, "#review-counts").startswith("0 left to review")
+        await pilot.press("n", "x", "escape")  # escape leaves the box without deciding
+        await settle(pilot)
+        assert box.value == "" and not box.has_focus
+
+    decided = dict(zip(review_frame(app.db)["path"].map_elements(lambda p: Path(p).name.split("_test")[0], return_dtype=pl.String),
+                       review_frame(app.db)["status"]))
+    assert decided == {"bag": "distractor", "coat": "added", "dress": "distractor"}
+    assert app.db.images.count_rows() == catalogue + 1
+
+
+async def test_search_results_open_full_screen_and_page(sample_db, ingested_folder, tiny_encoder):
+    from console.tui.screens.figure import ImageViewer
+
+    app = make_app(sample_db, tiny_encoder)
+    query = sorted((ingested_folder / "coat").glob("*.png"))[0]
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f2")
+        await settle(pilot)
+        await type_into(pilot, "#search-k", "3", submit=False)
+        await type_into(pilot, "#search-query", str(query))
+        await settle(pilot)
+        await pilot.press("down", "v")
+        await settle(pilot)
+        viewer = app.screen
+        assert isinstance(viewer, ImageViewer) and viewer.shown[0].startswith("#2 ")
+        picture = viewer.query_one("#viewer-picture .picture").image
+        with PILImage.open(viewer.shown[1]) as original:
+            assert picture is not None and picture.size == original.size  # the image itself (these are 28 px), not a thumbnail
+        await pilot.press("right")
+        await settle(pilot)
+        assert viewer.shown[0].startswith("#3 ")
+        await pilot.press("escape")
+        await settle(pilot)
+        assert not isinstance(app.screen, ImageViewer) and table_rows(app, "#search-table")  # the results are still there
 
 
 async def test_data_screen_filters_and_summarises(sample_db, tiny_encoder):

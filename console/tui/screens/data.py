@@ -21,13 +21,13 @@ from textual.widgets import Button, DataTable, Footer, Header, Input, Static
 from console.service.data import Selection, delete, relabel
 from console.tui.screens.base import ConsoleScreen
 from console.tui.screens.figure import FigureScreen, png_picture
-from console.tui.widgets import bar_chart, fill_table
+from console.tui.widgets import SHORT_ID_CHARS, bar_chart, fill_table, short_path
 from engine.core.errors import NotFoundError
 
 logger = logging.getLogger(__name__)
 
 SHOWN_ROWS = 500  # rows put in the table; the summary covers every matching row
-BROWSE_COLUMNS = ["id", "label", "split", "width", "height", "channels", "mode", "format", "bytes", "path"]
+BROWSE_COLUMNS = ["path", "label", "split", "width", "height", "format", "bytes", "id"]  # what tells images apart first, the id last
 SIZE_BUCKETS = [0, 64, 128, 256, 512, 1024, 2048]
 
 
@@ -124,7 +124,7 @@ class DataScreen(ConsoleScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(classes="row"):
-            yield Input(placeholder="where, e.g. label = 'coat' AND width >= 28 (empty: every image)", id="data-where")
+            yield Input(placeholder="where, e.g. label = 'CLASS' AND width >= 256 (empty: every image)", id="data-where")
             yield Button("Filter", id="data-filter", variant="primary")
         with Horizontal(classes="row"):  # its own row: at 80 columns the filter keeps its width
             yield Input(placeholder="new class for the highlighted image", id="data-label")
@@ -167,6 +167,8 @@ class DataScreen(ConsoleScreen):
     def _show(self, view: DataView, summary: Group) -> None:
         self._view = view
         shown = view.matching.head(SHOWN_ROWS).select(BROWSE_COLUMNS) if view.matching.height else view.matching
+        if shown.height:  # the end of a path names the image: the shared start of every path would push it off screen
+            shown = shown.with_columns(pl.col("path").map_elements(short_path, return_dtype=pl.String), pl.col("id").str.slice(0, SHORT_ID_CHARS))
         fill_table(self.query_one("#data-table", DataTable), shown, "no images match")
         more = f" (first {SHOWN_ROWS} shown)" if view.matching.height > SHOWN_ROWS else ""
         notice, self._notice = self._notice, None  # what the last edit did, shown once with the re-read view

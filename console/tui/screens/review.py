@@ -14,9 +14,10 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
-from console.service.catalogue import decide_review
+from console.service.catalogue import ReviewUndo, decide_review_undoably, undo_review
 from console.tui.screens.base import ConsoleScreen
-from console.tui.widgets import Thumbnail, fill_table, load_preview
+from console.tui.screens.figure import ImageViewer
+from console.tui.widgets import Thumbnail, fill_table, load_preview, open_in_system_viewer
 from engine.evaluation.detect import Decision, review_frame
 
 NEIGHBOURS = 5
@@ -33,19 +34,20 @@ class ReviewItem:
 
 
 class ReviewScreen(ConsoleScreen):
-    """c: confirm distractor · a or 1-5: assign a suggested class · s: skip · a new class name + Enter: add it."""
+    """c: confirm distractor · a or 1-5: assign a suggested class · n: a new class · u: undo · s: skip · v: view."""
 
     AUTO_FOCUS = "#review-table"
 
     BINDINGS = [
         Binding("c", "confirm", "Confirm distractor"),
-        Binding("a", "assign(1)", "Assign top suggestion"),
-        Binding("1", "assign(1)", "Assign #1", show=False),
-        Binding("2", "assign(2)", "Assign #2", show=False),
-        Binding("3", "assign(3)", "Assign #3", show=False),
-        Binding("4", "assign(4)", "Assign #4", show=False),
-        Binding("5", "assign(5)", "Assign #5", show=False),
+        Binding("a", "assign(1)", "Assign #1"),
+        Binding("1", "assign(1)", "Assign #n", key_display="1-5"),
+        *(Binding(f"{rank}", f"assign({rank})", f"Assign #{rank}", show=False) for rank in range(2, NEIGHBOURS + 1)),
+        Binding("n", "new_class", "New class"),
+        Binding("u", "undo", "Undo"),
         Binding("s", "skip", "Skip"),
+        Binding("v", "view", "View"),
+        Binding("o", "open_file", "Open"),
         Binding("ctrl+r", "reload", "Reload"),
     ]
 
@@ -55,6 +57,7 @@ class ReviewScreen(ConsoleScreen):
         self._position = 0
         self._item: ReviewItem | None = None
         self._decided = 0
+        self._undoable: list[ReviewUndo] = []  # decisions of this session, newest last
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -69,12 +72,42 @@ class ReviewScreen(ConsoleScreen):
                     for cell in range(NEIGHBOURS):
                         yield Thumbnail(self.lookalike.image_class, "", id=f"review-cell-{cell}")
                 yield DataTable(id="review-table", cursor_type="row")
-        yield Input(placeholder="a new class name, then Enter: add the query to the catalogue as that class", id="review-new-class")
+        yield Input(placeholder="n, then a new class name and Enter: the query joins the catalogue as that class (escape: back)", id="review-new-class")
         yield Static("", id="review-message")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#review-grid").display = self.lookalike.image_class is not None
+        self.query_one("#review-new-class", Input).can_focus = False  # only n gives it the keys: c or 1 are never typed into it
+
+    def action_new_class(self) -> None:
+        box = self.query_one("#review-new-class", Input)
+        box.can_focus = True
+        box.focus()
+
+    def _leave_new_class(self) -> None:
+        box = self.query_one("#review-new-class", Input)
+        box.value = ""
+        box.can_focus = False
+        self.query_one("#review-table", DataTable).focus()
+
+    def on_key(self, event) -> None:  # noqa: ANN001 - textual.events.Key
+        if event.key == "escape" and self.focused is self.query_one("#review-new-class", Input):
+            event.stop()
+            self._leave_new_class()
+
+    def action_view(self) -> None:
+        """The query and its nearest catalogue images full screen."""
+        if self._item is None:
+            return
+        images = [("flagged query", self._item.row["path"])]
+        neighbours = self._item.neighbours
+        images += [(f"#{r['rank']} {r['label'] or '?'} {r['distance']:.3f}", r["path"]) for r in neighbours.iter_rows(named=True)] if neighbours.height else []
+        self.open_modal(ImageViewer(self.lookalike.image_class, images))
+
+    def action_open_file(self) -> None:
+        if self._item is not None:
+            self.say("review-message", open_in_system_viewer(self._item.row["path"]))
 
     # ---- the queue -----------------------------------------------------------------------------
 
@@ -171,10 +204,34 @@ class ReviewScreen(ConsoleScreen):
     @on(Input.Submitted, "#review-new-class")
     def add_new_class(self, event: Input.Submitted) -> None:
         name = event.value.strip()
+        self._leave_new_class()  # the keys go back to the screen at once: a following c confirms, it is not typed
         if self._item is None or not name:
             return
-        event.input.value = ""
         self.record(Decision(self._item.row["id"], "added", name, self.lookalike.config.user))
+
+    def action_undo(self) -> None:
+        """Take back the newest decision of this session: an image it added leaves the catalogue again."""
+        if not self._undoable:
+            self.say("review-message", "nothing to undo in this session")
+            return
+        self.say("review-message", "undoing…")
+        self.run_undo(self._undoable.pop())
+
+    @work(thread=True, group="review-decide")
+    def run_undo(self, undo: ReviewUndo) -> None:
+        def run() -> None:
+            row = undo_review(self.lookalike.db, undo)
+            if undo.joined_image is not None:
+                self.lookalike.data_changed()
+            self.ui(self._undone, f"undone: {Path(row['path']).name} is {row['status']} again"
+                    + (" and left the catalogue" if undo.joined_image else ""))
+
+        self.guarded("review-message", "the undo", run)
+        self.ui(self.load_queue)
+
+    def _undone(self, outcome: str) -> None:
+        self._decided -= 1
+        self.say("review-message", outcome)
 
     def record(self, decision: Decision) -> None:
         """Store a decision; the item leaves the screen at once so that a second key press cannot decide it twice."""
@@ -188,15 +245,16 @@ class ReviewScreen(ConsoleScreen):
     def run_decision(self, item: ReviewItem, decision: Decision) -> None:
         def run() -> None:
             encoder = self.lookalike.searcher(item.row["model_id"]).encoder if decision.status != "distractor" else None
-            row = decide_review(self.lookalike.db, decision, encoder=encoder)
+            row, undo = decide_review_undoably(self.lookalike.db, decision, encoder=encoder)
             if row["label"]:
                 self.lookalike.data_changed()
-            outcome = f"{Path(row['path']).name}: {row['status']}" + (f" as {row['label']} (joined the catalogue)" if row["label"] else "")
-            self.ui(self._decision_stored, outcome)
+            outcome = f"{Path(row['path']).name}: {row['status']}" + (f" as {row['label']} (joined the catalogue)" if row["label"] else "") + " · u: undo"
+            self.ui(self._decision_stored, outcome, undo)
 
         self.guarded("review-message", "the decision", run)
         self.ui(self.load_queue)  # after a failure too: the item comes back
 
-    def _decision_stored(self, outcome: str) -> None:
+    def _decision_stored(self, outcome: str, undo: ReviewUndo) -> None:
         self._decided += 1
+        self._undoable.append(undo)
         self.say("review-message", outcome)

@@ -16,9 +16,11 @@ from textual.widgets import Button, DataTable, Footer, Header, Input, Select, St
 
 from console.service import search as search_service
 from console.tui.screens.base import ConsoleScreen
-from console.tui.widgets import Thumbnail, fill_table, load_preview
+from console.tui.screens.figure import ImageViewer
+from console.tui.widgets import SHORT_ID_CHARS, Thumbnail, fill_table, load_preview, open_in_system_viewer, short_path
 
 GRID_CELLS = 10  # thumbnails shown for the top results
+TALL_TERMINAL_ROWS = 40  # from this height on the thumbnails double
 RESULT_COLUMNS = ("split", "width", "height")
 
 
@@ -51,6 +53,8 @@ class SearchScreen(ConsoleScreen):
     BINDINGS = [
         ("ctrl+r", "reload", "Reload models"),
         ("p", "pick_selected", "Query with selected"),
+        ("v", "view", "View full screen"),
+        ("o", "open_file", "Open in viewer"),
     ]
 
     def __init__(self) -> None:
@@ -61,7 +65,7 @@ class SearchScreen(ConsoleScreen):
         yield Header()
         with Horizontal(id="search-form", classes="row"):
             yield Input(placeholder="query: image file path or catalogue image id", id="search-query")
-            yield Input(placeholder="where, e.g. label = 'coat' AND width >= 28", id="search-where")
+            yield Input(placeholder="where, e.g. label = 'CLASS' AND width >= 256", id="search-where")
             yield Input("10", placeholder="k", id="search-k", validators=[Integer(minimum=1, maximum=1000)])
             yield Select([], prompt="active model", id="search-model")
             yield Button("Search", id="search-go", variant="primary")
@@ -107,16 +111,18 @@ class SearchScreen(ConsoleScreen):
 
     # ---- searching -----------------------------------------------------------------------------
 
-    def query_with(self, query: str) -> None:
-        """Search with ``query`` (a path or an image id) as if the operator had typed it."""
+    def query_with(self, query: str, where: str | None = None) -> None:
+        """Search with ``query`` (a path or an image id) under ``where`` (None: no filter, not the last one typed)
+        as if the operator had typed them."""
         self.query_one("#search-query", Input).value = query
+        self.query_one("#search-where", Input).value = where or ""
         self.start_search()
 
     def action_pick_selected(self) -> None:
         """Use the highlighted result (a catalogue image) as the next query."""
         row = self._selected_result()
         if row is not None:
-            self.query_with(row["image_id"])
+            self.query_with(row["image_id"], self.query_one("#search-where", Input).value.strip() or None)  # the same filter
 
     @on(Button.Pressed, "#search-go")
     @on(Input.Submitted, "#search-query, #search-where, #search-k")
@@ -134,6 +140,7 @@ class SearchScreen(ConsoleScreen):
         request = SearchRequest(query, self.query_one("#search-where", Input).value.strip() or None, int(k_input.value),
                                 None if model is Select.NULL else str(model))
         self.say("search-message", f"searching for {query}…")
+        self._clear_outcome()  # a failed search must not leave the last one's results under its error
         self.run_search(request)
 
     @work(thread=True, exclusive=True, group="search")
@@ -158,13 +165,47 @@ class SearchScreen(ConsoleScreen):
 
         self.guarded("search-message", "search", search)
 
+    def _clear_outcome(self) -> None:
+        self._outcome = None
+        fill_table(self.query_one("#search-table", DataTable), pl.DataFrame(), "searching…")
+        for cell in range(GRID_CELLS):
+            self.query_one(f"#search-cell-{cell}", Thumbnail).display = False
+        for name in ("#search-predictions", "#search-meta"):
+            self.query_one(name, Static).update("")
+        self.query_one("#search-query-picture", Thumbnail).show(None, "query")
+        self.query_one("#search-large", Thumbnail).show(None, "selected result")
+
+    def action_view(self) -> None:
+        """The results full screen, starting at the highlighted one (left/right pages through them)."""
+        if self._outcome is None or not self._outcome.results.height:
+            return
+        results = self._outcome.results
+        images = [(f"#{r['rank']} {r['label'] or '?'} {r['distance']:.3f}", r["path"]) for r in results.iter_rows(named=True)]
+        self.open_modal(ImageViewer(self.lookalike.image_class, images, start=max(self.query_one("#search-table", DataTable).cursor_row, 0)))
+
+    @on(DataTable.RowSelected, "#search-table")
+    def _result_selected(self) -> None:
+        self.action_view()
+
+    def action_open_file(self) -> None:
+        row = self._selected_result()
+        if row is not None:
+            self.say("search-message", open_in_system_viewer(row["path"]))
+
+    def on_resize(self, event) -> None:  # noqa: ANN001 - textual.events.Resize
+        """Larger thumbnails where the terminal has the room (tmux at 160x48 shows a scene; 80x24 only a hint)."""
+        tall = event.size.height >= TALL_TERMINAL_ROWS
+        for cell in range(GRID_CELLS):
+            self.query_one(f"#search-cell-{cell}", Thumbnail).set_class(tall, "large")
+
     def _show_outcome(self, outcome: SearchOutcome) -> None:
         self._outcome = outcome
         results = outcome.results
         where = f" where {outcome.request.where}" if outcome.request.where else ""
         self.say("search-message", f"{results.height} results from model {outcome.model_id}{where}")
-        fill_table(self.query_one("#search-table", DataTable), results.select("rank", "label", "distance", "path", "image_id", *RESULT_COLUMNS) if results.height else results,
-                   "no catalogue image matches")
+        shown = results.select("rank", "label", "distance", pl.col("path").map_elements(short_path, return_dtype=pl.String),
+                               *RESULT_COLUMNS, pl.col("image_id").str.slice(0, SHORT_ID_CHARS)) if results.height else results
+        fill_table(self.query_one("#search-table", DataTable), shown, "no catalogue image matches")
         for cell in range(GRID_CELLS):
             thumb = self.query_one(f"#search-cell-{cell}", Thumbnail)
             if cell < results.height:
