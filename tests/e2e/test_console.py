@@ -479,6 +479,23 @@ def test_library_layout_snapshot(tmp_path, tiny_encoder, snap_compare):
     assert snap_compare(app, terminal_size=(120, 36), run_before=quiet)
 
 
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+@pytest.mark.parametrize("screen", ["f1", "f2", "f4"], ids=["library", "search", "review"])
+def test_screens_fit_small_and_large_terminals(tmp_path, tiny_encoder, snap_compare, screen, size):
+    """Library, Search and Review of an empty database at tmux's 80x24 and at 160x48: nothing cut or stray."""
+    app = make_app(tmp_path / "db", tiny_encoder, thumbnails=False)
+
+    async def quiet(pilot) -> None:
+        await pilot.press(screen)
+        await settle(pilot)
+        app.sub_title = "snapshot"
+        for field in app.screen.query(Input):
+            field.cursor_blink = False
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=size, run_before=quiet)
+
+
 def test_console_command_is_registered(tmp_path):
     from console.cli import main as cli
     from console.cli.tui_command import cmd_console

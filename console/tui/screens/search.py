@@ -67,7 +67,7 @@ class SearchScreen(ConsoleScreen):
             yield Input(placeholder="query: image file path or catalogue image id", id="search-query")
             yield Input(placeholder="where, e.g. label = 'CLASS' AND width >= 256", id="search-where")
             yield Input("10", placeholder="k", id="search-k", validators=[Integer(minimum=1, maximum=1000)])
-            yield Select([], prompt="active model", id="search-model")
+            yield Select([], prompt="model", id="search-model")
             yield Button("Search", id="search-go", variant="primary")
         yield Static("Enter a query and press Enter.", id="search-message")
         with Horizontal(id="search-body"):
