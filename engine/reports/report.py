@@ -233,7 +233,7 @@ def _umap(context: ReportContext) -> ReportSection:
         queries = load_embeddings(context.db, model, config.query_where)
         maps.append(embedding_map.embedding_map(model.id, catalogue, queries if len(queries) else None, config.map, context.cache))
     section = ReportSection("umap", f"Embedding map ({config.map.method})")
-    section.figures.append(("map", embedding_map.embedding_map_figure(maps)))
+    section.figures.append((f"{config.map.method}-map", embedding_map.embedding_map_figure(maps)))  # umap-tsne-map.png: says what drew it
     section.notes.append("; ".join(f"{m.model_id}: {len(m.labels)} points, {'cached' if m.from_cache else 'fitted'}" for m in maps))
     return section
 

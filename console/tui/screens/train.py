@@ -259,6 +259,8 @@ class TrainScreen(ConsoleScreen):
         self.query_one("#train-map-label", Label).update(f"validation mAP@5: {last(self._map5)}")
 
     def _trained(self, result: TrainResult) -> None:
+        # early stopping ends before the planned epochs: the bar says the training is done, not 76% of it
+        self.query_one("#train-progress", ProgressBar).update(total=result.epochs_run, progress=result.epochs_run)
         self.say("train-status", f"trained {result.model.id}: {result.epochs_run} epochs, best val mAP@5 {result.val_map5:.4f} "
                                  f"at epoch {result.best_epoch}, {result.seconds:.1f}s (press a on it to make it active)")
         self.reload()
