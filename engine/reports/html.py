@@ -1,12 +1,14 @@
-"""One self-contained HTML page: figures embedded as base64 PNG, tables and warnings inline."""
+"""One self-contained HTML page: figures embedded as base64 images, tables and warnings inline."""
 
 from __future__ import annotations
 
 import base64
 import html
+import io
 from collections.abc import Mapping, Sequence
 
 import polars as pl
+from PIL import Image as PILImage
 
 STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1500px; color: #222; }
@@ -36,8 +38,19 @@ def frame_html(frame: pl.DataFrame, max_rows: int = 200) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>{more}"
 
 
+JPEG_QUALITY = 85
+JPEG_WORTH = 0.5  # a figure is embedded as JPEG when that halves it (photo galleries); line plots stay crisp PNG
+
+
 def png_img(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+    """An ``<img>`` holding the figure: as JPEG where photographs make JPEG much smaller, else the PNG itself."""
+    kind, data = "png", png
+    with PILImage.open(io.BytesIO(png)) as picture:
+        buffer = io.BytesIO()
+        picture.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    if buffer.tell() < JPEG_WORTH * len(png):
+        kind, data = "jpeg", buffer.getvalue()
+    return f'<img alt="{html.escape(alt)}" src="data:image/{kind};base64,{base64.b64encode(data).decode()}">'
 
 
 def render_page(title: str, subtitle: str, sections: Sequence, pngs: Mapping[str, bytes]) -> str:

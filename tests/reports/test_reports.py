@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 
 import numpy as np
 import polars as pl
@@ -234,9 +235,12 @@ def test_report_draws_every_figure_from_real_data(sample_db, tmp_path):
         with Image.open(path) as image:
             assert image.format == "PNG" and image.width > 300 and image.height > 100
     page = (tmp_path / "out" / "index.html").read_text()
-    embedded = page.split('src="data:image/png;base64,')[1:]
+    embedded = re.findall(r'src="data:image/(png|jpeg);base64,([^"]+)"', page)
     assert len(embedded) == len(pngs)
-    Image.open(io.BytesIO(base64.b64decode(embedded[0].split('"')[0]))).verify()
+    for kind, data in embedded:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+            assert image.format.lower() == kind  # JPEG only where it halves a photo gallery; line plots stay PNG
+    assert len(page) < sum(path.stat().st_size for path in pngs) * 4 / 3 + len(page.split("<img")[0]) + 100_000
     assert "per class" in page and base.id in page
 
 
