@@ -385,9 +385,10 @@ def test_cli_derives_versions_and_compares_pipelines(sample_db, capsys):
     whitened = capsys.readouterr().out.split("whiten version ")[1].split()[0]
     assert main(["dba", "--db", uri, "--neighbours", "3"]) == 0
     assert main(["refresh", "--db", uri]) == 0
-    assert main(["eval", "--db", uri, "--compare", f"base,qe,k-reciprocal,base@{whitened}", "-k", "5"]) == 0
+    assert main(["eval", "--db", uri, "--compare", f"base,qe,k-reciprocal,base@{whitened}", "-k", "5", "--format", "json"]) == 0
     out = capsys.readouterr().out
-    assert "search_ms_per_query" in out and whitened in out and "k-reciprocal" in out
+    rows = json.loads(out[out.index("[{"):])
+    assert all(row["search_ms_per_query"] > 0 for row in rows) and whitened in out and "k-reciprocal" in out
     assert main(["eval", "--db", uri, "--compare", "bogus"]) == 2
     assert "choose one of" in capsys.readouterr().err
     assert main(["ensemble", "--db", uri, whitened]) == 2  # one member is not an ensemble
