@@ -126,6 +126,8 @@ def show_search(args: argparse.Namespace, outcome) -> None:  # noqa: ANN001 - co
     from console.cli.output import cell_text, output_format, print_table, shorten_start
 
     frames = {"results": outcome.results} | ({"predictions": outcome.predictions} if args.predict else {})
+    if outcome.index_warning:
+        print_error(f"warning: {outcome.index_warning}")
     if output_format(args) != "table":
         show_rows(args, frames, empty="")
         return
@@ -327,7 +329,7 @@ def models_view(frame):  # noqa: ANN001, ANN201 - polars frames
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from console.service.data import coverage_frame
+    from console.service.data import coverage_frame, index_checks_frame
     from engine.storage.database import Database
 
     db = Database(args.db, read_only=True)
@@ -336,6 +338,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     if models.height:
         frames |= {"models": models.select("id", "kind", "architecture", "dim", "created_at", "encoder", "weights_sha256"),
                    "coverage": coverage_frame(db).select("model_id", "status", "catalogue_rows", "rows", "missing", "extra", "changed", "reason")}
+        checks = index_checks_frame(db)
+        if checks.height:
+            frames["indexes"] = checks
     images = db.images_frame(columns=["split", "label"])
     frames["labels"] = images.group_by("split", "label").len().sort("split", "label")
     if args.format == "table" and args.out is None:

@@ -79,6 +79,20 @@ def coverage_frame(db: Database) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema).drop("written")
 
 
+def index_checks_frame(db: Database) -> pl.DataFrame:
+    """The recall self-check of each version's newest in-memory index, as saved beside it (never builds one)."""
+    from engine.search.memory_index import MIN_RECALL, saved_checks
+
+    rows = []
+    for model in live_versions(db):
+        checks = saved_checks(db.local_folder("_faiss") / model.embeddings_table)
+        if checks:
+            check = checks[0]
+            rows.append({"model_id": model.id, "index": check.kind, "table_version": check.version, "rows": check.rows,
+                         "recall": check.recall, "k": check.k, "sample": check.queries, "ok": check.recall >= MIN_RECALL})
+    return pl.DataFrame(rows)
+
+
 def _tabular(frame: pl.DataFrame, format_name: str) -> pl.DataFrame:
     """CSV holds no lists: list columns become JSON text."""
     if format_name != "csv":

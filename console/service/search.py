@@ -111,6 +111,7 @@ class SearchOutcome:
     results: pl.DataFrame
     predictions: pl.DataFrame
     verdicts: pl.DataFrame | None  # query, distractor_score, is_distractor, threshold; None without a calibration
+    index_warning: str | None = None  # the in-memory index's self-check found recall below the target
 
 
 def search(searcher: Searcher, vectors: np.ndarray, *, k: int | None = None, where: str | None = None,
@@ -142,7 +143,8 @@ def search(searcher: Searcher, vectors: np.ndarray, *, k: int | None = None, whe
         verdicts = pl.DataFrame({"query": np.arange(len(scores), dtype=np.int32), "distractor_score": scores, "is_distractor": flagged,
                                  "threshold": np.full(len(scores), detector.calibration.threshold)})
         results = results.join(verdicts.drop("threshold"), on="query", how="left")
-    return SearchOutcome(searcher.model.id, results, predictions, verdicts)
+    check = searcher.index_check
+    return SearchOutcome(searcher.model.id, results, predictions, verdicts, index_warning=check.advice() if check is not None else None)
 
 
 @dataclass(frozen=True)

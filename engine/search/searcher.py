@@ -16,7 +16,7 @@ from engine.core.errors import EncoderMismatchError, SearchError, UnknownIdError
 from engine.encoders.factory import Encoder
 from engine.media.decode import decode_image
 from engine.search.config import SearchConfig
-from engine.search.memory_index import MemoryIndex, create_memory_index, load_table, table_bytes
+from engine.search.memory_index import MemoryIndex, RecallCheck, create_memory_index, load_table, table_bytes
 from engine.search.rerank import Candidates, create_reranker
 from engine.search.voting import vote_classes
 from engine.storage.database import Database, ModelRecord, sql_quote
@@ -219,9 +219,18 @@ class Searcher:
             return None
         cache_file = None
         if config.persist:  # object stores: a local cache folder per URI
-            cache_file = self.db.local_folder("_faiss") / self.model.embeddings_table / f"v{version}-{kind}{config.hnsw_m}.faiss"
+            cache_file = self.index_folder() / f"v{version}-{kind}{config.hnsw_m}.faiss"
         self._memory = create_memory_index(kind, load_table(self.table, version), config, cache_file)
         return self._memory
+
+    @property
+    def index_check(self) -> RecallCheck | None:
+        """The recall self-check of the in-memory index this searcher last built or loaded (None before one)."""
+        return self._memory.check if self._memory is not None else None
+
+    def index_folder(self) -> Path:
+        """Where this model version's persisted indexes and their recall checks live."""
+        return self.db.local_folder("_faiss") / self.model.embeddings_table
 
     def _search_memory(self, memory: MemoryIndex, vectors: np.ndarray, k: int, limit: int, columns: list[str], rows: np.ndarray | None = None) -> pl.DataFrame:
         missing = [c for c in columns if c not in memory.loaded.metadata.columns]
