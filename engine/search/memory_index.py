@@ -17,7 +17,8 @@ An index is tied to the table version it was read from; the searcher rebuilds it
 
 Every index is checked when it is built (``self_check``): recall@10 against an exact scan, for a seeded sample
 of the table's own vectors as queries. The figure is kept with the index (``MemoryIndex.check``) and saved
-beside a persisted graph (``<version>.check.json``), so ``lookalike info`` can show it without searching.
+beside a persisted graph (``<version>.check.json``), so ``lookalike info`` can show it without searching; an
+exact index (always 1.0) is not persisted and writes nothing, so searching a small table never writes.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ def create_memory_index(kind: str, loaded: LoadedTable, config: MemoryIndexConfi
     if index.check is None:
         index.check = self_check(index)
         logger.info("memory index %s of version %d: self-check recall@%d %.4f", kind, loaded.version, index.check.k, index.check.recall)
-        if check_file is not None:
+        if check_file is not None and cache_file.exists():  # saved with a persisted index only: an exact index writes nothing
             for stale in check_file.parent.glob(f"*{CHECK_SUFFIX}"):
                 stale.unlink(missing_ok=True)  # checks of older table versions describe indexes that are gone
             _write_atomically(check_file, index.check.as_json())

@@ -31,12 +31,16 @@ def brute_force_recall(index: MemoryIndex, sample: np.ndarray, k: int) -> float:
     return float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)]))
 
 
-def test_exact_index_checks_at_one_and_saves_the_check(tmp_path):
+def test_exact_index_checks_at_one_and_writes_nothing(tmp_path):
     table = loaded()
-    cache = tmp_path / "v3-flat32.faiss"
-    index = create_memory_index("flat", table, MemoryIndexConfig(), cache)
+    index = create_memory_index("flat", table, MemoryIndexConfig(), tmp_path / "v3-flat32.faiss")
     assert index.check.recall == 1.0 and index.check.ok and index.check.advice() is None
     assert (index.check.kind, index.check.version, index.check.rows, index.check.k) == ("flat", 3, 3000, 10)
+    assert list(tmp_path.iterdir()) == []  # a search of a small table writes no file
+
+
+def test_a_persisted_graph_saves_its_check_beside_it(tmp_path):
+    index = create_memory_index("hnsw", loaded(), MemoryIndexConfig(), tmp_path / "v3-hnsw32.faiss")
     assert saved_checks(tmp_path) == [index.check]
 
 
