@@ -82,10 +82,11 @@ def coverage_frame(db: Database) -> pl.DataFrame:
 def index_checks_frame(db: Database) -> pl.DataFrame:
     """The recall self-check of each version's newest in-memory index, as saved beside it (never builds one)."""
     from engine.search.memory_index import MIN_RECALL, saved_checks
+    from engine.search.searcher import index_folder
 
     rows = []
     for model in live_versions(db):
-        checks = saved_checks(db.local_folder("_faiss") / model.embeddings_table)
+        checks = saved_checks(index_folder(db, model))
         if checks:
             check = checks[0]
             rows.append({"model_id": model.id, "index": check.kind, "table_version": check.version, "rows": check.rows,

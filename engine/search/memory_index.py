@@ -184,14 +184,16 @@ def create_memory_index(kind: str, loaded: LoadedTable, config: MemoryIndexConfi
     """Build (or load from ``cache_file``) an index of ``kind`` over ``loaded`` and check its recall; the
     error names the kinds. A low recall is logged as a warning with the setting that would raise it."""
     index = MemoryIndex(kind, loaded, MEMORY_INDEXES.get(kind)(loaded, config, cache_file))
+    if isinstance(index.index, faiss.IndexFlat):
+        # exact by construction: measuring it would scan the table twice on the first search after every write
+        index.check = RecallCheck(kind=kind, version=loaded.version, rows=index.rows, queries=0, k=SELF_CHECK_K, recall=1.0)
+        return index
     check_file = cache_file.with_suffix(CHECK_SUFFIX) if cache_file is not None else None
-    index.check = _saved_check(check_file, index)
-    if index.check is None:
+    index.check = _read_check(check_file) if check_file is not None and check_file.exists() else None
+    if index.check is None or (index.check.kind, index.check.version, index.check.rows) != (kind, index.version, index.rows):
         index.check = self_check(index)
         logger.info("memory index %s of version %d: self-check recall@%d %.4f", kind, loaded.version, index.check.k, index.check.recall)
-        if check_file is not None and cache_file.exists():  # saved with a persisted index only: an exact index writes nothing
-            for stale in check_file.parent.glob(f"*{CHECK_SUFFIX}"):
-                stale.unlink(missing_ok=True)  # checks of older table versions describe indexes that are gone
+        if check_file is not None and cache_file.exists():  # saved beside a persisted index (its builder removes older checks)
             _write_atomically(check_file, index.check.as_json())
     if not index.check.ok:
         logger.warning("%s", index.check.advice())
@@ -217,24 +219,17 @@ def self_check(index: MemoryIndex, queries: int = SELF_CHECK_QUERIES, k: int = S
 
 def saved_checks(folder: Path) -> list[RecallCheck]:
     """Recall checks saved in a table's index folder, newest table version first (unreadable files are skipped)."""
-    checks = []
-    for path in folder.glob(f"*{CHECK_SUFFIX}"):
-        try:
-            checks.append(RecallCheck.from_json(path.read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            logger.warning("ignoring recall check %s: %s", path, exc)
+    checks = [check for path in folder.glob(f"*{CHECK_SUFFIX}") if (check := _read_check(path)) is not None]
     return sorted(checks, key=lambda c: c.version, reverse=True)
 
 
-def _saved_check(check_file: Path | None, index: MemoryIndex) -> RecallCheck | None:
-    if check_file is None or not check_file.exists():
-        return None
+def _read_check(path: Path) -> RecallCheck | None:
+    """A saved check, or None (logged) when the file is unreadable."""
     try:
-        check = RecallCheck.from_json(check_file.read_text())
+        return RecallCheck.from_json(path.read_text())
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        logger.warning("re-checking: %s is unreadable (%s)", check_file, exc)
+        logger.warning("ignoring recall check %s: %s", path, exc)
         return None
-    return check if (check.kind, check.version, check.rows) == (index.kind, index.version, index.rows) else None
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -33,6 +33,11 @@ STALE_VERSION_TEXT = "Not found"  # LanceDB's message when a version's files wer
 FILTER_CACHE_SIZE = 16  # filters whose matching rows a memory index remembers (one table version each)
 
 
+def index_folder(db: Database, model: ModelRecord) -> Path:
+    """Where a model version's persisted in-memory indexes and their recall checks live."""
+    return db.local_folder("_faiss") / model.embeddings_table
+
+
 class Searcher:
     """Queries one model version's embeddings.
 
@@ -219,7 +224,7 @@ class Searcher:
             return None
         cache_file = None
         if config.persist:  # object stores: a local cache folder per URI
-            cache_file = self.index_folder() / f"v{version}-{kind}{config.hnsw_m}.faiss"
+            cache_file = index_folder(self.db, self.model) / f"v{version}-{kind}{config.hnsw_m}.faiss"
         self._memory = create_memory_index(kind, load_table(self.table, version), config, cache_file)
         return self._memory
 
@@ -227,10 +232,6 @@ class Searcher:
     def index_check(self) -> RecallCheck | None:
         """The recall self-check of the in-memory index this searcher last built or loaded (None before one)."""
         return self._memory.check if self._memory is not None else None
-
-    def index_folder(self) -> Path:
-        """Where this model version's persisted indexes and their recall checks live."""
-        return self.db.local_folder("_faiss") / self.model.embeddings_table
 
     def _search_memory(self, memory: MemoryIndex, vectors: np.ndarray, k: int, limit: int, columns: list[str], rows: np.ndarray | None = None) -> pl.DataFrame:
         missing = [c for c in columns if c not in memory.loaded.metadata.columns]
