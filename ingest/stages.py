@@ -30,6 +30,8 @@ from engine.core.progress import report as report_progress
 from engine.encoders.factory import Encoder
 from engine.media.decode import DEFAULT_MAX_PIXELS, DecodeError, content_id, decode_image
 from engine.media.scan import LABEL_FROM, Scan, ScanSummary, SourceFile, scan
+from engine.search.disk_index import check_disk_index
+from engine.search.searcher import index_folder
 from engine.storage.database import Database, ModelRecord
 from engine.storage.index import IndexConfig, ensure_index
 from engine.storage.lock import DatabaseNotWritableError, storage_failure, writer_lock
@@ -323,7 +325,8 @@ def finish(db: Database, model: ModelRecord, config: IngestConfig, collector: Co
     fault_point("ingest.observed")
     table = db.embeddings(model)
     fault_point("ingest.index")
-    ensure_index(table, config.index)
+    if ensure_index(table, config.index):
+        check_disk_index(table, index_folder(db, model))  # measures the new index and chooses its refine factor
     # after new rows, or when a run killed during maintenance left small fragments behind (its resume encodes none)
     if config.optimize and (state.encoded or maintenance_due(table)):
         for maintained in (db.images, table, db.errors):

@@ -1,42 +1,47 @@
-"""In-memory FAISS indexes of one model version's vectors, for unfiltered queries.
+"""In-memory FAISS indexes of one model version's vectors.
 
-LanceDB answers every query from disk. Without an ANN index (tables under ``IndexConfig.min_rows``) each
-query re-reads every vector: about 180 ms per query at 20k x 1280 on this 2-core machine. With an IVF-PQ
-index each query still pays the planner and the refine re-read (about 6 ms). A searcher that holds the
-vectors in RAM answers the same unfiltered query in a millisecond or less, so the :class:`engine.search.searcher.Searcher`
-keeps one when the vectors fit its memory budget. Filtered queries still go to LanceDB: its SQL is the one
-filter language and its prefilter is what guarantees ``k`` results whenever ``k`` rows match.
+LanceDB answers every query from disk. Without an ANN index each query re-reads every vector (about 180 ms
+per query at 20k x 1280 on this 2-core machine); with an IVF-PQ index each query still pays the planner and
+the refine re-read (about 6 ms at 100k). A searcher that holds the vectors in RAM answers the same query in a
+millisecond or less, so the :class:`engine.search.searcher.Searcher` keeps one whenever the policy
+(:mod:`engine.search.policy`) finds a kind that fits its memory budget.
 
 Kinds (``create_memory_index``; ``list_memory_indexes``):
 
 * ``flat``: exact inner product over L2-normalised copies (cosine), the same answer as an exact scan.
-* ``hnsw``: FAISS HNSW (M=32) over the same vectors; approximate, built once per table version and saved
-  beside the database (``<db>/_faiss/<table>/``) so that a new process loads it instead of rebuilding it.
+* ``hnsw``: a FAISS HNSW graph over full-precision vectors.
+* ``hnsw_fp16``: the same graph over half-precision vectors: half the memory, distances within 1e-3.
 
-An index is tied to the table version it was read from; the searcher rebuilds it when the table changes.
+Every index is read from its table in one streamed pass (batch by batch, normalised on the way: the peak is
+the index itself, never a second copy of the vectors). A graph is saved beside the database
+(``<db>/_faiss/<table>/``, with the image id of every node) so that a new process loads it instead of
+rebuilding it, and it follows later table versions in place (:meth:`MemoryIndex.refresh`): new rows are
+inserted, removed or changed ones masked, until too many are masked or its recall falls; then it is rebuilt.
 
-Every index is checked when it is built (``self_check``): recall@10 against an exact scan, for a seeded sample
-of the table's own vectors as queries. The figure is kept with the index (``MemoryIndex.check``) and saved
-beside a persisted graph (``<version>.check.json``), so ``lookalike info`` can show it without searching; an
-exact index (always 1.0) is not persisted and writes nothing, so searching a small table never writes.
+Every build or refresh is checked (``RecallCheck``): recall@10 against an exact scan of the table's own
+float32 vectors, for a seeded sample of its rows as queries, computed during the same streamed pass. The figure
+is kept with the index, saved beside a persisted graph (``.check.json``) and shown by ``lookalike info``; an
+exact index records 1.0 without a scan and writes nothing, so searching a small table never writes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import faiss
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from engine.core.errors import SearchError
 from engine.core.registry import Registry
 from engine.search.config import MemoryIndexConfig
+from engine.search.policy import GRAPHS
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +51,23 @@ SELF_CHECK_K = 10
 SELF_CHECK_SEED = 0
 MIN_RECALL = 0.95  # below this a check warns, naming the setting that raises recall
 CHECK_SUFFIX = ".check.json"
-# A result counts as found when its similarity reaches the k-th exact one: duplicate vectors tie, and
-# an index may return either of two tied rows.
+IDS_SUFFIX = ".ids.parquet"
+GRAPH_SUFFIX = ".faiss"
+# A result counts as found when it is one of the exact k or its similarity reaches the k-th exact one:
+# duplicate vectors tie, and an index may return either of two tied rows.
 TIE_TOLERANCE = 1e-5
+# A half-precision component is within 2^-11 of the float32 one, so a similarity of unit vectors within that:
+# the tolerance for ties, and for telling an unchanged vector from a changed one in a refresh.
+FP16_TOLERANCE = 2.0**-11
+ADD_CHUNK_ROWS = 20_000  # rows inserted into a graph per FAISS call (FAISS parallelises within a call)
+STREAM_BATCH_ROWS = 50_000  # rows per batch of an in-memory source
+# A filtered graph walk keeps efSearch / selectivity candidates (the share of rows passing the filter), at most this
+MAX_FILTERED_EF = 2048
 
 
 @dataclass(frozen=True)
 class RecallCheck:
-    """Recall@k of a memory index against an exact scan, measured on a sample of its own rows."""
+    """Recall@k of an index against an exact scan, measured on a sample of its own rows."""
 
     kind: str
     version: int
@@ -61,6 +75,9 @@ class RecallCheck:
     queries: int
     k: int
     recall: float
+    setting: str = ""  # what the index searched with (efSearch, or LanceDB's nprobes and refine factor)
+    nprobes: int | None = None  # LanceDB indexes: the setting the check chose
+    refine_factor: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -70,109 +87,322 @@ class RecallCheck:
         """One line for a low recall: the figure and the setting that would raise it; None when fine."""
         if self.ok:
             return None
+        if self.kind.startswith("lancedb"):
+            fix = "raise SearchConfig.refine_factor or nprobes, or give IndexConfig.num_sub_vectors more sub-vectors"
+        else:
+            fix = "raise MemoryIndexConfig.hnsw_ef_search (or hnsw_m), or use kind='flat' for exact search"
         return (f"the {self.kind} index of table version {self.version} finds {self.recall:.0%} of the exact {self.k} nearest "
-                f"neighbours (self-check on {self.queries} rows, wanted {MIN_RECALL:.0%}): raise MemoryIndexConfig.hnsw_ef_search "
-                f"(or hnsw_m), or use kind='flat' for exact search")
+                f"neighbours (self-check on {self.queries} rows, wanted {MIN_RECALL:.0%}): {fix}")
 
     def as_json(self) -> str:
-        return json.dumps({"kind": self.kind, "version": self.version, "rows": self.rows, "queries": self.queries, "k": self.k, "recall": self.recall})
+        return json.dumps({"kind": self.kind, "version": self.version, "rows": self.rows, "queries": self.queries, "k": self.k,
+                           "recall": self.recall, "setting": self.setting, "nprobes": self.nprobes, "refine_factor": self.refine_factor})
 
     @classmethod
     def from_json(cls, text: str) -> RecallCheck:
         data = json.loads(text)
         return cls(kind=str(data["kind"]), version=int(data["version"]), rows=int(data["rows"]), queries=int(data["queries"]),
-                   k=int(data["k"]), recall=float(data["recall"]))
+                   k=int(data["k"]), recall=float(data["recall"]), setting=str(data.get("setting", "")),
+                   nprobes=_optional_int(data.get("nprobes")), refine_factor=_optional_int(data.get("refine_factor")))
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None else int(value)
+
+
+# ---- where the vectors come from -------------------------------------------------------------------
+
+
+class VectorSource(Protocol):
+    """One version of an embeddings table, read in one streamed pass."""
+
+    version: int
+    dim: int
+
+    def count(self) -> int:
+        """Rows in this version."""
+
+    def take(self, offsets: np.ndarray) -> np.ndarray:
+        """Normalised vectors of the rows at ``offsets`` (positions in scan order), in that order."""
+
+    def batches(self, with_vectors: bool = True) -> Iterator[tuple[pl.DataFrame, np.ndarray | None]]:
+        """Every row in scan order: (the columns but ``vector``, normalised float32 vectors or None)."""
 
 
 @dataclass
 class LoadedTable:
-    """One version of an embeddings table in memory: normalised vectors and the other columns."""
+    """A table version already in memory (tests, benchmarks): the same interface as :class:`TableSource`."""
 
     version: int
     vectors: np.ndarray  # (n, dim) float32, L2-normalised
     metadata: pl.DataFrame  # every column but ``vector``, row i <-> vectors[i]
 
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def count(self) -> int:
+        return len(self.vectors)
+
+    def take(self, offsets: np.ndarray) -> np.ndarray:
+        return _normalised(self.vectors[offsets])
+
+    def batches(self, with_vectors: bool = True) -> Iterator[tuple[pl.DataFrame, np.ndarray | None]]:
+        for start in range(0, max(len(self.vectors), 1), STREAM_BATCH_ROWS):
+            stop = start + STREAM_BATCH_ROWS
+            yield self.metadata[start:stop], _normalised(self.vectors[start:stop]) if with_vectors else None
+
+
+class TableSource:
+    """A LanceDB embeddings table at the version a searcher has checked out."""
+
+    def __init__(self, table, version: int) -> None:  # noqa: ANN001 - a LanceDB table
+        self.table = table
+        self.version = version
+        self.dim = table.schema.field("vector").type.list_size
+
+    def count(self) -> int:
+        return self.table.count_rows()
+
+    def take(self, offsets: np.ndarray) -> np.ndarray:
+        if len(offsets) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        # in offset order (the order of queries does not matter); fewer when rows went since the count
+        found = self.table.take_offsets([int(o) for o in np.sort(offsets)]).select(["vector"]).to_arrow()
+        return _normalised(_block(found.column("vector"), self.dim))
+
+    def batches(self, with_vectors: bool = True) -> Iterator[tuple[pl.DataFrame, np.ndarray | None]]:
+        columns = [name for name in self.table.schema.names if with_vectors or name != "vector"]
+        empty = True
+        for batch in self.table.search().select(columns).limit(None).to_batches():
+            empty = False
+            vectors = _normalised(_block(batch.column(batch.schema.get_field_index("vector")), self.dim)) if with_vectors else None
+            yield pl.from_arrow(batch.drop_columns(["vector"]) if with_vectors else batch), vectors
+        if empty:
+            yield pl.from_arrow(self.table.schema.empty_table().drop_columns(["vector"])), np.zeros((0, self.dim), np.float32) if with_vectors else None
+        pa.default_memory_pool().release_unused()  # hand the read buffers back to the OS
+
+
+# ---- exact answers for the self-check, accumulated while streaming -----------------------------------
+
+
+class ExactNeighbours:
+    """The exact ``k`` nearest rows of a few queries, accumulated block by block over a streamed table."""
+
+    def __init__(self, queries: np.ndarray, k: int) -> None:
+        self.queries = np.ascontiguousarray(queries, dtype=np.float32)
+        self.k = k
+        self.similarities = np.full((len(queries), k), -np.inf, np.float32)
+        self.positions = np.full((len(queries), k), -1, np.int64)
+
+    def add(self, block: np.ndarray, positions: np.ndarray) -> None:
+        """Rows ``block`` (normalised) at index positions ``positions``."""
+        if len(block) == 0 or len(self.queries) == 0:
+            return
+        take = min(self.k, len(block))
+        similarities, local = faiss.knn(self.queries, np.ascontiguousarray(block), take, metric=faiss.METRIC_INNER_PRODUCT)
+        merged_similarities = np.concatenate([self.similarities, similarities], axis=1)
+        merged_positions = np.concatenate([self.positions, positions[local]], axis=1)
+        best = np.argsort(-merged_similarities, axis=1, kind="stable")[:, : self.k]
+        self.similarities = np.take_along_axis(merged_similarities, best, axis=1)
+        self.positions = np.take_along_axis(merged_positions, best, axis=1)
+
+
+# ---- the index -----------------------------------------------------------------------------------------
+
 
 class MemoryIndex:
-    """A FAISS index over a loaded table; ``search`` gives row positions and cosine distances."""
+    """A FAISS index over one table version; ``search`` gives index positions and cosine distances.
 
-    def __init__(self, kind: str, loaded: LoadedTable, index: faiss.Index) -> None:
+    ``metadata`` holds one row per index position (null for masked ones); ``live`` masks the positions whose
+    rows are gone from the table (None: every position is live).
+    """
+
+    def __init__(self, kind: str, index: faiss.Index, version: int, metadata: pl.DataFrame, config: MemoryIndexConfig,
+                 live: np.ndarray | None = None) -> None:
         self.kind = kind
-        self.loaded = loaded
         self.index = index
-        self._positions: pl.DataFrame | None = None  # image_id -> row position, built on first use
+        self.version = version
+        self.metadata = metadata
+        self.config = config
+        self.live = live
+        self._positions: pl.DataFrame | None = None  # image_id -> position of live rows, built on first use
         # rows matched by recent filters: an operator keeps a filter while changing the query, and the
         # scalar scan costs more than the vector scan for broad filters (50 ms vs 19 ms at 50k rows)
         self.filter_rows: dict[str, np.ndarray] = {}
-        self.check: RecallCheck | None = None  # set by create_memory_index
+        self.check: RecallCheck | None = None
+        self._live_bitmap: np.ndarray | None = None
 
     @property
-    def version(self) -> int:
-        return self.loaded.version
+    def size(self) -> int:
+        """Positions in the index, masked ones included."""
+        return int(self.index.ntotal)
 
     @property
     def rows(self) -> int:
-        return len(self.loaded.vectors)
+        """Live rows."""
+        return self.size if self.live is None else int(self.live.sum())
 
     @property
-    def exact_distances(self) -> bool:
-        """Whether the distances ``search`` returns are exact (the index keeps full vectors; its
-        candidates may still be approximate, as HNSW's are)."""
-        return isinstance(self.index, (faiss.IndexFlat, faiss.IndexHNSWFlat))
+    def dead(self) -> int:
+        return self.size - self.rows
 
     @property
-    def exact_scan_index(self) -> faiss.IndexFlat | None:
-        """The flat index holding every full vector (the index itself, or an HNSW graph's storage), for
-        exact scans of a subset of rows; None for an index that keeps no full vectors."""
-        if isinstance(self.index, faiss.IndexFlat):
-            return self.index
+    def storage(self) -> faiss.Index:
+        """The index holding every vector (float32 or float16), for exact scans of a subset of rows."""
         storage = getattr(self.index, "storage", None)
-        return faiss.downcast_index(storage) if storage is not None and self.exact_distances else None
+        return faiss.downcast_index(storage) if storage is not None else self.index
+
+    @property
+    def tolerance(self) -> float:
+        """How far the stored vectors' similarities may be from float32 ones."""
+        return FP16_TOLERANCE if self.kind == "hnsw_fp16" else TIE_TOLERANCE
+
+    def vectors_at(self, positions: np.ndarray) -> np.ndarray:
+        """The stored vectors at ``positions`` as float32."""
+        if len(positions) == 0:
+            return np.zeros((0, self.index.d), np.float32)
+        return self.storage.reconstruct_batch(np.ascontiguousarray(positions, dtype=np.int64))
+
+    def positions_in_order(self, image_ids: Sequence[str] | pl.Series) -> np.ndarray:
+        """The live position of each of ``image_ids``, in their order; -1 for ids the index does not hold."""
+        if self._positions is None:
+            self._positions = live_positions(self.metadata)
+        wanted = pl.DataFrame({"image_id": pl.Series(image_ids, dtype=pl.String)})
+        return wanted.join(self._positions, on="image_id", how="left", maintain_order="left")["position"].fill_null(-1).to_numpy().astype(np.int64)
 
     def positions_of(self, image_ids: Sequence[str]) -> np.ndarray:
-        """Sorted row positions of ``image_ids`` in this version (ids it does not hold are left out)."""
-        if self._positions is None:
-            self._positions = self.loaded.metadata.select("image_id").with_row_index("position")
-        wanted = pl.DataFrame({"image_id": pl.Series(image_ids, dtype=pl.String)})
-        return np.sort(wanted.join(self._positions, on="image_id", how="inner")["position"].to_numpy().astype(np.int64))
+        """Sorted positions of live rows with ``image_ids`` (ids the index does not hold are left out)."""
+        positions = self.positions_in_order(image_ids)
+        return np.sort(positions[positions >= 0])
 
-    def search(self, queries: np.ndarray, limit: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(positions, cosine distances) of the ``limit`` nearest rows per query; -1 pads short results.
+    def search(self, queries: np.ndarray, limit: int, rows: np.ndarray | None = None, exact_rows: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, cosine distances) of the ``limit`` nearest live rows per query; -1 pads short results.
 
-        With ``rows`` (positions, e.g. the rows a filter matched), an exact scan of those rows only.
+        With ``rows`` (positions, e.g. the rows a filter matched), only those: an exact scan while there are
+        at most ``exact_rows`` of them, else a graph walk that skips the others (and an exact scan for any
+        query it leaves short), so every query gets ``min(limit, len(rows))`` results.
         """
         queries = _normalised(np.ascontiguousarray(queries, dtype=np.float32))
-        if rows is not None:
-            return self._search_rows(queries, limit, rows)
-        limit = min(limit, max(self.rows, 1))
-        similarities, positions = self.index.search(queries, limit)
-        short = np.flatnonzero((positions < 0).any(axis=1)) if self.rows else np.zeros(0, np.int64)
-        if len(short):
-            # a graph walk can end before it has seen `limit` rows (k near the table's size): those
-            # queries are answered exactly, so every query gets min(limit, rows) results
-            similarities[short], positions[short] = faiss.knn(queries[short], self.loaded.vectors, limit, metric=faiss.METRIC_INNER_PRODUCT)
-        return positions, (1.0 - similarities).astype(np.float32)
-
-    def _search_rows(self, queries: np.ndarray, limit: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        exact = self.exact_scan_index
-        if exact is None:
-            raise SearchError(f"memory index {self.kind!r} keeps no full vectors to scan a subset of rows")
-        limit = min(limit, len(rows))
+        if rows is not None and (len(rows) <= exact_rows or self.kind not in GRAPHS):
+            return self._scan(queries, limit, rows)
+        candidates = self.rows if rows is None else len(rows)
+        limit = min(limit, candidates)
         if limit == 0:
             return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
-        member = np.zeros(self.rows, bool)
-        member[rows] = True
-        bitmap = np.packbits(member, bitorder="little")  # referenced by the selector: keep it alive here
-        selector = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bitmap))
-        similarities, positions = exact.search(queries, limit, params=faiss.SearchParameters(sel=selector))
+        selector, keep = self._selector(rows)
+        similarities, positions = self.index.search(queries, limit, params=self._parameters(selector, candidates))
+        del keep
+        short = np.flatnonzero((positions < 0).any(axis=1))
+        if len(short):
+            # a graph walk can end before it has seen `limit` rows (k near the table's size, a selective
+            # filter): those queries are answered exactly, so every query gets min(limit, rows) results
+            similarities[short], positions[short] = self._scan_similarities(queries[short], limit, rows)
         return positions, (1.0 - similarities).astype(np.float32)
 
+    def _parameters(self, selector: faiss.IDSelector | None, candidates: int) -> faiss.SearchParameters | None:
+        if self.kind not in GRAPHS:
+            return faiss.SearchParameters(sel=selector) if selector is not None else None
+        share = candidates / max(self.size, 1)  # a walk meets passing nodes at this rate
+        ef = min(MAX_FILTERED_EF, max(self.config.hnsw_ef_search, math.ceil(self.config.hnsw_ef_search / max(share, 1e-9))))
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=ef) if selector is not None else faiss.SearchParametersHNSW(efSearch=ef)
 
-Builder = Callable[[LoadedTable, MemoryIndexConfig, Path | None], faiss.Index]
-MEMORY_INDEXES: Registry[Builder] = Registry("memory index")
+    def _selector(self, rows: np.ndarray | None) -> tuple[faiss.IDSelector | None, np.ndarray | None]:
+        """A selector of ``rows`` (or of the live rows; None when all are live) and the bitmap it points into."""
+        if rows is None:
+            if self.live is None:
+                return None, None
+            if self._live_bitmap is None:
+                self._live_bitmap = np.packbits(self.live, bitorder="little")
+            bitmap = self._live_bitmap
+        else:
+            member = np.zeros(self.size, bool)
+            member[rows] = True
+            bitmap = np.packbits(member, bitorder="little")
+        return faiss.IDSelectorBitmap(self.size, faiss.swig_ptr(bitmap)), bitmap  # the caller keeps the bitmap alive
+
+    def _scan(self, queries: np.ndarray, limit: int, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, cosine distances) from an exact scan of ``rows`` (every live row when None)."""
+        similarities, positions = self._scan_similarities(queries, limit, rows)
+        return positions, (1.0 - similarities).astype(np.float32)
+
+    def _scan_similarities(self, queries: np.ndarray, limit: int, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, positions) from an exact scan of the stored vectors of ``rows`` (every live row when None)."""
+        limit = min(limit, self.rows if rows is None else len(rows))
+        if limit == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        selector, keep = self._selector(rows)
+        params = faiss.SearchParameters(sel=selector) if selector is not None else None
+        similarities, positions = self.storage.search(queries, limit, params=params)
+        del keep
+        return similarities, positions
+
+    # ---- following the table -----------------------------------------------------------------------
+
+    def refresh(self, source: VectorSource) -> MemoryIndex | None:
+        """This graph brought to ``source``'s version in place, or None when it should be rebuilt.
+
+        One streamed pass: rows whose id and vector the graph holds keep their node (their metadata is
+        updated: relabels, splits), new or changed rows are inserted, nodes of rows gone are masked. None when
+        the columns changed, when more than ``max_dead_share`` of the nodes would be masked, or when the
+        self-check afterwards falls below ``MIN_RECALL``. The caller must drop this object either way.
+        """
+        if self.kind not in GRAPHS:
+            return None
+        queries = sample_queries(source)
+        exact = ExactNeighbours(queries, SELF_CHECK_K)
+        kept_positions, kept_metadata, added_metadata, added_vectors = [], [], [], []
+        next_position = self.size
+        columns = self.metadata.columns
+        for metadata, vectors in source.batches(True):
+            if metadata.columns != columns:
+                logger.info("columns of %s changed (%s -> %s): rebuilding the graph", self.kind, columns, metadata.columns)
+                return None
+            found = self.positions_in_order(metadata["image_id"])
+            matched = found >= 0
+            same = np.zeros(len(found), bool)
+            if matched.any():
+                stored = self.vectors_at(found[matched])
+                same[matched] = np.abs(stored - vectors[matched]).max(axis=1) <= self.tolerance
+            positions = np.empty(len(found), np.int64)
+            positions[same] = found[same]
+            fresh = np.flatnonzero(~same)
+            positions[fresh] = np.arange(next_position, next_position + len(fresh))
+            next_position += len(fresh)
+            exact.add(vectors, positions)
+            kept_positions.append(found[same])
+            kept_metadata.append(metadata.filter(pl.Series(same)).with_columns(pl.Series("position", found[same], pl.Int64)))
+            added_metadata.append(metadata[fresh].with_columns(pl.Series("position", positions[fresh], pl.Int64)))
+            added_vectors.append(vectors[fresh])
+        live = np.zeros(next_position, bool)
+        kept = np.concatenate(kept_positions) if kept_positions else np.zeros(0, np.int64)
+        live[kept] = True
+        live[self.size :] = True
+        dead_share = 1.0 - live.sum() / max(len(live), 1)
+        if dead_share > self.config.max_dead_share:
+            logger.info("%s graph: %.0f%% of its nodes would be masked (> %.0f%%): rebuilding", self.kind, 100 * dead_share, 100 * self.config.max_dead_share)
+            return None
+        new_vectors = np.concatenate(added_vectors) if added_vectors else np.zeros((0, self.index.d), np.float32)
+        _add(self.index, new_vectors)
+        metadata = _in_position_order(pl.concat([*kept_metadata, *added_metadata]), next_position, self.metadata.schema)
+        refreshed = MemoryIndex(self.kind, self.index, source.version, metadata, self.config, None if live.all() else live)
+        refreshed.check = _measure(refreshed, queries, exact)
+        logger.info("%s graph followed table version %d -> %d in place: %d kept, %d inserted, %d masked; self-check recall@%d %.4f",
+                    self.kind, self.version, source.version, len(kept), len(new_vectors), refreshed.dead, refreshed.check.k, refreshed.check.recall)
+        if not refreshed.check.ok:
+            logger.info("%s graph: recall fell to %.4f after following the table: rebuilding", self.kind, refreshed.check.recall)
+            return None
+        return refreshed
 
 
-def register_memory_index(kind: str, description: str) -> Callable[[Builder], Builder]:
+# ---- building ------------------------------------------------------------------------------------------
+
+
+Factory = Callable[[int, MemoryIndexConfig], faiss.Index]
+MEMORY_INDEXES: Registry[Factory] = Registry("memory index")
+
+
+def register_memory_index(kind: str, description: str) -> Callable[[Factory], Factory]:
     return MEMORY_INDEXES.register(kind, description)
 
 
@@ -180,50 +410,182 @@ def list_memory_indexes() -> dict[str, str]:
     return MEMORY_INDEXES.describe()
 
 
-def create_memory_index(kind: str, loaded: LoadedTable, config: MemoryIndexConfig = MemoryIndexConfig(), cache_file: Path | None = None) -> MemoryIndex:
-    """Build (or load from ``cache_file``) an index of ``kind`` over ``loaded`` and check its recall; the
-    error names the kinds. A low recall is logged as a warning with the setting that would raise it."""
-    index = MemoryIndex(kind, loaded, MEMORY_INDEXES.get(kind)(loaded, config, cache_file))
-    if isinstance(index.index, faiss.IndexFlat):
-        # exact by construction: measuring it would scan the table twice on the first search after every write
-        index.check = RecallCheck(kind=kind, version=loaded.version, rows=index.rows, queries=0, k=SELF_CHECK_K, recall=1.0)
-        return index
-    check_file = cache_file.with_suffix(CHECK_SUFFIX) if cache_file is not None else None
-    index.check = _read_check(check_file) if check_file is not None and check_file.exists() else None
-    if index.check is None or (index.check.kind, index.check.version, index.check.rows) != (kind, index.version, index.rows):
-        index.check = self_check(index)
-        logger.info("memory index %s of version %d: self-check recall@%d %.4f", kind, loaded.version, index.check.k, index.check.recall)
-        if check_file is not None and cache_file.exists():  # saved beside a persisted index (its builder removes older checks)
-            _write_atomically(check_file, index.check.as_json())
+@register_memory_index("flat", "exact inner-product scan of every vector (FAISS IndexFlatIP)")
+def _flat(dim: int, config: MemoryIndexConfig) -> faiss.Index:
+    return faiss.IndexFlatIP(dim)
+
+
+@register_memory_index("hnsw", "FAISS HNSW graph over float32 vectors, saved beside the database; short results completed exactly")
+def _hnsw(dim: int, config: MemoryIndexConfig) -> faiss.Index:
+    index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = config.hnsw_ef_construction
+    index.hnsw.efSearch = config.hnsw_ef_search
+    return index
+
+
+@register_memory_index("hnsw_fp16", "FAISS HNSW graph over float16 vectors (half the memory, distances within 1e-3)")
+def _hnsw_fp16(dim: int, config: MemoryIndexConfig) -> faiss.Index:
+    index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = config.hnsw_ef_construction
+    index.hnsw.efSearch = config.hnsw_ef_search
+    return index
+
+
+def create_memory_index(kind: str, source: VectorSource, config: MemoryIndexConfig = MemoryIndexConfig(), cache_file: Path | None = None) -> MemoryIndex:
+    """An index of ``kind`` over ``source``, loaded from ``cache_file`` when it holds this version's graph,
+    else built (and saved there); its recall is checked either way. The error names the kinds."""
+    factory = MEMORY_INDEXES.get(kind)
+    index = _load(kind, source, config, cache_file) if cache_file is not None and kind in GRAPHS else None
+    if index is None:
+        index = _build(kind, factory, source, config, cache_file)
     if not index.check.ok:
         logger.warning("%s", index.check.advice())
     return index
 
 
-def self_check(index: MemoryIndex, queries: int = SELF_CHECK_QUERIES, k: int = SELF_CHECK_K, seed: int = SELF_CHECK_SEED) -> RecallCheck:
-    """Recall@k of ``index`` against an exact scan, for a seeded sample of the table's own rows as queries."""
-    vectors = index.loaded.vectors
-    rows = len(vectors)
-    k = min(k, rows)
-    if k == 0:
-        return RecallCheck(kind=index.kind, version=index.version, rows=rows, queries=0, k=SELF_CHECK_K, recall=1.0)
-    sample = np.random.default_rng(seed).choice(rows, size=min(queries, rows), replace=False)
-    wanted = np.ascontiguousarray(vectors[sample])
-    exact, _ = faiss.knn(wanted, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
-    positions, _ = index.search(wanted, k)
-    valid = positions >= 0
-    found = np.where(valid, np.einsum("qd,qkd->qk", wanted, vectors[np.where(valid, positions, 0)]), -np.inf)
-    hits = (found >= exact[:, -1:] - TIE_TOLERANCE).sum(axis=1)
-    return RecallCheck(kind=index.kind, version=index.version, rows=rows, queries=len(sample), k=k, recall=round(float(np.mean(hits / k)), 4))
+def _build(kind: str, factory: Factory, source: VectorSource, config: MemoryIndexConfig, cache_file: Path | None) -> MemoryIndex:
+    index = factory(source.dim, config)
+    queries = sample_queries(source) if kind in GRAPHS else np.zeros((0, source.dim), np.float32)
+    exact = ExactNeighbours(queries, SELF_CHECK_K)
+    if kind in GRAPHS:
+        logger.info("building a %s graph over %d rows", kind, source.count())
+    metadata_parts, pending, filled = [], [], 0
+    for metadata, vectors in source.batches(True):
+        exact.add(vectors, np.arange(filled, filled + len(vectors)))
+        metadata_parts.append(metadata)
+        pending.append(vectors)
+        filled += len(vectors)
+        if sum(len(p) for p in pending) >= ADD_CHUNK_ROWS:
+            _add(index, np.concatenate(pending))
+            pending = []
+    _add(index, np.concatenate(pending) if pending else np.zeros((0, source.dim), np.float32))
+    built = MemoryIndex(kind, index, source.version, pl.concat(metadata_parts).rechunk(), config)
+    if kind not in GRAPHS:
+        # exact by construction: measuring it would scan the table twice on the first search after every write
+        built.check = RecallCheck(kind=kind, version=source.version, rows=built.rows, queries=0, k=SELF_CHECK_K, recall=1.0, setting="exact")
+        return built
+    built.check = _measure(built, queries, exact)
+    logger.info("%s graph of version %d: self-check recall@%d %.4f", kind, source.version, built.check.k, built.check.recall)
+    if cache_file is not None:
+        save(built, cache_file)
+    return built
+
+
+def follow(index: MemoryIndex, source: VectorSource, cache_file: Path | None) -> MemoryIndex | None:
+    """``index`` brought to ``source``'s version (saved to ``cache_file``), or None when it must be rebuilt."""
+    refreshed = index.refresh(source)
+    if refreshed is not None and cache_file is not None:
+        save(refreshed, cache_file)
+    return refreshed
+
+
+def _add(index: faiss.Index, vectors: np.ndarray) -> None:
+    for start in range(0, len(vectors), ADD_CHUNK_ROWS):
+        index.add(np.ascontiguousarray(vectors[start : start + ADD_CHUNK_ROWS]))
+
+
+def sample_queries(source: VectorSource) -> np.ndarray:
+    rows = source.count()
+    offsets = np.sort(np.random.default_rng(SELF_CHECK_SEED).choice(rows, size=min(SELF_CHECK_QUERIES, rows), replace=False))
+    return source.take(offsets)
+
+
+def _measure(index: MemoryIndex, queries: np.ndarray, exact: ExactNeighbours) -> RecallCheck:
+    """Recall@k of ``index`` for ``queries`` against the exact neighbours streamed past ``exact``."""
+    setting = f"efSearch {index.config.hnsw_ef_search}, M {index.config.hnsw_m}"
+    k = min(exact.k, index.rows)
+    if k == 0 or len(queries) == 0:
+        return RecallCheck(kind=index.kind, version=index.version, rows=index.rows, queries=0, k=SELF_CHECK_K, recall=1.0, setting=setting)
+    positions, _ = index.search(queries, k)
+    found_similarities = np.einsum("qd,qkd->qk", queries, index.vectors_at(np.where(positions >= 0, positions, 0).ravel()).reshape(*positions.shape, -1))
+    kth = exact.similarities[:, k - 1 : k]
+    exact_sets = exact.positions[:, :k]
+    hits = ((positions[:, :, None] == exact_sets[:, None, :]).any(axis=2) | (found_similarities >= kth - index.tolerance)) & (positions >= 0)
+    return RecallCheck(kind=index.kind, version=index.version, rows=index.rows, queries=len(queries), k=k,
+                       recall=round(float(hits.sum(axis=1).mean() / k), 4), setting=setting)
+
+
+def self_check(index: MemoryIndex, source: VectorSource) -> RecallCheck:
+    """Recall@k of ``index`` against an exact scan of ``source`` (the table version it was built from)."""
+    queries = sample_queries(source)
+    exact = ExactNeighbours(queries, SELF_CHECK_K)
+    for metadata, vectors in source.batches(True):
+        exact.add(vectors, index.positions_in_order(metadata["image_id"]))
+    return _measure(index, queries, exact)
+
+
+def live_positions(metadata: pl.DataFrame) -> pl.DataFrame:
+    """image_id -> position (Int64) of the live rows of an index's metadata."""
+    return metadata.select("image_id").with_row_index("position").filter(pl.col("image_id").is_not_null()).with_columns(pl.col("position").cast(pl.Int64))
+
+
+def _in_position_order(rows: pl.DataFrame, size: int, schema: pl.Schema) -> pl.DataFrame:
+    """Metadata rows carrying a ``position`` column laid out at those positions; missing positions are null."""
+    frame = pl.DataFrame({"position": np.arange(size, dtype=np.int64)}).join(rows, on="position", how="left", maintain_order="left")
+    return frame.select(list(schema)).rechunk()
+
+
+# ---- persistence ------------------------------------------------------------------------------------
+
+
+def save(index: MemoryIndex, cache_file: Path) -> None:
+    """Save a graph, the image id of each node (null when masked) and its check beside each other; files of
+    other table versions in the folder go (they are never read again). Each file is written atomically, the
+    graph last but one and the check last, so a killed save leaves nothing that loads as a whole."""
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    for stale in cache_file.parent.iterdir():
+        if stale.is_file() and not stale.name.startswith(cache_file.stem + "."):
+            stale.unlink(missing_ok=True)
+    ids_file, check_file = _companions(cache_file)
+    _write_atomically(ids_file, lambda partial: index.metadata.select("image_id").write_parquet(partial))
+    _write_atomically(cache_file, lambda partial: faiss.write_index(index.index, str(partial)))
+    if index.check is not None:
+        _write_atomically(check_file, lambda partial: partial.write_text(index.check.as_json()))
+
+
+def _companions(cache_file: Path) -> tuple[Path, Path]:
+    return cache_file.with_name(cache_file.stem + IDS_SUFFIX), cache_file.with_name(cache_file.stem + CHECK_SUFFIX)
+
+
+def _load(kind: str, source: VectorSource, config: MemoryIndexConfig, cache_file: Path) -> MemoryIndex | None:
+    """The saved graph of this version, its metadata read from the table (no vectors), or None."""
+    ids_file, check_file = _companions(cache_file)
+    if not (cache_file.exists() and ids_file.exists()):
+        return None
+    try:
+        graph = faiss.read_index(str(cache_file))
+        ids = pl.read_parquet(ids_file).with_row_index("position")
+    except (RuntimeError, OSError, pl.exceptions.PolarsError) as exc:
+        logger.warning("ignoring saved graph %s: %s", cache_file, exc)
+        return None
+    if graph.ntotal != ids.height:
+        logger.warning("ignoring saved graph %s: %d nodes, %d ids", cache_file, graph.ntotal, ids.height)
+        return None
+    graph.hnsw.efSearch = config.hnsw_ef_search
+    live_ids = live_positions(ids.drop("position"))
+    parts = [metadata.join(live_ids, on="image_id", how="inner") for metadata, _ in source.batches(False)]
+    rows = pl.concat(parts)
+    if rows.height != live_ids.height or rows.height != source.count():
+        logger.warning("ignoring saved graph %s: it holds %d rows, table version %d has %d", cache_file, live_ids.height, source.version, source.count())
+        return None
+    schema = parts[0].drop("position").schema
+    live = ids["image_id"].is_not_null().to_numpy()
+    index = MemoryIndex(kind, graph, source.version, _in_position_order(rows, ids.height, schema), config, None if live.all() else live)
+    index.check = read_check(check_file) if check_file.exists() else None
+    if index.check is None or (index.check.kind, index.check.version, index.check.rows) != (kind, source.version, index.rows):
+        index.check = self_check(index, source)
+        _write_atomically(check_file, lambda partial: partial.write_text(index.check.as_json()))
+    logger.info("loaded %s graph %s (%d rows); recall@%d %.4f", kind, cache_file, index.rows, index.check.k, index.check.recall)
+    return index
 
 
 def saved_checks(folder: Path) -> list[RecallCheck]:
     """Recall checks saved in a table's index folder, newest table version first (unreadable files are skipped)."""
-    checks = [check for path in folder.glob(f"*{CHECK_SUFFIX}") if (check := _read_check(path)) is not None]
+    checks = [check for path in folder.glob(f"*{CHECK_SUFFIX}") if (check := read_check(path)) is not None]
     return sorted(checks, key=lambda c: c.version, reverse=True)
 
 
-def _read_check(path: Path) -> RecallCheck | None:
+def read_check(path: Path) -> RecallCheck | None:
     """A saved check, or None (logged) when the file is unreadable."""
     try:
         return RecallCheck.from_json(path.read_text())
@@ -232,75 +594,23 @@ def _read_check(path: Path) -> RecallCheck | None:
         return None
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_text(text)
-    partial.replace(path)
+    partial = path.with_name(path.name + ".partial")
+    write(partial)
+    partial.replace(path)  # a killed write never leaves a truncated file under the real name
 
 
-@register_memory_index("flat", "exact inner-product scan of every vector (FAISS IndexFlatIP)")
-def _flat(loaded: LoadedTable, config: MemoryIndexConfig, cache_file: Path | None) -> faiss.Index:
-    index = faiss.IndexFlatIP(loaded.vectors.shape[1])
-    index.add(loaded.vectors)
-    return index
+def write_check(path: Path, check: RecallCheck) -> None:
+    """Save a check (atomically)."""
+    _write_atomically(path, lambda partial: partial.write_text(check.as_json()))
 
 
-@register_memory_index("hnsw", "FAISS HNSW graph, cached beside the database; short results completed exactly")
-def _hnsw(loaded: LoadedTable, config: MemoryIndexConfig, cache_file: Path | None) -> faiss.Index:
-    if cache_file is not None and cache_file.exists():
-        index = faiss.read_index(str(cache_file))
-        if index.ntotal == len(loaded.vectors):
-            index.hnsw.efSearch = config.hnsw_ef_search
-            logger.info("loaded HNSW graph %s (%d rows)", cache_file, index.ntotal)
-            return index
-        logger.warning("ignoring %s: %d rows, the table has %d", cache_file, index.ntotal, len(loaded.vectors))
-    index = faiss.IndexHNSWFlat(loaded.vectors.shape[1], config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = config.hnsw_ef_construction
-    logger.info("building HNSW graph over %d rows", len(loaded.vectors))
-    index.add(loaded.vectors)
-    index.hnsw.efSearch = config.hnsw_ef_search
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        for stale in [*cache_file.parent.glob("*.faiss"), *cache_file.parent.glob(f"*{CHECK_SUFFIX}")]:
-            stale.unlink(missing_ok=True)  # one folder per table: graphs of older versions are never read again
-        partial = cache_file.with_suffix(".partial")
-        faiss.write_index(index, str(partial))
-        partial.replace(cache_file)  # atomic: a killed write never leaves a truncated graph under the real name
-    return index
-
-
-def load_table(table, version: int) -> LoadedTable:
-    """Every row of an embeddings table: vectors (normalised) and the other columns.
-
-    Read batch by batch into one preallocated array, normalised in place: the peak is about one copy of
-    the vectors (reading the whole Arrow table, flattening and normalising held four at once).
-    """
-    dim = table.schema.field("vector").type.list_size
-    expected = table.count_rows()
-    vectors = np.empty((expected, dim), np.float32)
-    extra: list[np.ndarray] = []  # rows committed between the count and the read
-    metadata_batches = []
-    filled = 0
-    for batch in table.search().limit(None).to_batches():
-        block = batch.column(batch.schema.get_field_index("vector")).flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-        block = _normalised(block.astype(np.float32, copy=False))
-        room = max(0, min(len(block), expected - filled))
-        vectors[filled : filled + room] = block[:room]
-        if room < len(block):
-            extra.append(block[room:])
-        filled += len(block)
-        metadata_batches.append(pl.from_arrow(batch.drop_columns(["vector"])))
-    vectors = np.concatenate([vectors[: min(filled, expected)], *extra]) if extra or filled < expected else vectors
-    metadata = pl.concat(metadata_batches).rechunk() if metadata_batches else pl.from_arrow(table.schema.empty_table().drop_columns(["vector"]))
-    pa.default_memory_pool().release_unused()  # hand the read buffers back to the OS
-    return LoadedTable(version=version, vectors=vectors, metadata=metadata)
-
-
-def table_bytes(rows: int, dim: int) -> int:
-    return rows * dim * 4
+def _block(column: pa.Array, dim: int) -> np.ndarray:
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
 
 
 def _normalised(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
+    return (vectors / np.maximum(norms, np.finfo(np.float32).tiny)).astype(np.float32, copy=False)

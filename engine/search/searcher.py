@@ -16,7 +16,9 @@ from engine.core.errors import EncoderMismatchError, SearchError, UnknownIdError
 from engine.encoders.factory import Encoder
 from engine.media.decode import decode_image
 from engine.search.config import SearchConfig
-from engine.search.memory_index import MemoryIndex, RecallCheck, create_memory_index, load_table, table_bytes
+from engine.search.disk_index import disk_setting, saved_disk_check
+from engine.search.memory_index import MemoryIndex, RecallCheck, TableSource, create_memory_index, follow
+from engine.search.policy import choose_memory_index
 from engine.search.rerank import Candidates, create_reranker
 from engine.search.voting import vote_classes
 from engine.storage.database import Database, ModelRecord, sql_quote
@@ -53,6 +55,9 @@ class Searcher:
         self.reranker = create_reranker(config.reranker, configs=config.reranker_configs)
         self._encoder = encoder
         self._memory: MemoryIndex | None = None
+        self._memory_kind: str | None = None  # what the policy chose for the current version (None: on disk)
+        self._memory_version = -1
+        self._disk_check: RecallCheck | None = None
         self._checked_at = -math.inf
         self._version = -1
         self._indexed = False
@@ -105,7 +110,7 @@ class Searcher:
                 raise
             logger.info("table %s: version %s was cleaned up by another process; reading the newest", self.model.embeddings_table, self._version)
             self._checked_at = -math.inf
-            self._memory = None  # rebuilt from the newest version
+            self._memory, self._memory_version = None, -1  # rebuilt from the newest version
             self._refresh()
             return read()
 
@@ -130,9 +135,9 @@ class Searcher:
         # quality re-rankers look at their ``depth`` nearest candidates: fetch at least that many
         limit = max(k * self.config.candidate_factor, self.config.min_candidates, getattr(self.reranker, "depth", 0))
         memory = self.memory_index()
-        if memory is not None and (not where or memory.exact_scan_index is not None):
-            # a filter picks rows by LanceDB's scan of the scalar columns; their vectors are scanned
-            # exactly in RAM (LanceDB's own filtered scan re-reads every vector: ~0.5 s at 100k x 1280)
+        if memory is not None:
+            # a filter picks rows by LanceDB's scan of the scalar columns; their vectors are searched in RAM
+            # (LanceDB's own filtered scan re-reads every vector: ~0.5 s at 100k x 1280)
             rows = self._matching_positions(memory, where) if where else None
             return self._search_memory(memory, vectors, k, limit, [c for c in wanted if c != "vector"], rows)
         # LanceDB's distances are exact (refined, or a flat scan): a re-ranker that only orders by exact
@@ -150,8 +155,9 @@ class Searcher:
             else:
                 # LanceDB refines limit x factor rows; the pool stays k x refine_factor, as LanceDB alone
                 # would use, however many candidates the re-ranker asks for (re-reads dominate the cost).
-                refine = max(1, math.ceil(k * self.config.refine_factor / limit))
-                query = query.nprobes(self.config.nprobes).refine_factor(refine)
+                nprobes, refine_factor = self.disk_setting()
+                refine = max(1, math.ceil(k * refine_factor / limit))
+                query = query.nprobes(nprobes).refine_factor(refine)
         try:
             found = query.to_arrow()
         except (ValueError, RuntimeError, OSError) as exc:
@@ -203,54 +209,69 @@ class Searcher:
         self._checked_at = now
 
     def memory_index(self) -> MemoryIndex | None:
-        """The in-memory index for unfiltered queries (built or refreshed for the table's current
-        version), or None when the configuration or the memory budget leaves them to LanceDB."""
+        """The in-memory index (built, loaded, or brought in step with the table's current version), or None
+        when the configuration or the memory budget leaves the queries to LanceDB (engine.search.policy)."""
         self._refresh()
         config = self.config.memory_index
         version = self._version
-        if self._memory is not None and self._memory.version == version:
+        if self._memory_version == version:
             return self._memory
-        kind = config.kind
-        if kind == "off":
-            return None
-        if kind == "auto":
-            # a table big enough to have an ANN index (IndexConfig.min_rows) gets an HNSW graph in RAM:
-            # at 100k x 1280 it answers in 0.7 ms at recall 0.9996, where an exact scan takes ~35 ms and
-            # LanceDB's IVF-PQ + refine ~8 ms at recall 0.72 (benchmarks/search.py); smaller tables: exact
-            kind = "hnsw" if self._indexed else "flat"
-        rows = self.table.count_rows()
-        if table_bytes(rows, self.model.dim) > config.max_bytes:
-            logger.info("%d vectors of dim %d exceed the memory budget of %d bytes: searching on disk", rows, self.model.dim, config.max_bytes)
+        kind = choose_memory_index(self.table.count_rows(), self.model.dim, config)
+        old, self._memory, self._memory_version = self._memory, None, -1  # never left half-updated
+        if kind is None:
+            self._memory_version = version
             return None
         cache_file = None
         if config.persist:  # object stores: a local cache folder per URI
             cache_file = index_folder(self.db, self.model) / f"v{version}-{kind}{config.hnsw_m}.faiss"
-        self._memory = create_memory_index(kind, load_table(self.table, version), config, cache_file)
-        return self._memory
+        source = TableSource(self.table, version)
+        memory = follow(old, source, cache_file) if old is not None and old.kind == kind else None
+        del old
+        if memory is None:
+            memory = create_memory_index(kind, source, config, cache_file)  # warns when its check is low
+        self._memory, self._memory_version = memory, version
+        return memory
+
+    def disk_setting(self) -> tuple[int, int]:
+        """(nprobes, refine_factor) for LanceDB's index: the configuration's, else what its recall check chose."""
+        check = self.disk_check
+        nprobes, refine = disk_setting(check)
+        return self.config.nprobes or nprobes, self.config.refine_factor or refine
+
+    @property
+    def disk_check(self) -> RecallCheck | None:
+        """The saved recall check of this table's LanceDB index (None before one)."""
+        if self._disk_check is None:
+            self._disk_check = saved_disk_check(index_folder(self.db, self.model))
+        return self._disk_check
 
     @property
     def index_check(self) -> RecallCheck | None:
-        """The recall self-check of the in-memory index this searcher last built or loaded (None before one)."""
-        return self._memory.check if self._memory is not None else None
+        """The recall check of the index this searcher's last query used: the in-memory one it built or
+        loaded, or LanceDB's when it searches on disk (None before either)."""
+        if self._memory is not None:
+            return self._memory.check
+        return self.disk_check if self._indexed else None
 
     def _search_memory(self, memory: MemoryIndex, vectors: np.ndarray, k: int, limit: int, columns: list[str], rows: np.ndarray | None = None) -> pl.DataFrame:
-        missing = [c for c in columns if c not in memory.loaded.metadata.columns]
+        missing = [c for c in columns if c not in memory.metadata.columns]
         if missing:
-            raise SearchError(f"unknown columns {missing}; the table has {memory.loaded.metadata.columns}")
-        metadata = memory.loaded.metadata
-        if memory.exact_distances and getattr(self.reranker, "ranks_by_distance", False):
-            # the index's distances are exact already: re-ranking its candidates would recompute them
-            # and re-sort; its k nearest are the answer (all queries at once, no per-query work)
-            positions, distances = memory.search(vectors, k, rows)
+            raise SearchError(f"unknown columns {missing}; the table has {memory.metadata.columns}")
+        metadata = memory.metadata
+        exact_rows = self.config.exact_filter_rows
+        if getattr(self.reranker, "ranks_by_distance", False):
+            # the index's distances are those of its stored vectors already: re-ranking its candidates would
+            # recompute them and re-sort; its k nearest are the answer (all queries at once, no per-query work)
+            positions, distances = memory.search(vectors, k, rows, exact_rows)
             valid = positions >= 0  # -1 pads a short result; valid entries are a prefix of each row
             return self._results(np.repeat(np.arange(len(vectors), dtype=np.int32), valid.sum(axis=1)),
                                  np.cumsum(valid, axis=1, dtype=np.int32)[valid], metadata[positions[valid], columns], distances[valid], columns)
-        positions, distances = memory.search(vectors, limit, rows)
+        positions, distances = memory.search(vectors, limit, rows, exact_rows)
         groups = []
         for q in range(len(vectors)):
             valid = positions[q] >= 0
             rows = positions[q][valid]
-            groups.append(Candidates(rows, memory.loaded.vectors[rows], distances[q][valid]))
+            groups.append(Candidates(rows, memory.vectors_at(rows), distances[q][valid]))
         return self._rerank_groups(vectors, groups, k, lambda taken: metadata[taken, columns], columns)
 
     def _rerank(self, vectors: np.ndarray, found: pa.Table, k: int, columns: list[str]) -> pl.DataFrame:

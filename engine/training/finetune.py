@@ -36,6 +36,8 @@ from engine.encoders.factory import Encoder, resolve_device
 from engine.encoders.heads import BackboneWithHead, ProjectionHead, save_finetuned
 from engine.media.decode import DecodeError, content_id, decode_image
 from engine.media.scan import scan_folder
+from engine.search.disk_index import check_disk_index
+from engine.search.searcher import index_folder
 from engine.storage.database import Database, ModelRecord
 from engine.storage.index import ensure_index
 from engine.training.augment import Transform, create_augmentation
@@ -267,7 +269,9 @@ def reembed_images(db: Database, model: ModelRecord, encoder: Encoder, workers: 
                 db.write_vectors(model, kept.column("id"), kept, vectors)
                 written += len(good)
             report_progress(progress, Progress("embed", min(start + chunk_rows, images.num_rows), images.num_rows, "images", f"re-embedding for {model.id}"))
-    ensure_index(db.embeddings(model))
+    table = db.embeddings(model)
+    if ensure_index(table):
+        check_disk_index(table, index_folder(db, model))  # measures the new index and chooses its refine factor
     return written
 
 

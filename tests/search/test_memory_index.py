@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from engine.search.config import MemoryIndexConfig, SearchConfig
-from engine.search.memory_index import create_memory_index, list_memory_indexes, load_table
+from engine.search.memory_index import TableSource, create_memory_index, list_memory_indexes
 from engine.search.searcher import Searcher
 from tests.search.test_search import LABELS, assert_same_neighbours, brute_force, seeded  # noqa: F401 - seeded is a fixture
 from tests.support.synthetic import clustered_vectors, synthetic_rows
@@ -67,6 +67,7 @@ def test_new_rows_are_found_after_a_write(seeded, kind):
     assert after["image_id"][0] == "new-row" and after["distance"][0] < 1e-4
     if kind == "hnsw":
         assert len(list((Path(db.uri) / "_faiss" / model.embeddings_table).glob("*.faiss"))) == 1  # the stale graph is gone
+        assert searcher.memory_index().dead == 0 and searcher.memory_index().rows == len(rows) + 1  # followed in place
 
 
 def test_over_budget_searches_on_disk(seeded):
@@ -82,9 +83,9 @@ def test_unknown_column_and_kind_are_clear_errors(seeded):
     db, model, _, vectors = seeded
     with pytest.raises(ValueError, match="unknown columns"):
         Searcher(db, model).search_vectors(vectors[:1], k=3, columns=["colour"])
-    with pytest.raises(ValueError, match=r"choose one of \['flat', 'hnsw'\]"):
-        create_memory_index("ivf", load_table(db.embeddings(model), 1))
-    assert list(list_memory_indexes()) == ["flat", "hnsw"]
+    with pytest.raises(ValueError, match=r"choose one of \['flat', 'hnsw', 'hnsw_fp16'\]"):
+        create_memory_index("ivf", TableSource(db.embeddings(model), 1))
+    assert list(list_memory_indexes()) == ["flat", "hnsw", "hnsw_fp16"]
 
 
 @pytest.mark.parametrize("kind", ["off", "flat", "hnsw"])

@@ -24,9 +24,9 @@ def loaded(rows: int = 3000, dim: int = 32, seed: int = 0) -> LoadedTable:
     return LoadedTable(version=3, vectors=vectors, metadata=pl.DataFrame({"image_id": [f"{i:06d}" for i in range(rows)]}))
 
 
-def brute_force_recall(index: MemoryIndex, sample: np.ndarray, k: int) -> float:
-    queries = index.loaded.vectors[sample]
-    truth = np.argsort(-(queries @ index.loaded.vectors.T), axis=1)[:, :k]
+def brute_force_recall(index: MemoryIndex, vectors: np.ndarray, sample: np.ndarray, k: int) -> float:
+    queries = vectors[sample]
+    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :k]
     found, _ = index.search(queries, k)
     return float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)]))
 
@@ -51,7 +51,7 @@ def test_low_recall_is_measured_like_brute_force_and_warns_with_the_setting(tmp_
         index = create_memory_index("hnsw", table, weak, tmp_path / "v3-hnsw4.faiss")
     sample = np.random.default_rng(0).choice(4000, size=300, replace=False)  # the check's own seeded sample
     assert index.check.recall < MIN_RECALL
-    assert index.check.recall == pytest.approx(brute_force_recall(index, sample, 10), abs=0.02)  # ties aside, the same figure
+    assert index.check.recall == pytest.approx(brute_force_recall(index, table.vectors, sample, 10), abs=0.02)  # ties aside, the same figure
     assert "hnsw_ef_search" in index.check.advice()
     assert any("hnsw_ef_search" in r.getMessage() for r in caplog.records)
     strong = create_memory_index("hnsw", table, MemoryIndexConfig(), None)
@@ -62,15 +62,16 @@ def test_duplicate_rows_tie_instead_of_counting_as_misses():
     table = loaded(rows=500)
     doubled = LoadedTable(version=1, vectors=np.concatenate([table.vectors, table.vectors]),
                           metadata=pl.concat([table.metadata, table.metadata.with_columns(pl.col("image_id") + "b")]))
-    index = create_memory_index("flat", doubled)
-    assert self_check(index).recall == 1.0
+    for kind in ("flat", "hnsw"):
+        index = create_memory_index(kind, doubled)
+        assert self_check(index, doubled).recall == 1.0
 
 
 def test_saved_check_is_read_back_not_recomputed_and_a_changed_table_is_checked_again(tmp_path, monkeypatch):
     table = loaded()
     cache = tmp_path / "v3-hnsw32.faiss"
     first = create_memory_index("hnsw", table, MemoryIndexConfig(), cache)
-    monkeypatch.setattr("engine.search.memory_index.self_check", lambda index: pytest.fail("the saved check was recomputed"))
+    monkeypatch.setattr("engine.search.memory_index.self_check", lambda index, source: pytest.fail("the saved check was recomputed"))
     again = create_memory_index("hnsw", table, MemoryIndexConfig(), cache)
     assert again.check == first.check
     monkeypatch.undo()
