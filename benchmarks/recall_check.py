@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
         checks = []
         for _ in range(REPEATS):
             start = time.perf_counter()
-            check = self_check(index)
+            check = self_check(index, table)
             checks.append(time.perf_counter() - start)
         rows.append({"index": kind, "rows": args.rows, "dim": args.dim, "build_and_check_s": round(built, 2),
                      "check_s_median": round(statistics.median(checks), 2), "recall@10": check.recall})

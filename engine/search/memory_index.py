@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ MIN_RECALL = 0.95  # below this a check warns, naming the setting that raises re
 CHECK_SUFFIX = ".check.json"
 IDS_SUFFIX = ".ids.parquet"
 GRAPH_SUFFIX = ".faiss"
+GRAPH_FILE = re.compile(r"^v\d+-")  # a graph's files are named v<table version>-<kind><M>.<part>
 # A result counts as found when it is one of the exact k or its similarity reaches the k-th exact one:
 # duplicate vectors tie, and an index may return either of two tied rows.
 TIE_TOLERANCE = 1e-5
@@ -534,7 +536,7 @@ def save(index: MemoryIndex, cache_file: Path) -> None:
     graph last but one and the check last, so a killed save leaves nothing that loads as a whole."""
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     for stale in cache_file.parent.iterdir():
-        if stale.is_file() and not stale.name.startswith(cache_file.stem + "."):
+        if stale.is_file() and GRAPH_FILE.match(stale.name) and not stale.name.startswith(cache_file.stem + "."):
             stale.unlink(missing_ok=True)
     ids_file, check_file = _companions(cache_file)
     _write_atomically(ids_file, lambda partial: index.metadata.select("image_id").write_parquet(partial))

@@ -17,7 +17,7 @@ from engine.encoders.factory import Encoder
 from engine.media.decode import decode_image
 from engine.search.config import SearchConfig
 from engine.search.disk_index import disk_setting, saved_disk_check
-from engine.search.memory_index import MemoryIndex, RecallCheck, TableSource, create_memory_index, follow
+from engine.search.memory_index import GRAPH_SUFFIX, MemoryIndex, RecallCheck, TableSource, create_memory_index, follow
 from engine.search.policy import choose_memory_index
 from engine.search.rerank import Candidates, create_reranker
 from engine.search.voting import vote_classes
@@ -223,7 +223,7 @@ class Searcher:
             return None
         cache_file = None
         if config.persist:  # object stores: a local cache folder per URI
-            cache_file = index_folder(self.db, self.model) / f"v{version}-{kind}{config.hnsw_m}.faiss"
+            cache_file = index_folder(self.db, self.model) / f"v{version}-{kind}-m{config.hnsw_m}{GRAPH_SUFFIX}"
         source = TableSource(self.table, version)
         memory = follow(old, source, cache_file) if old is not None and old.kind == kind else None
         del old

@@ -230,7 +230,9 @@ def test_the_disk_index_is_checked_when_built_and_searches_use_the_setting_it_ch
     assert np.mean([len(set(f) & set(ids[o])) / 10 for f, o in zip(found, order)]) >= 0.9
     assert searcher.index_check == check
     assert Searcher(db, model, dataclasses.replace(config("off"), refine_factor=3)).disk_setting() == (check.nprobes, 3)
+    Searcher(db, model, config("hnsw")).search_vectors(queries, k=10)  # saves a graph beside it
     frame = index_checks_frame(db)
+    assert set(frame["index"]) == {"hnsw", "lancedb IVF_PQ"}  # the graph's save kept the disk check
     assert frame.filter(pl.col("index") == "lancedb IVF_PQ")["setting"].to_list() == [check.setting]
 
 

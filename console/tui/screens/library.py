@@ -56,8 +56,9 @@ def read_library(db: Database) -> LibrarySnapshot:
         models = models.with_columns((pl.col("id") == active).alias("active")).join(coverage, on="id", how="left").select(
             "id", "active", "status", "rows", "missing", "parent", "dim")
         checks = index_checks_frame(db)
-        if checks.height:  # the recall self-check of each version's in-memory index, once one was built
-            models = models.join(checks.select(pl.col("model_id").alias("id"), pl.col("recall").alias("index recall")), on="id", how="left")
+        if checks.height:  # the recall check of each version's index (its in-memory graph's, else LanceDB's), once one was built
+            preferred = checks.sort(pl.col("index").str.starts_with("lancedb"), maintain_order=True).unique("model_id", keep="first", maintain_order=True)
+            models = models.join(preferred.select(pl.col("model_id").alias("id"), pl.col("recall").alias("index recall")), on="id", how="left")
     errors = db.errors_frame()
     return LibrarySnapshot(db.summary(), counts, models, recent, errors)  # counted last: the reads above may create tables
 
