@@ -246,10 +246,22 @@ class Context:
 
 
 def faiss_add_all(ctx: Context, index) -> float:  # noqa: ANN001 - a FAISS index
+    from engine.search.memory_index import reserve
+
     started = time.perf_counter()
+    reserve(faiss_storage(index), ctx.args.rows)  # as Lookalike does: the peak RSS is the index, not its doubling buffer
     for _, block in read_blocks(ctx.work, ctx.args.dim):
         index.add(block)
     return time.perf_counter() - started
+
+
+def faiss_storage(index):  # noqa: ANN001, ANN201 - the FAISS index that holds the codes of ``index``
+    import faiss
+
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        return faiss.downcast_index(index.refine_index)  # the exact vectors (its base holds small PQ codes)
+    return index
 
 
 def faiss_disk_bytes(ctx: Context, index) -> int:  # noqa: ANN001

@@ -385,6 +385,7 @@ class MemoryIndex:
             logger.info("%s graph: %.0f%% of its nodes would be masked (> %.0f%%): rebuilding", self.kind, 100 * dead_share, 100 * self.config.max_dead_share)
             return None
         new_vectors = np.concatenate(added_vectors) if added_vectors else np.zeros((0, self.index.d), np.float32)
+        reserve(self.index, self.size + len(new_vectors))
         _add(self.index, new_vectors)
         metadata = _in_position_order(pl.concat([*kept_metadata, *added_metadata]), next_position, self.metadata.schema)
         refreshed = MemoryIndex(self.kind, self.index, source.version, metadata, self.config, None if live.all() else live)
@@ -447,6 +448,7 @@ def create_memory_index(kind: str, source: VectorSource, config: MemoryIndexConf
 
 def _build(kind: str, factory: Factory, source: VectorSource, config: MemoryIndexConfig, cache_file: Path | None) -> MemoryIndex:
     index = factory(source.dim, config)
+    reserve(index, source.count())
     queries = sample_queries(source) if kind in GRAPHS else np.zeros((0, source.dim), np.float32)
     exact = ExactNeighbours(queries, SELF_CHECK_K)
     if kind in GRAPHS:
@@ -479,6 +481,18 @@ def follow(index: MemoryIndex, source: VectorSource, cache_file: Path | None) ->
     if refreshed is not None and cache_file is not None:
         save(refreshed, cache_file)
     return refreshed
+
+
+def reserve(index: faiss.Index, rows: int) -> None:
+    """Allocate the vector storage for ``rows`` up front: adding batch by batch would grow it by doubling, which
+    holds the old and the new buffer at once (1M x 1280 float32: a 5 GB index peaked at 8 GB)."""
+    storage = faiss.downcast_index(index.storage) if hasattr(index, "storage") else index
+    codes = storage.codes
+    wanted = rows * storage.code_size
+    if codes.size() < wanted:
+        used = codes.size()
+        codes.resize(wanted)
+        codes.resize(used)  # std::vector keeps its capacity when it shrinks
 
 
 def _add(index: faiss.Index, vectors: np.ndarray) -> None:
