@@ -47,6 +47,7 @@ BLOCK_ROWS = 50_000  # rows generated, read and written at a time: bounded memor
 DERIVED_STEP = 0.3  # a real-derived row: a real embedding plus this much of the difference of two others
 REAL_CACHE = Path.home() / ".cache" / "lookalike" / "bench"
 RESULTS = Path(__file__).parent / "results"
+EF_SEARCHES = (128, 256, 512)  # FAISS graphs are measured at each, Lookalike's graph at the efSearch its check chose
 QUICK = {"rows": 2000, "dim": 64, "clusters": 20, "queries": 50, "single": 10, "filtered_queries": 50}
 
 
@@ -274,12 +275,23 @@ def faiss_disk_bytes(ctx: Context, index) -> int:  # noqa: ANN001
     return size
 
 
-def faiss_contender(index, ctx: Context, train: bool = False, single: int | None = None, **extra) -> dict:  # noqa: ANN001
+def faiss_contender(index, ctx: Context, train: bool = False, single: int | None = None, **extra) -> dict | list[dict]:  # noqa: ANN001
+    """Build, then measure; a graph once per efSearch in ``EF_SEARCHES`` (to compare at equal recall)."""
+    import faiss
+
     started = time.perf_counter()
     if train:
         index.train(sample_rows(ctx.work, ctx.args.dim, ctx.args.rows, ctx.args.train_rows, seed=3))
     build = time.perf_counter() - started + faiss_add_all(ctx, index)
-    return measure(ctx, lambda q: index.search(q, ctx.args.k)[1], build, faiss_disk_bytes(ctx, index), single, **extra)
+    disk = faiss_disk_bytes(ctx, index)
+    graph = getattr(faiss.downcast_index(index), "hnsw", None)
+    if graph is None:
+        return measure(ctx, lambda q: index.search(q, ctx.args.k)[1], build, disk, single, **extra)
+    rows = []
+    for ef in EF_SEARCHES:
+        graph.efSearch = ef
+        rows.append(measure(ctx, lambda q: index.search(q, ctx.args.k)[1], build, disk, single, **{**extra, "setting": f"{extra['setting']}, efSearch {ef}"}))
+    return rows
 
 
 def c_exact(ctx: Context) -> dict:
@@ -296,7 +308,7 @@ def c_faiss_hnsw(ctx: Context) -> dict:
     config = MemoryIndexConfig()
     index = faiss.IndexHNSWFlat(ctx.args.dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction, index.hnsw.efSearch = config.hnsw_ef_construction, config.hnsw_ef_search
-    return faiss_contender(index, ctx, setting=f"M {config.hnsw_m}, efSearch {config.hnsw_ef_search}")
+    return faiss_contender(index, ctx, setting=f"M {config.hnsw_m}")
 
 
 def c_faiss_hnsw_sq8(ctx: Context) -> dict:
@@ -307,7 +319,7 @@ def c_faiss_hnsw_sq8(ctx: Context) -> dict:
     config = MemoryIndexConfig()
     index = faiss.IndexHNSWSQ(ctx.args.dim, faiss.ScalarQuantizer.QT_8bit, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction, index.hnsw.efSearch = config.hnsw_ef_construction, config.hnsw_ef_search
-    return faiss_contender(index, ctx, train=True, setting=f"SQ8, M {config.hnsw_m}, efSearch {config.hnsw_ef_search}")
+    return faiss_contender(index, ctx, train=True, setting=f"SQ8, M {config.hnsw_m}")
 
 
 def c_faiss_ivfpq_fastscan(ctx: Context) -> dict:
@@ -400,7 +412,7 @@ def lookalike_contender(ctx: Context, filtered: bool = False, **memory) -> dict:
     index = searcher.memory_index()
     build = time.perf_counter() - started
     k = ctx.args.k
-    extra = {"setting": f"{index.kind} (policy)" if memory.get("kind", "auto") == "auto" else index.kind} if index is not None else {"setting": "LanceDB on disk"}
+    extra = {"setting": f"{index.kind}{' (policy)' if memory.get('kind', 'auto') == 'auto' else ''}: {index.check.setting}"} if index is not None else {"setting": "LanceDB on disk"}
     if index is not None:
         extra["self_check"] = index.check.recall
     folder = ctx.work / "db" / "_faiss"
@@ -499,22 +511,25 @@ def child(args: argparse.Namespace, work: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     queries = np.load(work / "queries.npy")
     ctx = Context(args, work, queries, np.load(work / "truth_all.npy"))
-    row = CONTENDERS[args.child][1](ctx)
-    row["peak_rss_gb"] = round(peak_rss_gb(), 2)
-    print("RESULT " + json.dumps(row), flush=True)
+    found = CONTENDERS[args.child][1](ctx)
+    for row in found if isinstance(found, list) else [found]:
+        row["peak_rss_gb"] = round(peak_rss_gb(), 2)
+    print("RESULT " + json.dumps(found), flush=True)
 
 
-def run_child(name: str, argv: list[str]) -> dict:
+def run_child(name: str, argv: list[str]) -> list[dict]:
     started = time.perf_counter()
     done = subprocess.run([sys.executable, __file__, *argv, "--child", name], capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
         print(f"{name}: failed (exit {done.returncode}): {' | '.join(tail)}", flush=True)
-        return {"error": f"exit {done.returncode}: {tail[-1] if tail else ''}"}
-    row = json.loads(lines[-1][len("RESULT "):])
-    row["wall_s"] = round(time.perf_counter() - started, 1)
-    return row
+        return [{"error": f"exit {done.returncode}: {tail[-1] if tail else ''}"}]
+    found = json.loads(lines[-1][len("RESULT "):])
+    found = found if isinstance(found, list) else [found]
+    for row in found:
+        row["wall_s"] = round(time.perf_counter() - started, 1)
+    return found
 
 
 def write_results(args: argparse.Namespace, rows: list[dict], filtered: list[dict]) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -568,11 +583,11 @@ def main(argv: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     rows, filtered = [], []
     for name in [n for n in args.contenders.split(",") if n]:  # none: only prepare
         print(f"running {name} ...", flush=True)
-        row = run_child(name, passed)
-        for f in row.pop("filtered", []):
-            filtered.append({"contender": CONTENDERS[name][0], **f})
-        rows.append({"contender": CONTENDERS[name][0], **row})
-        print(rows[-1], flush=True)
+        for row in run_child(name, passed):
+            for f in row.pop("filtered", []):
+                filtered.append({"contender": CONTENDERS[name][0], **f})
+            rows.append({"contender": CONTENDERS[name][0], **row})
+            print(rows[-1], flush=True)
         frame, filtered_frame = write_results(args, rows, filtered)  # after each contender: a long run keeps what it measured
     if not rows:
         frame, filtered_frame = write_results(args, rows, filtered)

@@ -51,6 +51,11 @@ SELF_CHECK_QUERIES = 300  # sampled rows used as queries: a few hundred give rec
 SELF_CHECK_K = 10
 SELF_CHECK_SEED = 0
 MIN_RECALL = 0.95  # below this a check warns, naming the setting that raises recall
+# A graph's efSearch starts at MemoryIndexConfig.hnsw_ef_search and is doubled until its self-check reaches
+# this (a margin over MIN_RECALL: a table's own rows as queries read about 0.01 higher than outside ones) or
+# MAX_EF_SEARCH: 1M x 1280 clustered vectors gave 0.93 at efSearch 128 (benchmarks/search.py)
+TUNE_RECALL = 0.97
+MAX_EF_SEARCH = 1024
 CHECK_SUFFIX = ".check.json"
 IDS_SUFFIX = ".ids.parquet"
 GRAPH_SUFFIX = ".faiss"
@@ -63,6 +68,9 @@ TIE_TOLERANCE = 1e-5
 FP16_TOLERANCE = 2.0**-11
 ADD_CHUNK_ROWS = 20_000  # rows inserted into a graph per FAISS call (FAISS parallelises within a call)
 STREAM_BATCH_ROWS = 50_000  # rows per batch of an in-memory source
+# rows per batch of a LanceDB scan: LanceDB's default batches (~1k rows) made it read ahead of a slower consumer
+# (1M x 1280: peak 6.1 GB and 18 s for the scan alone, against 1.3 GB and 7 s with 20k-row batches)
+SCAN_BATCH_ROWS = 20_000
 # A filtered graph walk keeps efSearch / selectivity candidates (the share of rows passing the filter), at most this
 MAX_FILTERED_EF = 2048
 
@@ -80,6 +88,7 @@ class RecallCheck:
     setting: str = ""  # what the index searched with (efSearch, or LanceDB's nprobes and refine factor)
     nprobes: int | None = None  # LanceDB indexes: the setting the check chose
     refine_factor: int | None = None
+    ef_search: int | None = None  # graphs: the efSearch the check chose
 
     @property
     def ok(self) -> bool:
@@ -92,20 +101,21 @@ class RecallCheck:
         if self.kind.startswith("lancedb"):
             fix = "raise SearchConfig.refine_factor or nprobes, or give IndexConfig.num_sub_vectors more sub-vectors"
         else:
-            fix = "raise MemoryIndexConfig.hnsw_ef_search (or hnsw_m), or use kind='flat' for exact search"
+            fix = "raise MemoryIndexConfig.hnsw_m (more links a node), or use kind='flat' for exact search"
         return (f"the {self.kind} index of table version {self.version} finds {self.recall:.0%} of the exact {self.k} nearest "
                 f"neighbours (self-check on {self.queries} rows, wanted {MIN_RECALL:.0%}): {fix}")
 
     def as_json(self) -> str:
         return json.dumps({"kind": self.kind, "version": self.version, "rows": self.rows, "queries": self.queries, "k": self.k,
-                           "recall": self.recall, "setting": self.setting, "nprobes": self.nprobes, "refine_factor": self.refine_factor})
+                           "recall": self.recall, "setting": self.setting, "nprobes": self.nprobes, "refine_factor": self.refine_factor, "ef_search": self.ef_search})
 
     @classmethod
     def from_json(cls, text: str) -> RecallCheck:
         data = json.loads(text)
         return cls(kind=str(data["kind"]), version=int(data["version"]), rows=int(data["rows"]), queries=int(data["queries"]),
                    k=int(data["k"]), recall=float(data["recall"]), setting=str(data.get("setting", "")),
-                   nprobes=_optional_int(data.get("nprobes")), refine_factor=_optional_int(data.get("refine_factor")))
+                   nprobes=_optional_int(data.get("nprobes")), refine_factor=_optional_int(data.get("refine_factor")),
+                   ef_search=_optional_int(data.get("ef_search")))
 
 
 def _optional_int(value: object) -> int | None:
@@ -176,10 +186,16 @@ class TableSource:
     def batches(self, with_vectors: bool = True) -> Iterator[tuple[pl.DataFrame, np.ndarray | None]]:
         columns = [name for name in self.table.schema.names if with_vectors or name != "vector"]
         empty = True
-        for batch in self.table.search().select(columns).limit(None).to_batches():
+        for batch in self.table.search().select(columns).limit(None).to_batches(batch_size=SCAN_BATCH_ROWS):
             empty = False
-            vectors = _normalised(_block(batch.column(batch.schema.get_field_index("vector")), self.dim)) if with_vectors else None
-            yield pl.from_arrow(batch.drop_columns(["vector"]) if with_vectors else batch), vectors
+            if not with_vectors:
+                yield pl.from_arrow(batch), None
+                continue
+            vectors = _normalised(_block(batch.column(batch.schema.get_field_index("vector")), self.dim))
+            # a copy: the columns of a batch can share buffers with its vectors, and a zero-copy frame kept for
+            # every batch would keep every vector alive (1M x 1280: 6.1 GB peak for the scan, 1.4 GB with copies)
+            metadata = batch.drop_columns(["vector"])
+            yield pl.from_arrow(metadata.take(pa.array(np.arange(metadata.num_rows)))), vectors
         if empty:
             yield pl.from_arrow(self.table.schema.empty_table().drop_columns(["vector"])), np.zeros((0, self.dim), np.float32) if with_vectors else None
         pa.default_memory_pool().release_unused()  # hand the read buffers back to the OS
@@ -233,6 +249,7 @@ class MemoryIndex:
         # scalar scan costs more than the vector scan for broad filters (50 ms vs 19 ms at 50k rows)
         self.filter_rows: dict[str, np.ndarray] = {}
         self.check: RecallCheck | None = None
+        self.ef_search = config.hnsw_ef_search  # raised by the self-check until recall reaches TUNE_RECALL
         self._live_bitmap: np.ndarray | None = None
 
     @property
@@ -306,7 +323,7 @@ class MemoryIndex:
         if self.kind not in GRAPHS:
             return faiss.SearchParameters(sel=selector) if selector is not None else None
         share = candidates / max(self.size, 1)  # a walk meets passing nodes at this rate
-        ef = min(MAX_FILTERED_EF, max(self.config.hnsw_ef_search, math.ceil(self.config.hnsw_ef_search / max(share, 1e-9))))
+        ef = min(max(MAX_FILTERED_EF, self.ef_search), max(self.ef_search, math.ceil(self.ef_search / max(share, 1e-9))))
         return faiss.SearchParametersHNSW(sel=selector, efSearch=ef) if selector is not None else faiss.SearchParametersHNSW(efSearch=ef)
 
     def _selector(self, rows: np.ndarray | None) -> tuple[faiss.IDSelector | None, np.ndarray | None]:
@@ -389,7 +406,8 @@ class MemoryIndex:
         _add(self.index, new_vectors)
         metadata = _in_position_order(pl.concat([*kept_metadata, *added_metadata]), next_position, self.metadata.schema)
         refreshed = MemoryIndex(self.kind, self.index, source.version, metadata, self.config, None if live.all() else live)
-        refreshed.check = _measure(refreshed, queries, exact)
+        refreshed.ef_search = self.ef_search
+        refreshed.check = _tuned(refreshed, queries, exact)
         logger.info("%s graph followed table version %d -> %d in place: %d kept, %d inserted, %d masked; self-check recall@%d %.4f",
                     self.kind, self.version, source.version, len(kept), len(new_vectors), refreshed.dead, refreshed.check.k, refreshed.check.recall)
         if not refreshed.check.ok:
@@ -468,7 +486,7 @@ def _build(kind: str, factory: Factory, source: VectorSource, config: MemoryInde
         # exact by construction: measuring it would scan the table twice on the first search after every write
         built.check = RecallCheck(kind=kind, version=source.version, rows=built.rows, queries=0, k=SELF_CHECK_K, recall=1.0, setting="exact")
         return built
-    built.check = _measure(built, queries, exact)
+    built.check = _tuned(built, queries, exact)
     logger.info("%s graph of version %d: self-check recall@%d %.4f", kind, source.version, built.check.k, built.check.recall)
     if cache_file is not None:
         save(built, cache_file)
@@ -506,28 +524,39 @@ def sample_queries(source: VectorSource) -> np.ndarray:
     return source.take(offsets)
 
 
+def _tuned(index: MemoryIndex, queries: np.ndarray, exact: ExactNeighbours) -> RecallCheck:
+    """The self-check of a graph, its efSearch doubled until recall reaches ``TUNE_RECALL`` (or ``MAX_EF_SEARCH``)."""
+    check = _measure(index, queries, exact)
+    while check.recall < TUNE_RECALL and index.ef_search < MAX_EF_SEARCH:
+        index.ef_search = min(MAX_EF_SEARCH, 2 * index.ef_search)
+        check = _measure(index, queries, exact)
+    return check
+
+
 def _measure(index: MemoryIndex, queries: np.ndarray, exact: ExactNeighbours) -> RecallCheck:
     """Recall@k of ``index`` for ``queries`` against the exact neighbours streamed past ``exact``."""
-    setting = f"efSearch {index.config.hnsw_ef_search}, M {index.config.hnsw_m}"
+    setting = f"efSearch {index.ef_search}, M {index.config.hnsw_m}"
     k = min(exact.k, index.rows)
     if k == 0 or len(queries) == 0:
-        return RecallCheck(kind=index.kind, version=index.version, rows=index.rows, queries=0, k=SELF_CHECK_K, recall=1.0, setting=setting)
+        return RecallCheck(kind=index.kind, version=index.version, rows=index.rows, queries=0, k=SELF_CHECK_K, recall=1.0, setting=setting,
+                           ef_search=index.ef_search)
     positions, _ = index.search(queries, k)
     found_similarities = np.einsum("qd,qkd->qk", queries, index.vectors_at(np.where(positions >= 0, positions, 0).ravel()).reshape(*positions.shape, -1))
     kth = exact.similarities[:, k - 1 : k]
     exact_sets = exact.positions[:, :k]
     hits = ((positions[:, :, None] == exact_sets[:, None, :]).any(axis=2) | (found_similarities >= kth - index.tolerance)) & (positions >= 0)
     return RecallCheck(kind=index.kind, version=index.version, rows=index.rows, queries=len(queries), k=k,
-                       recall=round(float(hits.sum(axis=1).mean() / k), 4), setting=setting)
+                       recall=round(float(hits.sum(axis=1).mean() / k), 4), setting=setting, ef_search=index.ef_search)
 
 
-def self_check(index: MemoryIndex, source: VectorSource) -> RecallCheck:
-    """Recall@k of ``index`` against an exact scan of ``source`` (the table version it was built from)."""
+def self_check(index: MemoryIndex, source: VectorSource, tune: bool = False) -> RecallCheck:
+    """Recall@k of ``index`` against an exact scan of ``source`` (the table version it was built from); with
+    ``tune``, a graph's efSearch is raised first until recall reaches ``TUNE_RECALL``."""
     queries = sample_queries(source)
     exact = ExactNeighbours(queries, SELF_CHECK_K)
     for metadata, vectors in source.batches(True):
         exact.add(vectors, index.positions_in_order(metadata["image_id"]))
-    return _measure(index, queries, exact)
+    return _tuned(index, queries, exact) if tune else _measure(index, queries, exact)
 
 
 def live_positions(metadata: pl.DataFrame) -> pl.DataFrame:
@@ -588,8 +617,10 @@ def _load(kind: str, source: VectorSource, config: MemoryIndexConfig, cache_file
     live = ids["image_id"].is_not_null().to_numpy()
     index = MemoryIndex(kind, graph, source.version, _in_position_order(rows, ids.height, schema), config, None if live.all() else live)
     index.check = read_check(check_file) if check_file.exists() else None
+    if index.check is not None and index.check.ef_search:
+        index.ef_search = index.check.ef_search
     if index.check is None or (index.check.kind, index.check.version, index.check.rows) != (kind, source.version, index.rows):
-        index.check = self_check(index, source)
+        index.check = self_check(index, source, tune=True)
         _write_atomically(check_file, lambda partial: partial.write_text(index.check.as_json()))
     logger.info("loaded %s graph %s (%d rows); recall@%d %.4f", kind, cache_file, index.rows, index.check.k, index.check.recall)
     return index

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from engine.search.config import MemoryIndexConfig, SearchConfig
-from engine.search.memory_index import CHECK_SUFFIX, MIN_RECALL, LoadedTable, MemoryIndex, create_memory_index, saved_checks, self_check
+from engine.search.memory_index import CHECK_SUFFIX, MIN_RECALL, TUNE_RECALL, LoadedTable, MemoryIndex, create_memory_index, saved_checks, self_check
 from engine.search.searcher import Searcher
 from tests.search.test_search import seeded  # noqa: F401 - a fixture
 from tests.support.synthetic import clustered_vectors
@@ -44,18 +44,30 @@ def test_a_persisted_graph_saves_its_check_beside_it(tmp_path):
     assert saved_checks(tmp_path) == [index.check]
 
 
-def test_low_recall_is_measured_like_brute_force_and_warns_with_the_setting(tmp_path, caplog):
+def test_low_recall_is_measured_like_brute_force_and_warns_with_the_setting(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr("engine.search.memory_index.MAX_EF_SEARCH", 1)  # no room to tune: the graph stays weak
     weak = dataclasses.replace(MemoryIndexConfig(), hnsw_m=4, hnsw_ef_construction=8, hnsw_ef_search=1)
     table = loaded(rows=4000, dim=64)
     with caplog.at_level(logging.WARNING, logger="engine.search.memory_index"):
         index = create_memory_index("hnsw", table, weak, tmp_path / "v3-hnsw4.faiss")
-    sample = np.random.default_rng(0).choice(4000, size=300, replace=False)  # the check's own seeded sample
+    sample = np.sort(np.random.default_rng(0).choice(4000, size=300, replace=False))  # the check's own seeded sample
     assert index.check.recall < MIN_RECALL
     assert index.check.recall == pytest.approx(brute_force_recall(index, table.vectors, sample, 10), abs=0.02)  # ties aside, the same figure
-    assert "hnsw_ef_search" in index.check.advice()
-    assert any("hnsw_ef_search" in r.getMessage() for r in caplog.records)
+    assert "hnsw_m" in index.check.advice()
+    assert any("hnsw_m" in r.getMessage() for r in caplog.records)
     strong = create_memory_index("hnsw", table, MemoryIndexConfig(), None)
     assert strong.check.recall > index.check.recall and strong.check.ok
+
+
+def test_the_check_raises_ef_search_until_recall_is_reached_and_a_reload_keeps_it(tmp_path):
+    weak = dataclasses.replace(MemoryIndexConfig(), hnsw_m=8, hnsw_ef_construction=32, hnsw_ef_search=1)
+    table = loaded(rows=4000, dim=64)
+    index = create_memory_index("hnsw", table, weak, tmp_path / "v3-hnsw8.faiss")
+    assert 1 < index.ef_search < 1024 and index.check.ef_search == index.ef_search and index.check.recall >= TUNE_RECALL
+    sample = np.sort(np.random.default_rng(0).choice(4000, size=300, replace=False))
+    assert brute_force_recall(index, table.vectors, sample, 10) >= MIN_RECALL
+    again = create_memory_index("hnsw", table, weak, tmp_path / "v3-hnsw8.faiss")  # loaded: the chosen efSearch with it
+    assert again.ef_search == index.ef_search and again.check == index.check
 
 
 def test_duplicate_rows_tie_instead_of_counting_as_misses():
