@@ -361,10 +361,11 @@ class MemoryIndex:
     def refresh(self, source: VectorSource) -> MemoryIndex | None:
         """This graph brought to ``source``'s version in place, or None when it should be rebuilt.
 
-        One streamed pass: rows whose id and vector the graph holds keep their node (their metadata is
-        updated: relabels, splits), new or changed rows are inserted, nodes of rows gone are masked. None when
-        the columns changed, when more than ``max_dead_share`` of the nodes would be masked, or when the
-        self-check afterwards falls below ``MIN_RECALL``. The caller must drop this object either way.
+        One streamed pass: rows whose id and vector the graph holds keep their node (their metadata is taken
+        anew: relabels, splits, new columns), new or changed rows are inserted, nodes of rows gone are masked.
+        Only this index's image ids are read, so a graph saved for an older table version can follow too. None
+        when more than ``max_dead_share`` of the nodes would be masked, or when the self-check afterwards falls
+        below ``MIN_RECALL`` at the largest efSearch. The caller must drop this object either way.
         """
         if self.kind not in GRAPHS:
             return None
@@ -372,11 +373,9 @@ class MemoryIndex:
         exact = ExactNeighbours(queries, SELF_CHECK_K)
         kept_positions, kept_metadata, added_metadata, added_vectors = [], [], [], []
         next_position = self.size
-        columns = self.metadata.columns
+        schema = None
         for metadata, vectors in source.batches(True):
-            if metadata.columns != columns:
-                logger.info("columns of %s changed (%s -> %s): rebuilding the graph", self.kind, columns, metadata.columns)
-                return None
+            schema = schema or metadata.schema
             found = self.positions_in_order(metadata["image_id"])
             matched = found >= 0
             same = np.zeros(len(found), bool)
@@ -404,7 +403,7 @@ class MemoryIndex:
         new_vectors = np.concatenate(added_vectors) if added_vectors else np.zeros((0, self.index.d), np.float32)
         reserve(self.index, self.size + len(new_vectors))
         _add(self.index, new_vectors)
-        metadata = _in_position_order(pl.concat([*kept_metadata, *added_metadata]), next_position, self.metadata.schema)
+        metadata = _in_position_order(pl.concat([*kept_metadata, *added_metadata]), next_position, schema)
         refreshed = MemoryIndex(self.kind, self.index, source.version, metadata, self.config, None if live.all() else live)
         refreshed.ef_search = self.ef_search
         refreshed.check = _tuned(refreshed, queries, exact)
@@ -456,7 +455,12 @@ def create_memory_index(kind: str, source: VectorSource, config: MemoryIndexConf
     """An index of ``kind`` over ``source``, loaded from ``cache_file`` when it holds this version's graph,
     else built (and saved there); its recall is checked either way. The error names the kinds."""
     factory = MEMORY_INDEXES.get(kind)
-    index = _load(kind, source, config, cache_file) if cache_file is not None and kind in GRAPHS else None
+    index = None
+    if cache_file is not None and kind in GRAPHS:
+        index = _load(kind, source, config, cache_file)
+        older = _load_older(kind, source.version, config, cache_file) if index is None else None
+        if older is not None:  # a graph saved for an earlier table version follows the writes since (no rebuild)
+            index = follow(older, source, cache_file)
     if index is None:
         index = _build(kind, factory, source, config, cache_file)
     if not index.check.ok:
@@ -623,6 +627,36 @@ def _load(kind: str, source: VectorSource, config: MemoryIndexConfig, cache_file
         index.check = self_check(index, source, tune=True)
         _write_atomically(check_file, lambda partial: partial.write_text(index.check.as_json()))
     logger.info("loaded %s graph %s (%d rows); recall@%d %.4f", kind, cache_file, index.rows, index.check.k, index.check.recall)
+    return index
+
+
+def _load_older(kind: str, version: int, config: MemoryIndexConfig, cache_file: Path) -> MemoryIndex | None:
+    """The newest graph of the same kind saved for an earlier table version, with its image ids only (what
+    :meth:`MemoryIndex.refresh` needs), or None."""
+    suffix = cache_file.name.split("-", 1)[1]  # <kind>-m<M>.faiss
+    saved = []
+    for path in cache_file.parent.glob(f"v*-{suffix}"):
+        match = re.match(r"^v(\d+)-", path.name)
+        if match and int(match.group(1)) < version:
+            saved.append((int(match.group(1)), path))
+    if not saved:
+        return None
+    older_version, path = max(saved)
+    ids_file, check_file = _companions(path)
+    try:
+        graph = faiss.read_index(str(path))
+        ids = pl.read_parquet(ids_file, columns=["image_id"])
+    except (RuntimeError, OSError, pl.exceptions.PolarsError) as exc:
+        logger.warning("ignoring saved graph %s: %s", path, exc)
+        return None
+    if graph.ntotal != ids.height:
+        return None
+    live = ids["image_id"].is_not_null().to_numpy()
+    index = MemoryIndex(kind, graph, older_version, ids, config, None if live.all() else live)
+    check = read_check(check_file) if check_file.exists() else None
+    if check is not None and check.ef_search:
+        index.ef_search = check.ef_search
+    logger.info("following the %s graph of table version %d to version %d", kind, older_version, version)
     return index
 
 

@@ -246,3 +246,21 @@ def test_a_low_disk_recall_is_reported_with_the_setting_to_raise(db):
     check = check_disk_index(table, index_folder(db, model), settings=((1, 1),))
     assert not check.ok and "refine_factor" in check.advice()
     assert Path(index_folder(db, model) / DISK_CHECK_FILE).exists()
+
+
+def test_a_new_process_follows_the_graph_saved_for_an_older_version_instead_of_rebuilding(seeded):
+    db, model, rows, vectors = seeded
+    Searcher(db, model, config("hnsw")).search_vectors(vectors[:2], k=5)  # builds and saves the graph of this version
+    table = db.embeddings(model)
+    table.delete("image_id < 'img000050'")
+    extra = synthetic_rows(30, LABELS, seed=9)
+    db.write_embedded(model, [dict(r, id=f"late{i}") for i, r in enumerate(extra)], clustered_vectors(30, DIM, clusters=8, seed=31))
+    later = Searcher(db, model, config("hnsw"))  # a new process: no graph in memory, none saved for this version
+    result = later.search_vectors(vectors[60:70], k=5)
+    memory = later.memory_index()
+    assert memory.dead == 50 and memory.rows == 580 and memory.size == 630  # followed: 50 masked, 30 inserted
+    assert memory.version == db.embeddings(model).version and memory.check.ok
+    assert (result["image_id"] >= "img000050").all()
+    folder = index_folder(db, model)
+    assert [p.name.split("-")[0] for p in folder.glob(f"*{GRAPH_SUFFIX}")] == [f"v{memory.version}"]  # the older graph went
+    assert Searcher(db, model, config("hnsw")).memory_index().dead == 50  # and the followed one loads as it is
