@@ -374,6 +374,7 @@ class MemoryIndex:
         kept_positions, kept_metadata, added_metadata, added_vectors = [], [], [], []
         next_position = self.size
         schema = None
+        changed = 0
         for metadata, vectors in source.batches(True):
             schema = schema or metadata.schema
             found = self.positions_in_order(metadata["image_id"])
@@ -382,6 +383,12 @@ class MemoryIndex:
             if matched.any():
                 stored = self.vectors_at(found[matched])
                 same[matched] = np.abs(stored - vectors[matched]).max(axis=1) <= self.tolerance
+            changed += int(matched.sum() - same.sum())
+            # stop early (before holding many new vectors) when a rebuild is due anyway: too many nodes would be
+            # masked (a version recomputed whole), or the table more than doubled
+            if changed > self.config.max_dead_share * self.size or next_position - self.size > self.size:
+                logger.info("%s graph: %d rows changed, %d new, of %d: rebuilding", self.kind, changed, next_position - self.size, self.size)
+                return None
             positions = np.empty(len(found), np.int64)
             positions[same] = found[same]
             fresh = np.flatnonzero(~same)
