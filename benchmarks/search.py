@@ -47,7 +47,8 @@ BLOCK_ROWS = 50_000  # rows generated, read and written at a time: bounded memor
 DERIVED_STEP = 0.3  # a real-derived row: a real embedding plus this much of the difference of two others
 REAL_CACHE = Path.home() / ".cache" / "lookalike" / "bench"
 RESULTS = Path(__file__).parent / "results"
-EF_SEARCHES = (128, 256, 512)  # FAISS graphs are measured at each, Lookalike's graph at the efSearch its check chose
+EF_SEARCHES = (128, 256, 512)
+IVF_SETTINGS = ((32, 20), (64, 100), (128, 200))  # FAISS IVF-PQ fast-scan: (nprobe, k_factor)  # FAISS graphs are measured at each, Lookalike's graph at the efSearch its check chose
 QUICK = {"rows": 2000, "dim": 64, "clusters": 20, "queries": 50, "single": 10, "filtered_queries": 50, "exact_rows": 1000}
 
 
@@ -322,16 +323,22 @@ def c_faiss_hnsw_sq8(ctx: Context) -> dict:
     return faiss_contender(index, ctx, train=True, setting=f"SQ8, M {config.hnsw_m}")
 
 
-def c_faiss_ivfpq_fastscan(ctx: Context) -> dict:
+def c_faiss_ivfpq_fastscan(ctx: Context) -> list[dict]:
     import faiss
 
     lists = max(16, int(np.sqrt(ctx.args.rows)))
     factory = f"IVF{lists},PQ{ctx.args.dim // 4}x4fs,RFlat"
     index = faiss.index_factory(ctx.args.dim, factory, faiss.METRIC_INNER_PRODUCT)
-    nprobe, k_factor = 32, 20
-    faiss.extract_index_ivf(index).nprobe = nprobe
-    faiss.downcast_index(index).k_factor = k_factor  # the refine stage re-scores k x k_factor candidates exactly
-    return faiss_contender(index, ctx, train=True, setting=f"{factory}, nprobe {nprobe}, k_factor {k_factor}")
+    started = time.perf_counter()
+    index.train(sample_rows(ctx.work, ctx.args.dim, ctx.args.rows, ctx.args.train_rows, seed=3))
+    build = time.perf_counter() - started + faiss_add_all(ctx, index)
+    disk = faiss_disk_bytes(ctx, index)
+    rows = []
+    for nprobe, k_factor in IVF_SETTINGS:  # probed lists, and candidates re-scored exactly (k x k_factor)
+        faiss.extract_index_ivf(index).nprobe = nprobe
+        faiss.downcast_index(index).k_factor = k_factor
+        rows.append(measure(ctx, lambda q: index.search(q, ctx.args.k)[1], build, disk, setting=f"{factory}, nprobe {nprobe}, k_factor {k_factor}"))
+    return rows
 
 
 def lance_contender(ctx: Context, index_config, settings: tuple[tuple[int, int], ...] | None) -> dict:  # noqa: ANN001

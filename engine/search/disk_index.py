@@ -60,7 +60,20 @@ def check_disk_index(table, folder: Path, settings: tuple[tuple[int, int], ...] 
     """Measure recall@10 of the table's LanceDB index for each setting, cheapest first, against an exact scan
     of a seeded sample of its rows; save and return the first that reaches ``MIN_RECALL`` (else the best)."""
     source = TableSource(table, table.version)
-    queries = sample_queries(source)
+
+    def neighbour_distances(rows: np.ndarray) -> np.ndarray:
+        first_nprobes, first_refine = settings[0]
+        found = pl.from_arrow(table.search(rows).distance_type(DISTANCE).limit(SELF_CHECK_K + 1).nprobes(first_nprobes)
+                              .refine_factor(first_refine).select(["_distance"]).to_arrow())
+        if "query_index" not in found.columns:
+            found = found.with_columns(pl.lit(0).alias("query_index"))
+        out = np.full((len(rows), SELF_CHECK_K + 1), np.nan, np.float32)
+        for (q,), group in found.group_by("query_index"):
+            distances = np.sort(group["_distance"].to_numpy())
+            out[q, : len(distances)] = distances
+        return out
+
+    queries = sample_queries(source, neighbour_distances)
     exact = ExactNeighbours(queries, SELF_CHECK_K)
     ids, filled = [], 0
     for metadata, vectors in source.batches(True):

@@ -12,7 +12,18 @@ import polars as pl
 import pytest
 
 from engine.search.config import MemoryIndexConfig, SearchConfig
-from engine.search.memory_index import CHECK_SUFFIX, MIN_RECALL, TUNE_RECALL, LoadedTable, MemoryIndex, create_memory_index, saved_checks, self_check
+from engine.search.memory_index import (
+    CHECK_SUFFIX,
+    MIN_RECALL,
+    TUNE_RECALL,
+    LoadedTable,
+    MemoryIndex,
+    _index_distances,
+    create_memory_index,
+    sample_queries,
+    saved_checks,
+    self_check,
+)
 from engine.search.searcher import Searcher
 from tests.search.test_search import seeded  # noqa: F401 - a fixture
 from tests.support.synthetic import clustered_vectors
@@ -24,8 +35,7 @@ def loaded(rows: int = 3000, dim: int = 32, seed: int = 0) -> LoadedTable:
     return LoadedTable(version=3, vectors=vectors, metadata=pl.DataFrame({"image_id": [f"{i:06d}" for i in range(rows)]}))
 
 
-def brute_force_recall(index: MemoryIndex, vectors: np.ndarray, sample: np.ndarray, k: int) -> float:
-    queries = vectors[sample]
+def brute_force_recall(index: MemoryIndex, vectors: np.ndarray, queries: np.ndarray, k: int) -> float:
     truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :k]
     found, _ = index.search(queries, k)
     return float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)]))
@@ -50,9 +60,9 @@ def test_low_recall_is_measured_like_brute_force_and_warns_with_the_setting(tmp_
     table = loaded(rows=4000, dim=64)
     with caplog.at_level(logging.WARNING, logger="engine.search.memory_index"):
         index = create_memory_index("hnsw", table, weak, tmp_path / "v3-hnsw4.faiss")
-    sample = np.sort(np.random.default_rng(0).choice(4000, size=300, replace=False))  # the check's own seeded sample
+    queries = sample_queries(table, _index_distances(index))  # the check's own seeded queries
     assert index.check.recall < MIN_RECALL
-    assert index.check.recall == pytest.approx(brute_force_recall(index, table.vectors, sample, 10), abs=0.02)  # ties aside, the same figure
+    assert index.check.recall == pytest.approx(brute_force_recall(index, table.vectors, queries, 10), abs=0.02)  # ties aside, the same figure
     assert "hnsw_m" in index.check.advice()
     assert any("hnsw_m" in r.getMessage() for r in caplog.records)
     strong = create_memory_index("hnsw", table, MemoryIndexConfig(), None)
@@ -64,8 +74,7 @@ def test_the_check_raises_ef_search_until_recall_is_reached_and_a_reload_keeps_i
     table = loaded(rows=4000, dim=64)
     index = create_memory_index("hnsw", table, weak, tmp_path / "v3-hnsw8.faiss")
     assert 1 < index.ef_search < 1024 and index.check.ef_search == index.ef_search and index.check.recall >= TUNE_RECALL
-    sample = np.sort(np.random.default_rng(0).choice(4000, size=300, replace=False))
-    assert brute_force_recall(index, table.vectors, sample, 10) >= MIN_RECALL
+    assert brute_force_recall(index, table.vectors, sample_queries(table, _index_distances(index)), 10) >= MIN_RECALL
     again = create_memory_index("hnsw", table, weak, tmp_path / "v3-hnsw8.faiss")  # loaded: the chosen efSearch with it
     assert again.ef_search == index.ef_search and again.check == index.check
 
