@@ -557,8 +557,17 @@ def write_results(args: argparse.Namespace, rows: list[dict], filtered: list[dic
     name = "quick" if args.quick else (f"{args.rows}" if args.data == "clustered" else f"real_{args.rows}")
     out = args.out or RESULTS / f"search_{name}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
+    filtered_out = out.with_name(out.stem + "_filtered.csv")
+    if args.keep_other_rows:  # rows of contenders this run did not measure stay in the files
+        labels = [CONTENDERS[n][0] for n in args.contenders.split(",") if n]
+        for path, new in ((out, frame), (filtered_out, filtered_frame)):
+            if path.exists() and path.stat().st_size:
+                old = pl.read_csv(path).filter(~pl.col("contender").is_in(labels))
+                new = pl.concat([old, new], how="diagonal_relaxed") if new.height else old
+                new.write_csv(path)
+        return pl.read_csv(out), pl.read_csv(filtered_out) if filtered_out.stat().st_size else filtered_frame
     frame.write_csv(out)
-    filtered_frame.write_csv(out.with_name(out.stem + "_filtered.csv"))
+    filtered_frame.write_csv(filtered_out)
     return frame, filtered_frame
 
 
@@ -577,6 +586,7 @@ def main(argv: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     parser.add_argument("--exact-rows", type=int, default=None, help="MemoryIndexConfig.exact_rows (--quick: 1000, so the policy builds a graph)")
     parser.add_argument("--disk-filtered", action="store_true", help="also run the filters on the on-disk path (slow at 1M)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated, in order; of {list(CONTENDERS)}")
+    parser.add_argument("--keep-other-rows", action="store_true", help="keep the result rows of contenders not run now")
     parser.add_argument("--work", type=Path, default=None, help="where data, exact answers and the database are kept (reused)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="2,000 rows x 64, 50 queries: checks that everything runs")

@@ -23,7 +23,7 @@ from engine.search.memory_index import (
     RecallCheck,
     TableSource,
     read_check,
-    sample_queries,
+    sample_offsets,
     write_check,
 )
 from engine.storage.index import DISTANCE, index_type
@@ -57,41 +57,37 @@ def disk_setting(check: RecallCheck | None) -> tuple[int, int]:
 
 
 def check_disk_index(table, folder: Path, settings: tuple[tuple[int, int], ...] = SETTINGS) -> RecallCheck:  # noqa: ANN001 - a LanceDB table
-    """Measure recall@10 of the table's LanceDB index for each setting, cheapest first, against an exact scan
-    of a seeded sample of its rows; save and return the first that reaches ``MIN_RECALL`` (else the best)."""
+    """Measure recall@10 of the table's LanceDB index for each setting, cheapest first, against an exact scan,
+    for a seeded sample of its rows as queries (each left out of both answers); save and return the first setting
+    that reaches ``MIN_RECALL`` (else the best)."""
     source = TableSource(table, table.version)
-
-    def neighbour_distances(rows: np.ndarray) -> np.ndarray:
-        first_nprobes, first_refine = settings[0]
-        found = pl.from_arrow(table.search(rows).distance_type(DISTANCE).limit(SELF_CHECK_K + 1).nprobes(first_nprobes)
-                              .refine_factor(first_refine).select(["_distance"]).to_arrow())
-        if "query_index" not in found.columns:
-            found = found.with_columns(pl.lit(0).alias("query_index"))
-        out = np.full((len(rows), SELF_CHECK_K + 1), np.nan, np.float32)
-        for (q,), group in found.group_by("query_index"):
-            distances = np.sort(group["_distance"].to_numpy())
-            out[q, : len(distances)] = distances
-        return out
-
-    queries = sample_queries(source, neighbour_distances)
-    exact = ExactNeighbours(queries, SELF_CHECK_K)
+    offsets = sample_offsets(source.count())
+    query_ids, queries = source.take(offsets)
+    exact = ExactNeighbours(queries, SELF_CHECK_K + 1)  # each query's own row comes first: it is dropped below
     ids, filled = [], 0
     for metadata, vectors in source.batches(True):
         exact.add(vectors, np.arange(filled, filled + len(vectors)))
         ids.append(metadata["image_id"])
         filled += len(vectors)
     every_id = pl.concat(ids).to_numpy()
-    k = min(SELF_CHECK_K, filled)
-    truth = [set(every_id[row[row >= 0]].tolist()) for row in exact.positions[:, :k]]
-    kth = exact.similarities[:, k - 1] if k else np.zeros(len(queries), np.float32)
+    k = min(SELF_CHECK_K, filled - 1)
+    truth, kth = [], np.zeros(len(queries), np.float32)
+    for q, own in enumerate(query_ids):
+        others = [(p, s) for p, s in zip(exact.positions[q], exact.similarities[q]) if p >= 0 and every_id[p] != own][:k]
+        truth.append({every_id[p] for p, _ in others})
+        kth[q] = others[-1][1] if others else 1.0
     kind = f"lancedb {index_type(table) or 'flat'}"
     best: RecallCheck | None = None
     for nprobes, refine in settings:
-        found = (table.search(queries).distance_type(DISTANCE).limit(k).nprobes(nprobes).refine_factor(refine)
+        # each query is a row of the index: one more result, its own row dropped, as if it were not there
+        found = (table.search(queries).distance_type(DISTANCE).limit(k + 1).nprobes(nprobes).refine_factor(refine)
                  .select(["image_id", "_distance"]).to_arrow())
         frame = pl.from_arrow(found)
         if "query_index" not in frame.columns:
             frame = frame.with_columns(pl.lit(0).alias("query_index"))
+        own = pl.DataFrame({"query_index": np.arange(len(query_ids), dtype=np.int32), "own": query_ids}).cast({"query_index": frame["query_index"].dtype})
+        frame = (frame.join(own, on="query_index").filter(pl.col("image_id") != pl.col("own")).sort("query_index", "_distance")
+                 .group_by("query_index", maintain_order=True).head(k))
         hits = 0
         for q, group in frame.group_by("query_index"):
             similarities = 1.0 - group["_distance"].to_numpy()

@@ -26,6 +26,7 @@ exact index records 1.0 without a scan and writes nothing, so searching a small 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -48,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 
 SELF_CHECK_QUERIES = 300  # sampled rows used as queries: a few hundred give recall to about +-0.01
+CHECK_SHARE = 10  # ... at most a tenth of a small table's rows
+MIN_CHECK_QUERIES = 50  # a graph that followed fewer new rows than this keeps its last check (too few queries to measure)
 SELF_CHECK_K = 10
 SELF_CHECK_SEED = 0
 MIN_RECALL = 0.95  # below this a check warns, naming the setting that raises recall
@@ -135,8 +138,8 @@ class VectorSource(Protocol):
     def count(self) -> int:
         """Rows in this version."""
 
-    def take(self, offsets: np.ndarray) -> np.ndarray:
-        """Normalised vectors of the rows at ``offsets`` (positions in scan order), in that order."""
+    def take(self, offsets: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Image ids and normalised vectors of the rows at ``offsets`` (sorted positions in scan order)."""
 
     def batches(self, with_vectors: bool = True) -> Iterator[tuple[pl.DataFrame, np.ndarray | None]]:
         """Every row in scan order: (the columns but ``vector``, normalised float32 vectors or None)."""
@@ -157,8 +160,8 @@ class LoadedTable:
     def count(self) -> int:
         return len(self.vectors)
 
-    def take(self, offsets: np.ndarray) -> np.ndarray:
-        return _normalised(self.vectors[offsets])
+    def take(self, offsets: np.ndarray) -> tuple[list[str], np.ndarray]:
+        return self.metadata["image_id"].gather(offsets).to_list(), _normalised(self.vectors[offsets])
 
     def batches(self, with_vectors: bool = True) -> Iterator[tuple[pl.DataFrame, np.ndarray | None]]:
         for start in range(0, max(len(self.vectors), 1), STREAM_BATCH_ROWS):
@@ -177,12 +180,12 @@ class TableSource:
     def count(self) -> int:
         return self.table.count_rows()
 
-    def take(self, offsets: np.ndarray) -> np.ndarray:
+    def take(self, offsets: np.ndarray) -> tuple[list[str], np.ndarray]:
         if len(offsets) == 0:
-            return np.zeros((0, self.dim), np.float32)
-        # in offset order (the order of queries does not matter); fewer when rows went since the count
-        found = self.table.take_offsets([int(o) for o in np.sort(offsets)]).select(["vector"]).to_arrow()
-        return _normalised(_block(found.column("vector"), self.dim))
+            return [], np.zeros((0, self.dim), np.float32)
+        # fewer when rows went since the count (the order of queries does not matter)
+        found = self.table.take_offsets([int(o) for o in offsets]).select(["image_id", "vector"]).to_arrow()
+        return found.column("image_id").to_pylist(), _normalised(_block(found.column("vector"), self.dim))
 
     def batches(self, with_vectors: bool = True) -> Iterator[tuple[pl.DataFrame, np.ndarray | None]]:
         columns = [name for name in self.table.schema.names if with_vectors or name != "vector"]
@@ -362,22 +365,32 @@ class MemoryIndex:
     def refresh(self, source: VectorSource) -> MemoryIndex | None:
         """This graph brought to ``source``'s version in place, or None when it should be rebuilt.
 
-        One streamed pass: rows whose id and vector the graph holds keep their node (their metadata is taken
-        anew: relabels, splits, new columns), new or changed rows are inserted, nodes of rows gone are masked.
-        Only this index's image ids are read, so a graph saved for an older table version can follow too. None
-        when more than ``max_dead_share`` of the nodes would be masked, or when the self-check afterwards falls
-        below ``MIN_RECALL`` at the largest efSearch. The caller must drop this object either way.
+        A pass over the ids (no vectors) finds the rows the graph lacks; a seeded sample of them is held out as
+        the check's queries (:class:`HeldOut`). Then one streamed pass: rows whose id and vector the graph holds
+        keep their node (their metadata is taken anew: relabels, splits, new columns), new or changed rows are
+        inserted, nodes of rows gone are masked. With fewer than ``MIN_CHECK_QUERIES`` new rows the graph's
+        last check is carried over. Only this index's image ids are read, so a graph saved for an older table
+        version can follow too. None when more than ``max_dead_share`` of the nodes would be masked, when the
+        table more than doubled, or when the check falls below ``MIN_RECALL`` at the largest efSearch. The caller
+        must drop this object either way.
         """
         if self.kind not in GRAPHS:
             return None
-        queries = sample_queries(source, _index_distances(self))
-        exact = ExactNeighbours(queries, SELF_CHECK_K)
+        new_offsets, scanned = [], 0
+        for metadata, _ in source.batches(False):
+            new_offsets.append(scanned + np.flatnonzero(self.positions_in_order(metadata["image_id"]) < 0))
+            scanned += metadata.height
+        new_offsets = np.concatenate(new_offsets) if new_offsets else np.zeros(0, np.int64)
+        if len(new_offsets) > self.size:
+            logger.info("%s graph: %d new rows for %d nodes: rebuilding", self.kind, len(new_offsets), self.size)
+            return None
+        held = HeldOut(source, sample_offsets(scanned, new_offsets) if len(new_offsets) >= MIN_CHECK_QUERIES else np.zeros(0, np.int64))
         kept_positions, kept_metadata, added_metadata, added_vectors = [], [], [], []
-        next_position = self.size
-        schema = None
-        changed = 0
+        next_position, scanned, changed, schema = self.size, 0, 0, None
         for metadata, vectors in source.batches(True):
             schema = schema or metadata.schema
+            metadata, vectors, out = held.split(scanned, metadata, vectors)
+            scanned += len(out)
             found = self.positions_in_order(metadata["image_id"])
             matched = found >= 0
             same = np.zeros(len(found), bool)
@@ -385,17 +398,15 @@ class MemoryIndex:
                 stored = self.vectors_at(found[matched])
                 same[matched] = np.abs(stored - vectors[matched]).max(axis=1) <= self.tolerance
             changed += int(matched.sum() - same.sum())
-            # stop early (before holding many new vectors) when a rebuild is due anyway: too many nodes would be
-            # masked (a version recomputed whole), or the table more than doubled
-            if changed > self.config.max_dead_share * self.size or next_position - self.size > self.size:
-                logger.info("%s graph: %d rows changed, %d new, of %d: rebuilding", self.kind, changed, next_position - self.size, self.size)
+            if changed > self.config.max_dead_share * self.size:  # a version recomputed whole: stop before holding its vectors
+                logger.info("%s graph: %d of %d rows changed: rebuilding", self.kind, changed, self.size)
                 return None
             positions = np.empty(len(found), np.int64)
             positions[same] = found[same]
             fresh = np.flatnonzero(~same)
             positions[fresh] = np.arange(next_position, next_position + len(fresh))
             next_position += len(fresh)
-            exact.add(vectors, positions)
+            held.exact.add(vectors, positions)
             kept_positions.append(found[same])
             kept_metadata.append(metadata.filter(pl.Series(same)).with_columns(pl.Series("position", found[same], pl.Int64)))
             added_metadata.append(metadata[fresh].with_columns(pl.Series("position", positions[fresh], pl.Int64)))
@@ -404,19 +415,19 @@ class MemoryIndex:
         kept = np.concatenate(kept_positions) if kept_positions else np.zeros(0, np.int64)
         live[kept] = True
         live[self.size :] = True
-        dead_share = 1.0 - live.sum() / max(len(live), 1)
+        dead_share = 1.0 - (live.sum() + len(held)) / max(len(live) + len(held), 1)
         if dead_share > self.config.max_dead_share:
             logger.info("%s graph: %.0f%% of its nodes would be masked (> %.0f%%): rebuilding", self.kind, 100 * dead_share, 100 * self.config.max_dead_share)
             return None
         new_vectors = np.concatenate(added_vectors) if added_vectors else np.zeros((0, self.index.d), np.float32)
-        reserve(self.index, self.size + len(new_vectors))
+        reserve(self.index, self.size + len(new_vectors) + len(held))
         _add(self.index, new_vectors)
         metadata = _in_position_order(pl.concat([*kept_metadata, *added_metadata]), next_position, schema)
         refreshed = MemoryIndex(self.kind, self.index, source.version, metadata, self.config, None if live.all() else live)
         refreshed.ef_search = self.ef_search
-        refreshed.check = _tuned(refreshed, queries, exact)
+        refreshed = held.check_then_insert(refreshed, previous=self.check)
         logger.info("%s graph followed table version %d -> %d in place: %d kept, %d inserted, %d masked; self-check recall@%d %.4f",
-                    self.kind, self.version, source.version, len(kept), len(new_vectors), refreshed.dead, refreshed.check.k, refreshed.check.recall)
+                    self.kind, self.version, source.version, len(kept), len(new_vectors) + len(held), refreshed.dead, refreshed.check.k, refreshed.check.recall)
         if not refreshed.check.ok:
             logger.info("%s graph: recall fell to %.4f after following the table: rebuilding", self.kind, refreshed.check.recall)
             return None
@@ -478,11 +489,17 @@ def create_memory_index(kind: str, source: VectorSource, config: MemoryIndexConf
 
 def _build(kind: str, factory: Factory, source: VectorSource, config: MemoryIndexConfig, cache_file: Path | None) -> MemoryIndex:
     index = factory(source.dim, config)
-    reserve(index, source.count())
-    if kind in GRAPHS:
-        logger.info("building a %s graph over %d rows", kind, source.count())
-    metadata_parts, pending, filled = [], [], 0
+    count = source.count()
+    reserve(index, count)
+    graph = kind in GRAPHS
+    if graph:
+        logger.info("building a %s graph over %d rows", kind, count)
+    held = HeldOut(source, sample_offsets(count) if graph else np.zeros(0, np.int64))
+    metadata_parts, pending, scanned, filled = [], [], 0, 0
     for metadata, vectors in source.batches(True):
+        metadata, vectors, out = held.split(scanned, metadata, vectors)
+        scanned += len(out)
+        held.exact.add(vectors, np.arange(filled, filled + len(vectors)))
         metadata_parts.append(metadata)
         pending.append(vectors)
         filled += len(vectors)
@@ -491,11 +508,11 @@ def _build(kind: str, factory: Factory, source: VectorSource, config: MemoryInde
             pending = []
     _add(index, np.concatenate(pending) if pending else np.zeros((0, source.dim), np.float32))
     built = MemoryIndex(kind, index, source.version, pl.concat(metadata_parts).rechunk(), config)
-    if kind not in GRAPHS:
+    if not graph:
         # exact by construction: measuring it would scan the table twice on the first search after every write
         built.check = RecallCheck(kind=kind, version=source.version, rows=built.rows, queries=0, k=SELF_CHECK_K, recall=1.0, setting="exact")
         return built
-    built.check = self_check(built, source, tune=True)  # a second pass: its queries are found with the graph
+    built = held.check_then_insert(built)
     logger.info("%s graph of version %d: self-check recall@%d %.4f", kind, source.version, built.check.k, built.check.recall)
     if cache_file is not None:
         save(built, cache_file)
@@ -527,55 +544,85 @@ def _add(index: faiss.Index, vectors: np.ndarray) -> None:
         index.add(np.ascontiguousarray(vectors[start : start + ADD_CHUNK_ROWS]))
 
 
-def sample_queries(source: VectorSource, neighbour_distances: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """The self-check's queries: a seeded sample of rows, each moved off its own node in a random direction by
-    the distance to its nearest other row (``neighbour_distances``: cosine distances of each row's nearest
-    rows, itself first, as the index finds them). A row of the table as its own query is found too easily (at
-    1M rows, 0.97 for a graph that found 0.936 of outside queries' neighbours); a point in its neighbourhood
-    is what a user's new image is."""
-    count = source.count()
-    offsets = np.sort(np.random.default_rng(SELF_CHECK_SEED).choice(count, size=min(SELF_CHECK_QUERIES, count), replace=False))
-    rows = source.take(offsets)
-    if len(rows) == 0:
-        return rows
-    distances = np.asarray(neighbour_distances(rows), dtype=np.float32)
-    # the nearest other row (the first is the row itself): a query that far from its nearest row is as far as a
-    # new row of the same distribution would be (a table of one row: the row itself)
-    nearest = np.nan_to_num(distances[:, 1], nan=0.0, posinf=0.0) if distances.shape[1] > 1 else np.zeros(len(rows), np.float32)
-    chord = np.sqrt(np.clip(2.0 * nearest, 0.0, 4.0))  # |a - b| of unit vectors at cosine distance d
-    direction = np.random.default_rng(SELF_CHECK_SEED + 1).normal(size=rows.shape).astype(np.float32)
-    direction -= np.sum(direction * rows, axis=1, keepdims=True) * rows  # orthogonal to the row: a move, not a rescale
-    direction /= np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), np.finfo(np.float32).tiny)
-    return _normalised(rows + chord[:, None] * direction)
+def check_queries(rows: int) -> int:
+    """How many rows a check holds out as queries: SELF_CHECK_QUERIES, at most a tenth of the table."""
+    return min(SELF_CHECK_QUERIES, rows // CHECK_SHARE)
 
 
-def _index_distances(index: MemoryIndex) -> Callable[[np.ndarray], np.ndarray]:
-    """Cosine distances of each row's nearest rows as ``index`` finds them (for :func:`sample_queries`)."""
+def sample_offsets(rows: int, within: np.ndarray | None = None) -> np.ndarray:
+    """The seeded, sorted scan offsets a check holds out (among the offsets ``within`` when given)."""
+    pool = np.arange(rows) if within is None else within
+    size = check_queries(rows) if within is None else min(SELF_CHECK_QUERIES, len(pool))
+    if size == 0:
+        return np.zeros(0, np.int64)
+    return np.sort(np.random.default_rng(SELF_CHECK_SEED).choice(pool, size=size, replace=False))
 
-    def distances(rows: np.ndarray) -> np.ndarray:
-        positions, found = index.search(rows, SELF_CHECK_K + 1)
-        return np.where(positions >= 0, found, np.nan)
 
-    return distances
+class HeldOut:
+    """Rows kept out of a graph until its check has used them as queries.
+
+    A graph's recall is measured with queries it does not hold: rows of the table as their own queries sit on a
+    node linked to their nearest neighbours and are found too easily (1M x 1280: 0.97 where 1,000 outside
+    queries found 0.936), and rows moved off their node read far too low (LanceDB IVF-PQ at 1M: 0.18 for 0.49).
+    So a seeded sample of the rows being inserted is read first (their vectors are the queries), left out while
+    the graph is built and the exact neighbours among the other rows accumulate, measured against, then inserted.
+    """
+
+    def __init__(self, source: VectorSource, offsets: np.ndarray) -> None:
+        self.offsets = offsets
+        self.ids, self.queries = source.take(offsets)
+        self.exact = ExactNeighbours(self.queries, SELF_CHECK_K)
+        self.metadata: list[pl.DataFrame] = []
+        self.vectors: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def split(self, start: int, metadata: pl.DataFrame, vectors: np.ndarray) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
+        """The rows of a streamed batch (its first row at scan offset ``start``) that go in now, and the mask of the
+        batch's rows held out (kept here)."""
+        out = np.isin(np.arange(start, start + len(vectors)), self.offsets)
+        if out.any():
+            self.metadata.append(metadata.filter(pl.Series(out)))
+            self.vectors.append(vectors[out])
+            metadata, vectors = metadata.filter(pl.Series(~out)), vectors[~out]
+        return metadata, vectors, out
+
+    def check_then_insert(self, index: MemoryIndex, previous: RecallCheck | None = None) -> MemoryIndex:
+        """Measure ``index`` (raising a graph's efSearch as needed), then insert the held rows; the result is a new
+        MemoryIndex over the same FAISS object. With no rows held, ``previous`` is carried over."""
+        if len(self):
+            check = _tuned(index, self.queries, self.exact)
+        else:
+            check = previous or RecallCheck(kind=index.kind, version=index.version, rows=index.rows, queries=0, k=SELF_CHECK_K, recall=1.0)
+        vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, index.index.d), np.float32)
+        _add(index.index, vectors)
+        metadata = pl.concat([index.metadata, *self.metadata], how="vertical_relaxed") if self.metadata else index.metadata
+        live = None if index.live is None else np.concatenate([index.live, np.ones(len(vectors), bool)])
+        done = MemoryIndex(index.kind, index.index, index.version, metadata.rechunk(), index.config, live)
+        done.ef_search = index.ef_search
+        done.check = dataclasses.replace(check, version=index.version, rows=done.rows)
+        return done
 
 
-def _tuned(index: MemoryIndex, queries: np.ndarray, exact: ExactNeighbours) -> RecallCheck:
+def _tuned(index: MemoryIndex, queries: np.ndarray, exact: ExactNeighbours, allowed: np.ndarray | None = None) -> RecallCheck:
     """The self-check of a graph, its efSearch doubled until recall reaches ``TUNE_RECALL`` (or ``MAX_EF_SEARCH``)."""
-    check = _measure(index, queries, exact)
+    check = _measure(index, queries, exact, allowed)
     while check.recall < TUNE_RECALL and index.ef_search < MAX_EF_SEARCH:
         index.ef_search = min(MAX_EF_SEARCH, 2 * index.ef_search)
-        check = _measure(index, queries, exact)
+        check = _measure(index, queries, exact, allowed)
     return check
 
 
-def _measure(index: MemoryIndex, queries: np.ndarray, exact: ExactNeighbours) -> RecallCheck:
-    """Recall@k of ``index`` for ``queries`` against the exact neighbours streamed past ``exact``."""
+def _measure(index: MemoryIndex, queries: np.ndarray, exact: ExactNeighbours, allowed: np.ndarray | None = None) -> RecallCheck:
+    """Recall@k of ``index`` (over the ``allowed`` positions only, when given) for ``queries`` against the exact
+    neighbours streamed past ``exact``."""
     setting = f"efSearch {index.ef_search}, M {index.config.hnsw_m}"
     k = min(exact.k, index.rows)
     if k == 0 or len(queries) == 0:
         return RecallCheck(kind=index.kind, version=index.version, rows=index.rows, queries=0, k=SELF_CHECK_K, recall=1.0, setting=setting,
                            ef_search=index.ef_search)
-    positions, _ = index.search(queries, k)
+    positions, _ = index.search(queries, k, allowed, exact_rows=0)
     found_similarities = np.einsum("qd,qkd->qk", queries, index.vectors_at(np.where(positions >= 0, positions, 0).ravel()).reshape(*positions.shape, -1))
     kth = exact.similarities[:, k - 1 : k]
     exact_sets = exact.positions[:, :k]
@@ -585,13 +632,21 @@ def _measure(index: MemoryIndex, queries: np.ndarray, exact: ExactNeighbours) ->
 
 
 def self_check(index: MemoryIndex, source: VectorSource, tune: bool = False) -> RecallCheck:
-    """Recall@k of ``index`` against an exact scan of ``source`` (the table version it was built from); with
-    ``tune``, a graph's efSearch is raised first until recall reaches ``TUNE_RECALL``."""
-    queries = sample_queries(source, _index_distances(index))
+    """Recall@k of ``index`` (holding every row of ``source``, the version it was built from) against an exact
+    scan, for a seeded sample of its own rows as queries, each left out of both answers: for a graph loaded
+    without its saved check (it reads higher than held-out rows do, see :class:`HeldOut`). With ``tune``, a
+    graph's efSearch is raised first until recall reaches ``TUNE_RECALL``."""
+    offsets = sample_offsets(source.count())
+    ids, queries = source.take(offsets)
     exact = ExactNeighbours(queries, SELF_CHECK_K)
+    scanned = 0
     for metadata, vectors in source.batches(True):
-        exact.add(vectors, index.positions_in_order(metadata["image_id"]))
-    return _tuned(index, queries, exact) if tune else _measure(index, queries, exact)
+        keep = ~np.isin(np.arange(scanned, scanned + len(vectors)), offsets)
+        scanned += len(vectors)
+        exact.add(vectors[keep], index.positions_in_order(metadata["image_id"].filter(pl.Series(keep))))
+    live = index.live if index.live is not None else np.ones(index.size, bool)
+    allowed = np.setdiff1d(np.flatnonzero(live), index.positions_of(ids))
+    return _tuned(index, queries, exact, allowed) if tune else _measure(index, queries, exact, allowed)
 
 
 def live_positions(metadata: pl.DataFrame) -> pl.DataFrame:
