@@ -204,4 +204,4 @@ def test_search_warns_when_the_index_self_check_is_low_and_info_never_builds_one
     monkeypatch.setattr("engine.search.memory_index.MIN_RECALL", 1.01)  # as if the index had missed neighbours
     assert main(["search", query, "--db", split_db, "-k", "2"]) == 0
     err = capsys.readouterr().err
-    assert err.count("warning:") == 1 and "hnsw_ef_search" in err
+    assert err.count("warning:") == 1 and "hnsw_m" in err
