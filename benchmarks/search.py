@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import platform
@@ -490,6 +491,7 @@ def c_lookalike_append(ctx: Context) -> dict:
     followed = before is not None and after is not None and after.index is before.index
     in_place_check = after.check.recall if after else None
     del searcher, before, after
+    gc.collect()  # the first graph goes before the next command's loads: one graph at a time, as two processes would
     db.write_embedded(model, bench_rows(0, appended, prefix="m"), np.concatenate(list(blocks_for(ctx.args, appended, seed=8))))
     fresh = lookalike_searcher(ctx)
     started = time.perf_counter()
