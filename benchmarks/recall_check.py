@@ -16,10 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search import clustered  # noqa: E402 - the benchmark's own generator
+from search import clustered_blocks  # noqa: E402 - the benchmark's own generator
 
 from engine.search.config import MemoryIndexConfig  # noqa: E402
 from engine.search.memory_index import LoadedTable, create_memory_index, list_memory_indexes, self_check  # noqa: E402
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
     args = parser.parse_args(argv)
     if args.quick:
         args.rows, args.dim, args.clusters = 5000, 64, 20
-    vectors, _ = clustered(args.rows, args.dim, args.clusters, seed=0)
+    vectors = np.concatenate(list(clustered_blocks(args.rows, args.dim, args.clusters, seed=0)))
     table = LoadedTable(version=1, vectors=vectors, metadata=pl.DataFrame({"image_id": [str(i) for i in range(args.rows)]}))
     rows = []
     for kind in list_memory_indexes():

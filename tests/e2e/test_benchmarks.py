@@ -15,6 +15,7 @@ import cli_startup  # noqa: E402
 import decode_memory  # noqa: E402
 import ingest_pipeline  # noqa: E402
 import query_latency  # noqa: E402
+import recall_check  # noqa: E402
 import search as search_benchmark  # noqa: E402
 
 
@@ -34,6 +35,11 @@ def test_search_benchmark_quick(tmp_path):
     assert set(filtered["queries_with_k_results"]) == {"50/50"}
     assert (filtered["recall@10"] >= 0.95).all()
     assert (tmp_path / "search.csv").exists() and (tmp_path / "search_filtered.csv").exists()
+
+
+def test_recall_check_benchmark_quick():
+    frame = recall_check.main(["--quick"])
+    assert set(frame["index"]) == {"flat", "hnsw", "hnsw_fp16"} and (frame["recall@10"] >= 0.95).all()
 
 
 @pytest.mark.slow
