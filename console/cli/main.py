@@ -346,7 +346,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.format == "table" and args.out is None:
         print(f"database {db.uri}")
     show_rows(args, frames, empty="an empty database: run lookalike ingest FOLDER",
-              views={"models": ("id", "kind", "architecture", "dim", "created_at"), "coverage": ("model_id", "status", "rows", "missing", "extra", "changed", "reason")})
+              views={"models": ("id", "kind", "architecture", "dim", "created_at"), "coverage": ("model_id", "status", "rows", "missing", "extra", "changed", "reason"),
+                     "indexes": ("model_id", "index", "rows", "recall", "setting", "ok")})
     return 0
 
 

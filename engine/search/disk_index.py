@@ -92,9 +92,9 @@ def check_disk_index(table, folder: Path, settings: tuple[tuple[int, int], ...] 
         for q, group in frame.group_by("query_index"):
             similarities = 1.0 - group["_distance"].to_numpy()
             hits += sum(i in truth[q[0]] or s >= kth[q[0]] - TIE_TOLERANCE for i, s in zip(group["image_id"].to_list(), similarities))
-        recall = round(hits / max(len(queries) * k, 1), 4)
+        recall = round(float(hits) / max(len(queries) * k, 1), 4)
         check = RecallCheck(kind=kind, version=int(table.version), rows=filled, queries=len(queries), k=k, recall=recall,
-                            setting=f"nprobes {nprobes}, refine_factor {refine}", nprobes=nprobes, refine_factor=refine)
+                            setting=f"nprobes {nprobes}, refine {refine}", nprobes=nprobes, refine_factor=refine)
         logger.info("%s index, %s: recall@%d %.4f", kind, check.setting, k, recall)
         if best is None or recall > best.recall:
             best = check

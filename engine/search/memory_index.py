@@ -626,7 +626,7 @@ def _tuned(index: MemoryIndex, queries: np.ndarray, exact: ExactNeighbours, allo
 def _measure(index: MemoryIndex, queries: np.ndarray, exact: ExactNeighbours, allowed: np.ndarray | None = None) -> RecallCheck:
     """Recall@k of ``index`` (over the ``allowed`` positions only, when given) for ``queries`` against the exact
     neighbours streamed past ``exact``."""
-    setting = f"efSearch {index.ef_search}, M {index.config.hnsw_m}"
+    setting = f"M {index.config.hnsw_m}, efSearch {index.ef_search}"
     k = min(exact.k, index.rows)
     if k == 0 or len(queries) == 0:
         return RecallCheck(kind=index.kind, version=index.version, rows=index.rows, queries=0, k=SELF_CHECK_K, recall=1.0, setting=setting,
