@@ -93,6 +93,15 @@ def index_checks_frame(db: Database) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def index_recall_frame(db: Database) -> pl.DataFrame:
+    """model_id -> index_recall: each version's last checked recall@10, its in-memory graph's before LanceDB's."""
+    checks = index_checks_frame(db)
+    if checks.height == 0:
+        return pl.DataFrame(schema={"model_id": pl.String, "index_recall": pl.Float64})
+    preferred = checks.sort(pl.col("index").str.starts_with("lancedb"), maintain_order=True).unique("model_id", keep="first", maintain_order=True)
+    return preferred.select("model_id", pl.col("recall").alias("index_recall"))
+
+
 def _tabular(frame: pl.DataFrame, format_name: str) -> pl.DataFrame:
     """CSV holds no lists: list columns become JSON text."""
     if format_name != "csv":

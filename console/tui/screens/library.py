@@ -13,7 +13,7 @@ from textual.validation import Function
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, ProgressBar, Static
 
 from console.service.catalogue import IngestRequest, ingest
-from console.service.data import coverage_frame, index_checks_frame
+from console.service.data import coverage_frame, index_recall_frame
 from console.tui.screens.base import ConsoleScreen
 from console.tui.widgets import fill_table
 from engine.core.progress import Progress
@@ -55,10 +55,9 @@ def read_library(db: Database) -> LibrarySnapshot:
         coverage = coverage_frame(db).select("model_id", "status", "rows", "missing").rename({"model_id": "id"})
         models = models.with_columns((pl.col("id") == active).alias("active")).join(coverage, on="id", how="left").select(
             "id", "active", "status", "rows", "missing", "parent", "dim")
-        checks = index_checks_frame(db)
-        if checks.height:  # the recall check of each version's index (its in-memory graph's, else LanceDB's), once one was built
-            preferred = checks.sort(pl.col("index").str.starts_with("lancedb"), maintain_order=True).unique("model_id", keep="first", maintain_order=True)
-            models = models.join(preferred.select(pl.col("model_id").alias("id"), pl.col("recall").alias("index recall")), on="id", how="left")
+        recall = index_recall_frame(db)
+        if recall.height:  # the recall check of each version's index, once one was built
+            models = models.join(recall.select(pl.col("model_id").alias("id"), pl.col("index_recall").alias("index recall")), on="id", how="left")
     errors = db.errors_frame()
     return LibrarySnapshot(db.summary(), counts, models, recent, errors)  # counted last: the reads above may create tables
 
