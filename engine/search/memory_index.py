@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from engine.core.registry import Registry
 from engine.search.config import MemoryIndexConfig
-from engine.search.policy import GRAPHS
+from engine.search.policy import APPROXIMATE, GRAPHS
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,9 @@ FP16_TOLERANCE = 2.0**-11
 # float32 one (1280-d: components near 0.03, rounding 2^-17 each). A bound for the worst case (5e-4) counted
 # near-misses among 1M clustered rows as found: the check read 0.959 where outside queries found 0.919.
 FP16_TIE_TOLERANCE = 3e-5
+IVF_TRAIN_ROWS = 100_000  # rows an IVF's lists and PQ codebooks are trained on (k-means wants ~40 a list)
+# (nprobe, k_factor) of an IVF from the cheapest up: its check keeps the first that reaches TUNE_RECALL
+IVF_SETTINGS = ((16, 10), (32, 20), (64, 50), (128, 100), (256, 200))
 ADD_CHUNK_ROWS = 20_000  # rows inserted into a graph per FAISS call (FAISS parallelises within a call)
 STREAM_BATCH_ROWS = 50_000  # rows per batch of an in-memory source
 # rows per batch of a LanceDB scan: LanceDB's default batches (~1k rows) made it read ahead of a slower consumer
@@ -94,8 +97,8 @@ class RecallCheck:
     k: int
     recall: float
     setting: str = ""  # what the index searched with (efSearch, or LanceDB's nprobes and refine factor)
-    nprobes: int | None = None  # LanceDB indexes: the setting the check chose
-    refine_factor: int | None = None
+    nprobes: int | None = None  # LanceDB's index and an in-memory IVF: the setting the check chose
+    refine_factor: int | None = None  # (an IVF's k_factor)
     ef_search: int | None = None  # graphs: the efSearch the check chose
 
     @property
@@ -257,7 +260,8 @@ class MemoryIndex:
         # scalar scan costs more than the vector scan for broad filters (50 ms vs 19 ms at 50k rows)
         self.filter_rows: dict[str, np.ndarray] = {}
         self.check: RecallCheck | None = None
-        self.ef_search = config.hnsw_ef_search  # raised by the self-check until recall reaches TUNE_RECALL
+        self.ef_search = config.hnsw_ef_search  # a graph's: raised by the self-check until recall reaches TUNE_RECALL
+        self.ivf_step = 0  # an IVF's place in IVF_SETTINGS: likewise
         self._live_bitmap: np.ndarray | None = None
 
     @property
@@ -277,8 +281,7 @@ class MemoryIndex:
     @property
     def storage(self) -> faiss.Index:
         """The index holding every vector (float32 or float16), for exact scans of a subset of rows."""
-        storage = getattr(self.index, "storage", None)
-        return faiss.downcast_index(storage) if storage is not None else self.index
+        return vector_storage(self.index)
 
     @property
     def tolerance(self) -> float:
@@ -316,7 +319,7 @@ class MemoryIndex:
         query it leaves short), so every query gets ``min(limit, len(rows))`` results.
         """
         queries = _normalised(np.ascontiguousarray(queries, dtype=np.float32))
-        if rows is not None and (len(rows) <= exact_rows or self.kind not in GRAPHS):
+        if rows is not None and (len(rows) <= exact_rows or self.kind not in APPROXIMATE):
             return self._scan(queries, limit, rows)
         candidates = self.rows if rows is None else len(rows)
         limit = min(limit, candidates)
@@ -333,11 +336,47 @@ class MemoryIndex:
         return positions, (1.0 - similarities).astype(np.float32)
 
     def _parameters(self, selector: faiss.IDSelector | None, candidates: int) -> faiss.SearchParameters | None:
+        share = candidates / max(self.size, 1)  # a walk (or a list) meets passing rows at this rate
+        if self.kind == "ivf":
+            nprobe, k_factor = self.ivf_setting
+            lists = faiss.extract_index_ivf(self.index).nlist
+            base = faiss.SearchParametersIVF(sel=selector, nprobe=min(lists, max(nprobe, math.ceil(nprobe / max(share, 1e-9)))))
+            return faiss.IndexRefineSearchParameters(k_factor=k_factor, base_index_params=base)
         if self.kind not in GRAPHS:
             return faiss.SearchParameters(sel=selector) if selector is not None else None
-        share = candidates / max(self.size, 1)  # a walk meets passing nodes at this rate
         ef = min(max(MAX_FILTERED_EF, self.ef_search), max(self.ef_search, math.ceil(self.ef_search / max(share, 1e-9))))
         return faiss.SearchParametersHNSW(sel=selector, efSearch=ef) if selector is not None else faiss.SearchParametersHNSW(efSearch=ef)
+
+    @property
+    def ivf_setting(self) -> tuple[int, int]:
+        """(nprobe, k_factor) an IVF searches with."""
+        return IVF_SETTINGS[self.ivf_step]
+
+    def raise_effort(self) -> bool:
+        """Search harder (a graph's efSearch doubled, an IVF's next setting); False when at the most already."""
+        if self.kind == "ivf":
+            if self.ivf_step + 1 >= len(IVF_SETTINGS):
+                return False
+            self.ivf_step += 1
+            return True
+        if self.ef_search >= MAX_EF_SEARCH:
+            return False
+        self.ef_search = min(MAX_EF_SEARCH, 2 * self.ef_search)
+        return True
+
+    def effort_from(self, other: MemoryIndex | RecallCheck | None) -> None:
+        """Search as ``other`` (an index this one replaces, or a saved check) did."""
+        if isinstance(other, MemoryIndex):
+            self.ef_search, self.ivf_step = other.ef_search, other.ivf_step
+        elif other is not None:
+            self.ef_search = other.ef_search or self.ef_search
+            if other.nprobes is not None and (other.nprobes, other.refine_factor) in IVF_SETTINGS:
+                self.ivf_step = IVF_SETTINGS.index((other.nprobes, other.refine_factor))
+
+    def setting(self) -> str:
+        if self.kind == "ivf":
+            return "nprobe {}, k_factor {}".format(*self.ivf_setting)
+        return f"M {self.config.hnsw_m}, efSearch {self.ef_search}"
 
     def _selector(self, rows: np.ndarray | None) -> tuple[faiss.IDSelector | None, np.ndarray | None]:
         """A selector of ``rows`` (or of the live rows; None when all are live) and the bitmap it points into."""
@@ -383,7 +422,7 @@ class MemoryIndex:
         table more than doubled, or when the check falls below ``MIN_RECALL`` at the largest efSearch. The caller
         must drop this object either way.
         """
-        if self.kind not in GRAPHS:
+        if self.kind not in APPROXIMATE:
             return None
         new_offsets, scanned = [], 0
         for metadata, _ in source.batches(False):
@@ -433,7 +472,7 @@ class MemoryIndex:
         _add(self.index, new_vectors)
         metadata = _in_position_order(pl.concat([*kept_metadata, *added_metadata]), next_position, schema)
         refreshed = MemoryIndex(self.kind, self.index, source.version, metadata, self.config, None if live.all() else live)
-        refreshed.ef_search = self.ef_search
+        refreshed.effort_from(self)
         refreshed = held.check_then_insert(refreshed, previous=self.check)
         logger.info("%s graph followed table version %d -> %d in place: %d kept, %d inserted, %d masked; self-check recall@%d %.4f",
                     self.kind, self.version, source.version, len(kept), len(new_vectors) + len(held), refreshed.dead, refreshed.check.k, refreshed.check.recall)
@@ -446,7 +485,7 @@ class MemoryIndex:
 # ---- building ------------------------------------------------------------------------------------------
 
 
-Factory = Callable[[int, MemoryIndexConfig], faiss.Index]
+Factory = Callable[[int, int, MemoryIndexConfig], faiss.Index]  # (dim, rows, config) -> an empty index
 MEMORY_INDEXES: Registry[Factory] = Registry("memory index")
 
 
@@ -459,12 +498,12 @@ def list_memory_indexes() -> dict[str, str]:
 
 
 @register_memory_index("flat", "exact inner-product scan of every vector (FAISS IndexFlatIP)")
-def _flat(dim: int, config: MemoryIndexConfig) -> faiss.Index:
+def _flat(dim: int, rows: int, config: MemoryIndexConfig) -> faiss.Index:
     return faiss.IndexFlatIP(dim)
 
 
 @register_memory_index("hnsw", "FAISS HNSW graph over float32 vectors, saved beside the database; short results completed exactly")
-def _hnsw(dim: int, config: MemoryIndexConfig) -> faiss.Index:
+def _hnsw(dim: int, rows: int, config: MemoryIndexConfig) -> faiss.Index:
     index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = config.hnsw_ef_construction
     index.hnsw.efSearch = config.hnsw_ef_search
@@ -472,35 +511,57 @@ def _hnsw(dim: int, config: MemoryIndexConfig) -> faiss.Index:
 
 
 @register_memory_index("hnsw_fp16", "FAISS HNSW graph over float16 vectors (half the memory, distances within 1e-3)")
-def _hnsw_fp16(dim: int, config: MemoryIndexConfig) -> faiss.Index:
+def _hnsw_fp16(dim: int, rows: int, config: MemoryIndexConfig) -> faiss.Index:
     index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = config.hnsw_ef_construction
     index.hnsw.efSearch = config.hnsw_ef_search
     return index
 
 
-def create_memory_index(kind: str, source: VectorSource, config: MemoryIndexConfig = MemoryIndexConfig(), cache_file: Path | None = None) -> MemoryIndex:
-    """An index of ``kind`` over ``source``, loaded from ``cache_file`` when it holds this version's graph,
-    else built (and saved there); its recall is checked either way. The error names the kinds."""
-    factory = MEMORY_INDEXES.get(kind)
+@register_memory_index("ivf", "FAISS IVF (sqrt(rows) lists) with 4-bit fast-scan PQ codes, re-ranked exactly on float32 vectors")
+def _ivf(dim: int, rows: int, config: MemoryIndexConfig) -> faiss.Index:
+    lists = max(1, int(math.sqrt(max(rows, 1))))
+    sub_vectors = max(d for d in range(2, max(2, dim // 4) + 1, 2) if dim % d == 0) if dim % 2 == 0 else dim
+    return faiss.index_factory(dim, f"IVF{lists},PQ{sub_vectors}x4fs,RFlat", faiss.METRIC_INNER_PRODUCT)
+
+
+def create_memory_index(kind: str, source: VectorSource, config: MemoryIndexConfig = MemoryIndexConfig(), cache_file: Path | None = None,
+                        fallback: str | None = None) -> MemoryIndex:
+    """An index of ``kind`` over ``source``: loaded from ``cache_file`` when it holds this version's index, else
+    one saved for an older version brought in step, else built (and saved there); its recall is checked either
+    way. With ``fallback``, a built index whose check falls below ``MIN_RECALL`` is replaced by one of that kind
+    when that one checks higher (its file is ``cache_file`` named for it). The error names the kinds."""
+    kinds = [kind, *([fallback] if fallback else [])]
+    factories = {k: MEMORY_INDEXES.get(k) for k in kinds}
+    files = {k: cache_file.with_name(cache_file.name.replace(kind, k, 1)) if cache_file is not None else None for k in kinds}
     index = None
-    if cache_file is not None and kind in GRAPHS:
-        index = _load(kind, source, config, cache_file)
-        older = _load_older(kind, source.version, config, cache_file) if index is None else None
-        if older is not None:  # a graph saved for an earlier table version follows the writes since (no rebuild)
-            index = follow(older, source, cache_file)
+    if cache_file is not None and kind in APPROXIMATE:
+        index = next((found for k in kinds if (found := _load(k, source, config, files[k])) is not None), None)
+        for k in kinds if index is None else []:
+            older = _load_older(k, source.version, config, files[k])
+            if older is not None:  # an index saved for an earlier table version follows the writes since (no rebuild)
+                index = follow(older, source, files[k])
+                break
     if index is None:
-        index = _build(kind, factory, source, config, cache_file)
+        index = _build(kind, factories[kind], source, config)
+        if fallback and not index.check.ok:
+            logger.info("%s index checked %.4f at its largest setting: trying %s", kind, index.check.recall, fallback)
+            other = _build(fallback, factories[fallback], source, config)
+            index = other if other.check.recall > index.check.recall else index
+        if files[index.kind] is not None and index.kind in APPROXIMATE:
+            save(index, files[index.kind])
     if not index.check.ok:
         logger.warning("%s", index.check.advice())
     return index
 
 
-def _build(kind: str, factory: Factory, source: VectorSource, config: MemoryIndexConfig, cache_file: Path | None) -> MemoryIndex:
-    index = factory(source.dim, config)
+def _build(kind: str, factory: Factory, source: VectorSource, config: MemoryIndexConfig) -> MemoryIndex:
     count = source.count()
+    index = factory(source.dim, count, config)
     reserve(index, count)
-    graph = kind in GRAPHS
+    graph = kind in APPROXIMATE
+    if not index.is_trained:  # IVF: its lists and PQ codebooks from a seeded random sample, not the first rows read
+        index.train(source.take(np.sort(np.random.default_rng(SELF_CHECK_SEED).choice(count, size=min(count, IVF_TRAIN_ROWS), replace=False)))[1])
     if graph:
         logger.info("building a %s graph over %d rows", kind, count)
     held = HeldOut(source, sample_offsets(count) if graph else np.zeros(0, np.int64))
@@ -522,9 +583,7 @@ def _build(kind: str, factory: Factory, source: VectorSource, config: MemoryInde
         built.check = RecallCheck(kind=kind, version=source.version, rows=built.rows, queries=0, k=SELF_CHECK_K, recall=1.0, setting="exact")
         return built
     built = held.check_then_insert(built)
-    logger.info("%s graph of version %d: self-check recall@%d %.4f", kind, source.version, built.check.k, built.check.recall)
-    if cache_file is not None:
-        save(built, cache_file)
+    logger.info("%s index of version %d: self-check recall@%d %.4f (%s)", kind, source.version, built.check.k, built.check.recall, built.check.setting)
     return built
 
 
@@ -536,10 +595,19 @@ def follow(index: MemoryIndex, source: VectorSource, cache_file: Path | None) ->
     return refreshed
 
 
+def vector_storage(index: faiss.Index) -> faiss.Index:
+    """The part of an index that holds every vector: a graph's storage, a refined IVF's refine index, or itself."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        return faiss.downcast_index(index.refine_index)
+    storage = getattr(index, "storage", None)
+    return faiss.downcast_index(storage) if storage is not None else index
+
+
 def reserve(index: faiss.Index, rows: int) -> None:
     """Allocate the vector storage for ``rows`` up front: adding batch by batch would grow it by doubling, which
     holds the old and the new buffer at once (1M x 1280 float32: a 5 GB index peaked at 8 GB)."""
-    storage = faiss.downcast_index(index.storage) if hasattr(index, "storage") else index
+    storage = vector_storage(index)
     codes = storage.codes
     wanted = rows * storage.code_size
     if codes.size() < wanted:
@@ -609,7 +677,7 @@ class HeldOut:
         metadata = pl.concat([index.metadata, *self.metadata], how="vertical_relaxed") if self.metadata else index.metadata
         live = None if index.live is None else np.concatenate([index.live, np.ones(len(vectors), bool)])
         done = MemoryIndex(index.kind, index.index, index.version, metadata.rechunk(), index.config, live)
-        done.ef_search = index.ef_search
+        done.effort_from(index)
         done.check = dataclasses.replace(check, version=index.version, rows=done.rows)
         return done
 
@@ -617,8 +685,7 @@ class HeldOut:
 def _tuned(index: MemoryIndex, queries: np.ndarray, exact: ExactNeighbours, allowed: np.ndarray | None = None) -> RecallCheck:
     """The self-check of a graph, its efSearch doubled until recall reaches ``TUNE_RECALL`` (or ``MAX_EF_SEARCH``)."""
     check = _measure(index, queries, exact, allowed)
-    while check.recall < TUNE_RECALL and index.ef_search < MAX_EF_SEARCH:
-        index.ef_search = min(MAX_EF_SEARCH, 2 * index.ef_search)
+    while check.recall < TUNE_RECALL and index.raise_effort():
         check = _measure(index, queries, exact, allowed)
     return check
 
@@ -626,18 +693,20 @@ def _tuned(index: MemoryIndex, queries: np.ndarray, exact: ExactNeighbours, allo
 def _measure(index: MemoryIndex, queries: np.ndarray, exact: ExactNeighbours, allowed: np.ndarray | None = None) -> RecallCheck:
     """Recall@k of ``index`` (over the ``allowed`` positions only, when given) for ``queries`` against the exact
     neighbours streamed past ``exact``."""
-    setting = f"M {index.config.hnsw_m}, efSearch {index.ef_search}"
+    setting = index.setting()
+    effort = {"ef_search": index.ef_search} if index.kind in GRAPHS else {}
+    if index.kind == "ivf":
+        effort = {"nprobes": index.ivf_setting[0], "refine_factor": index.ivf_setting[1]}
     k = min(exact.k, index.rows)
     if k == 0 or len(queries) == 0:
-        return RecallCheck(kind=index.kind, version=index.version, rows=index.rows, queries=0, k=SELF_CHECK_K, recall=1.0, setting=setting,
-                           ef_search=index.ef_search)
+        return RecallCheck(kind=index.kind, version=index.version, rows=index.rows, queries=0, k=SELF_CHECK_K, recall=1.0, setting=setting, **effort)
     positions, _ = index.search(queries, k, allowed, exact_rows=0)
     found_similarities = np.einsum("qd,qkd->qk", queries, index.vectors_at(np.where(positions >= 0, positions, 0).ravel()).reshape(*positions.shape, -1))
     kth = exact.similarities[:, k - 1 : k]
     exact_sets = exact.positions[:, :k]
     hits = ((positions[:, :, None] == exact_sets[:, None, :]).any(axis=2) | (found_similarities >= kth - index.tie_tolerance)) & (positions >= 0)
     return RecallCheck(kind=index.kind, version=index.version, rows=index.rows, queries=len(queries), k=k,
-                       recall=round(float(hits.sum(axis=1).mean() / k), 4), setting=setting, ef_search=index.ef_search)
+                       recall=round(float(hits.sum(axis=1).mean() / k), 4), setting=setting, **effort)
 
 
 def self_check(index: MemoryIndex, source: VectorSource, tune: bool = False) -> RecallCheck:
@@ -705,7 +774,6 @@ def _load(kind: str, source: VectorSource, config: MemoryIndexConfig, cache_file
     if graph.ntotal != ids.height:
         logger.warning("ignoring saved graph %s: %d nodes, %d ids", cache_file, graph.ntotal, ids.height)
         return None
-    graph.hnsw.efSearch = config.hnsw_ef_search
     live_ids = live_positions(ids.drop("position"))
     parts = [metadata.join(live_ids, on="image_id", how="inner") for metadata, _ in source.batches(False)]
     rows = pl.concat(parts)
@@ -716,8 +784,7 @@ def _load(kind: str, source: VectorSource, config: MemoryIndexConfig, cache_file
     live = ids["image_id"].is_not_null().to_numpy()
     index = MemoryIndex(kind, graph, source.version, _in_position_order(rows, ids.height, schema), config, None if live.all() else live)
     index.check = read_check(check_file) if check_file.exists() else None
-    if index.check is not None and index.check.ef_search:
-        index.ef_search = index.check.ef_search
+    index.effort_from(index.check)
     if index.check is None or (index.check.kind, index.check.version, index.check.rows) != (kind, source.version, index.rows):
         index.check = self_check(index, source, tune=True)
         _write_atomically(check_file, lambda partial: partial.write_text(index.check.as_json()))
@@ -749,8 +816,7 @@ def _load_older(kind: str, version: int, config: MemoryIndexConfig, cache_file: 
     live = ids["image_id"].is_not_null().to_numpy()
     index = MemoryIndex(kind, graph, older_version, ids, config, None if live.all() else live)
     check = read_check(check_file) if check_file.exists() else None
-    if check is not None and check.ef_search:
-        index.ef_search = check.ef_search
+    index.effort_from(check)
     logger.info("following the %s graph of table version %d to version %d", kind, older_version, version)
     return index
 

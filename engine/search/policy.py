@@ -9,6 +9,8 @@ kind       when                                    bytes per row (dim 1280, M 32
 flat       rows < ``exact_rows`` (50k)             4 dim (5,120)                                exact
 hnsw       full-precision vectors + graph fit      4 dim + 8 M x ~1.05 graph links (~5,390)     recall@10 ~0.999
 hnsw_fp16  only half-precision vectors fit         2 dim + graph links (~2,830)                 recall@10 ~0.999, distances within 1e-3
+(ivf)      a graph checked below 0.95 at any       4 dim + PQ codes + ids (~5,488)              IVF-PQ fast-scan, exact re-rank;
+           efSearch (near-copies), if it fits                                                   nprobe and k_factor by its check
 (none)     not even that fits                      LanceDB's IVF index on disk                  refine chosen by its recall check
 ========== ======================================= ============================================ =========================
 
@@ -34,9 +36,15 @@ LINK_BYTES = 4  # a graph link is an int32 node id
 UPPER_LEVEL_SHARE = 1.05
 METADATA_BYTES_PER_ROW = 200  # ids, paths, labels and metadata columns held beside the vectors (a rough mean)
 
-FULL_PRECISION = ("flat", "hnsw")
+FULL_PRECISION = ("flat", "hnsw", "ivf")
 GRAPHS = ("hnsw", "hnsw_fp16")
+APPROXIMATE = (*GRAPHS, "ivf")  # indexes that are checked, saved beside the database and follow writes in place
 POLICY_ORDER = ("hnsw", "hnsw_fp16")  # above exact_rows: the first that fits
+# A graph whose check cannot reach MIN_RECALL at its largest efSearch is replaced by this when it fits (data with
+# many near-copies: 1M real-derived rows, HNSW32 0.89 at any efSearch, IVF-PQ fast-scan + exact refine 0.9985)
+FALLBACK = "ivf"
+PQ_CODE_BYTES_PER_DIM = 0.125  # 4-bit codes of 4-dimension sub-vectors (the fast-scan layout)
+ID_BYTES = 8
 
 
 def memory_budget(config: MemoryIndexConfig) -> int:
@@ -57,7 +65,16 @@ def index_bytes(kind: str, rows: int, dim: int, config: MemoryIndexConfig) -> in
     per_row = dim * vector_bytes(kind) + METADATA_BYTES_PER_ROW
     if kind in GRAPHS:
         per_row += int(2 * config.hnsw_m * LINK_BYTES * UPPER_LEVEL_SHARE)
+    if kind == "ivf":  # PQ codes and ids in the lists, full vectors for the exact refine
+        per_row += int(dim * PQ_CODE_BYTES_PER_DIM) + ID_BYTES
     return rows * per_row
+
+
+def fallback_for(kind: str, rows: int, dim: int, config: MemoryIndexConfig) -> str | None:
+    """What replaces a graph the policy chose if its check falls short (None: keep it, with its warning)."""
+    if config.kind != AUTO or kind not in GRAPHS or index_bytes(FALLBACK, rows, dim, config) > memory_budget(config):
+        return None
+    return FALLBACK
 
 
 def choose_memory_index(rows: int, dim: int, config: MemoryIndexConfig) -> str | None:

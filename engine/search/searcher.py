@@ -18,7 +18,7 @@ from engine.media.decode import decode_image
 from engine.search.config import SearchConfig
 from engine.search.disk_index import disk_setting, saved_disk_check
 from engine.search.memory_index import GRAPH_SUFFIX, MemoryIndex, RecallCheck, TableSource, create_memory_index, follow
-from engine.search.policy import choose_memory_index
+from engine.search.policy import choose_memory_index, fallback_for
 from engine.search.rerank import Candidates, create_reranker
 from engine.search.voting import vote_classes
 from engine.storage.database import Database, ModelRecord, sql_quote
@@ -225,10 +225,16 @@ class Searcher:
         if config.persist:  # object stores: a local cache folder per URI
             cache_file = index_folder(self.db, self.model) / f"v{version}-{kind}-m{config.hnsw_m}{GRAPH_SUFFIX}"
         source = TableSource(self.table, version)
-        memory = follow(old, source, cache_file) if old is not None and old.kind == kind else None
+        rows = source.count()
+        fallback = fallback_for(kind, rows, self.model.dim, config)
+        if old is not None and old.kind in (kind, fallback):
+            cache_file = cache_file.with_name(cache_file.name.replace(kind, old.kind, 1)) if cache_file is not None else None
+            memory = follow(old, source, cache_file)
+        else:
+            memory = None
         del old
         if memory is None:
-            memory = create_memory_index(kind, source, config, cache_file)  # warns when its check is low
+            memory = create_memory_index(kind, source, config, cache_file, fallback)  # warns when its check is low
         self._memory, self._memory_version = memory, version
         return memory
 

@@ -264,3 +264,38 @@ def test_a_new_process_follows_the_graph_saved_for_an_older_version_instead_of_r
     folder = index_folder(db, model)
     assert [p.name.split("-")[0] for p in folder.glob(f"*{GRAPH_SUFFIX}")] == [f"v{memory.version}"]  # the older graph went
     assert Searcher(db, model, config("hnsw")).memory_index().dead == 50  # and the followed one loads as it is
+
+
+def test_an_ivf_index_answers_filters_and_follows_writes_like_the_graphs(seeded):
+    db, model, rows, vectors = seeded
+    queries = clustered_vectors(20, DIM, clusters=8, seed=23)
+    searcher = Searcher(db, model, config("ivf"))
+    result = searcher.search_vectors(queries, k=10)
+    memory = searcher.memory_index()
+    assert memory.kind == "ivf" and memory.check.ok and memory.check.nprobes is not None
+    order, _ = brute_force(queries, vectors, np.ones(len(rows), bool), 10)
+    ids = np.array([r["id"] for r in rows])
+    found = result.group_by("query", maintain_order=True).agg("image_id").sort("query")["image_id"].to_list()
+    assert np.mean([len(set(f) & set(ids[o])) / 10 for f, o in zip(found, order)]) >= 0.95
+    broad = Searcher(db, model, dataclasses.replace(config("ivf"), exact_filter_rows=10)).search_vectors(queries, k=10, where="width < 520", columns=["width"])
+    assert broad.height == 200 and (broad["width"].to_numpy() < 520).all()
+    db.embeddings(model).delete("image_id < 'img000040'")
+    after = searcher.search_vectors(queries, k=10)
+    assert searcher.memory_index().index is memory.index and searcher.memory_index().dead == 40
+    assert (after["image_id"] >= "img000040").all()
+
+
+def test_a_graph_that_cannot_reach_the_target_is_replaced_by_an_ivf(seeded, monkeypatch):
+    db, model, rows, vectors = seeded
+    monkeypatch.setattr("engine.search.memory_index.MAX_EF_SEARCH", 1)  # the graph cannot search harder ...
+    for name in ("MIN_RECALL", "TUNE_RECALL"):  # ... and is held to a target it cannot reach on 600 rows
+        monkeypatch.setattr(f"engine.search.memory_index.{name}", 0.995)
+    weak = config("auto", exact_rows=100, hnsw_m=2, hnsw_ef_construction=2, hnsw_ef_search=1)
+    searcher = Searcher(db, model, weak)
+    searcher.search_vectors(vectors[:3], k=5)
+    memory = searcher.memory_index()
+    assert memory.kind == "ivf" and memory.check.ok and memory.check.recall >= 0.995, memory.check
+    folder = index_folder(db, model)
+    assert [p.name for p in folder.glob(f"*{GRAPH_SUFFIX}")] == [f"v{memory.version}-ivf-m2{GRAPH_SUFFIX}"]
+    again = Searcher(db, model, weak)  # the next process loads the IVF, it does not build the graph again
+    assert again.memory_index().kind == "ivf" and again.memory_index().check == memory.check
