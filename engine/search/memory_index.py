@@ -549,8 +549,12 @@ def create_memory_index(kind: str, source: VectorSource, config: MemoryIndexConf
         index = _build(kind, factories[kind], source, config)
         if fallback and not index.check.ok:
             logger.info("%s index checked %.4f at its largest setting: trying %s", kind, index.check.recall, fallback)
-            other = _build(fallback, factories[fallback], source, config)
-            index = other if other.check.recall > index.check.recall else index
+            short = index.check
+            del index  # one index in memory at a time (two 1M x 1280 indexes held 13 GB)
+            index = _build(fallback, factories[fallback], source, config)
+            if index.check.recall < short.recall:  # rare: the fallback checked lower still; the first is built again
+                del index
+                index = _build(kind, factories[kind], source, config)
         if files[index.kind] is not None and index.kind in APPROXIMATE:
             save(index, files[index.kind])
     if not index.check.ok:
