@@ -13,7 +13,7 @@ import pytest
 
 from engine.search.config import MemoryIndexConfig, SearchConfig
 from engine.search.disk_index import DISK_CHECK_FILE, check_disk_index
-from engine.search.memory_index import GRAPH_SUFFIX, IDS_SUFFIX, LoadedTable, create_memory_index
+from engine.search.memory_index import GRAPH_SUFFIX, GROWTH_HEADROOM, IDS_SUFFIX, LoadedTable, create_memory_index, vector_storage
 from engine.search.policy import choose_memory_index, index_bytes
 from engine.search.searcher import Searcher, index_folder
 from engine.storage.index import IndexConfig, ensure_index
@@ -203,6 +203,22 @@ def test_an_in_memory_source_and_the_check_agree_with_brute_force():
     for kind in ("hnsw", "hnsw_fp16"):
         index = create_memory_index(kind, table)
         assert index.check.queries == 200 and index.check.recall >= 0.95  # a tenth of the rows held out
+
+
+def test_rows_appended_within_the_headroom_are_followed_without_copying_the_vectors():
+    vectors = clustered_vectors(2100, DIM, clusters=20, seed=4)
+    ids = [f"{i:05d}" for i in range(2100)]
+
+    def version(rows: int, number: int) -> LoadedTable:
+        return LoadedTable(version=number, vectors=vectors[:rows], metadata=pl.DataFrame({"image_id": ids[:rows]}))
+
+    index = create_memory_index("hnsw", version(2000, 1))
+    storage = vector_storage(index.index).codes
+    allocation = int(storage.data())
+    followed = index.refresh(version(2000 + int(2000 * GROWTH_HEADROOM), 2))  # exactly the headroom: no copy
+    assert followed is not None and followed.rows == 2100 and int(storage.data()) == allocation
+    nearest = followed.search(vectors[2099:2100], 1)[0][0, 0]
+    assert followed.metadata["image_id"][int(nearest)] == "02099"  # the appended row is found
 
 
 def test_the_disk_index_is_checked_when_built_and_searches_use_the_setting_it_chose(db):
