@@ -87,9 +87,10 @@ def _searcher(args: argparse.Namespace, *, read_only: bool = True):  # noqa: ANN
     from console.service.search import open_searcher, version_warning
     from engine.storage.database import Database
 
-    config = SearchConfig(k=args.k, reranker=args.reranker)
+    named = args.reranker is not None
+    config = SearchConfig(k=args.k, reranker=args.reranker) if named else SearchConfig(k=args.k)
     db = Database(args.db, read_only=read_only)
-    searcher = open_searcher(db, args.model, config, getattr(args, "mask", None), getattr(args, "mask_mode", None))
+    searcher = open_searcher(db, args.model, config, getattr(args, "mask", None), getattr(args, "mask_mode", None), reranker_named=named)
     warning = version_warning(searcher)
     if warning:
         print_error(warning, prefix="warning")
@@ -236,8 +237,10 @@ def cmd_calibrations(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.compare:
         return importlib.import_module("console.cli.quality").run_compare(args)
+    from engine.evaluation.compare import evaluate_reranked
     from engine.evaluation.metrics import evaluate, evaluate_leave_one_out, load_split
     from engine.media.scan import scan_folder
+    from engine.search.config import DEFAULT_RERANKER
 
     searcher = _searcher(args)
     catalogue_where = searcher.db.catalogue_where(split_where(args.catalogue_split))
@@ -257,8 +260,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if not len(queries):
                 raise InvalidRequestError(f"no labelled images in the query split {args.query_split!r}: hold some out (lookalike split --holdout 0.2 "
                                           f"--to {args.query_split}), give --query-dir DIR, or evaluate with --leave-one-out")
-        result = evaluate(queries, query_labels, catalogue, catalogue_labels, vote_neighbours=vote)
-        print(f"model {searcher.model.id}: {result.queries} queries against {result.catalogue} catalogue images")
+        if searcher.config.reranker == DEFAULT_RERANKER:
+            result = evaluate(queries, query_labels, catalogue, catalogue_labels, vote_neighbours=vote)
+        else:  # a named re-ranker or the version's tuned pipeline: measured as searches answer
+            result = evaluate_reranked(queries, query_labels, catalogue, catalogue_labels, searcher.config)
+        print(f"model {searcher.model.id} ({searcher.config.reranker}): {result.queries} queries against {result.catalogue} catalogue images")
     show_rows(args, {"metrics": result.as_frame()} | ({"per_class": result.per_class} if args.per_class else {}), empty="no queries")
     return 0
 
@@ -416,8 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     search_opts = argparse.ArgumentParser(add_help=False, parents=[common])
     search_opts.add_argument("--model", help="model id or encoder name (default: the active model)")
     search_opts.add_argument("-k", type=positive_int, default=SearchConfig.k)
-    search_opts.add_argument("--reranker", default=SearchConfig.reranker, type=registered("rerankers", chains=True),
-                             help="a re-ranker (lookalike list rerankers), or quality stages chained with '+' (e.g. qe+k-reciprocal)")
+    search_opts.add_argument("--reranker", type=registered("rerankers", chains=True),
+                             help="a re-ranker (lookalike list rerankers), or quality stages chained with '+' (e.g. qe+k-reciprocal); "
+                                  "default: the pipeline 'lookalike tune' stored with the version, else exact k-NN")
 
     search = sub.add_parser("search", parents=[search_opts], help="find the catalogue images nearest to query images")
     search.add_argument("queries", nargs="*", help="query image files or folders")

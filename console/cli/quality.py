@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import argparse
 
-from console.cli.arguments import crop_fraction, non_negative_float, non_negative_int, positive_float, positive_int
-from console.cli.output import progress_bar, show_rows
+from console.cli.arguments import crop_fraction, non_negative_float, non_negative_int, open_fraction, positive_float, positive_int
+from console.cli.output import add_output_options, progress_bar, show_rows
 from engine.core.errors import InvalidRequestError
 from engine.core.splits import CATALOGUE_WHERE, split_where
+from engine.evaluation.config import OBJECTIVES, TuneConfig
 
 
 def _publish(args: argparse.Namespace, kind: str, parents: list[str | None], config) -> int:  # noqa: ANN001
@@ -72,6 +73,29 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """``lookalike tune``: choose and store the query pipeline on a hold-out of the catalogue (``--show``: what is stored)."""
+    from console.service.tuning import tune_pipeline, tuned_pipelines, tuning_candidates
+    from engine.storage.database import Database
+
+    if args.show:
+        db = Database(args.db, read_only=True)
+        show_rows(args, {"pipelines": tuned_pipelines(db), "candidates": tuning_candidates(db, args.models[0] if args.models else None)},
+                  empty="no tuned pipeline yet: run lookalike tune")
+        return 0
+    config = TuneConfig(objective=args.objective, holdout=args.holdout, budget_s=60 * args.budget_minutes, seed=args.seed,
+                        catalogue_where=args.catalogue_where)
+    db = Database(args.db)
+    with progress_bar() as show:
+        result = tune_pipeline(db, args.models, config, allow_leak=args.allow_leak, activate=not args.no_activate, progress=show)
+    best = result.best
+    print(f"tuned on {result.probes} catalogue images held out against the other {result.gallery} in {result.seconds:.0f} s: "
+          f"{best.model.id} with {best.pipeline.describe()} ({config.objective} {best.pipeline.score:.4f})")
+    print(f"stored with {best.model.id}" + ("" if args.no_activate else ", now the active model") + "; search, predict and eval use it "
+          "unless given --reranker; every candidate: lookalike tune --show")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction, *, common: argparse.ArgumentParser, search_opts: argparse.ArgumentParser) -> None:
     derived = argparse.ArgumentParser(add_help=False, parents=[common])
     derived.add_argument("--activate", action="store_true", help="make the new version the default")
@@ -103,3 +127,16 @@ def add_commands(sub: argparse._SubParsersAction, *, common: argparse.ArgumentPa
     tta.add_argument("--scales", default="1.0", help="comma-separated input scales, e.g. 1.0,1.15")
     tta.add_argument("--device", help="cpu, cuda (default: cuda when present)")
     tta.set_defaults(func=cmd_tta)
+
+    tune = sub.add_parser("tune", parents=[common], help="choose the query pipeline (version, re-rankers) on a hold-out of the catalogue and store it")
+    tune.add_argument("--models", nargs="+", help="versions to consider (default: every version)")
+    tune.add_argument("--objective", choices=sorted(OBJECTIVES), default=TuneConfig.objective, help="what to maximise on the hold-out")
+    tune.add_argument("--budget-minutes", type=positive_float, default=TuneConfig.budget_s / 60, help="stop scoring candidates after this long")
+    tune.add_argument("--holdout", type=open_fraction, default=TuneConfig.holdout, help="share of the catalogue held out as probes")
+    tune.add_argument("--seed", type=int, default=TuneConfig.seed)
+    tune.add_argument("--catalogue-where", default=CATALOGUE_WHERE, help="rows that are the catalogue (the queries are never used)")
+    tune.add_argument("--allow-leak", action="store_true", help="let versions trained on the catalogue's labels win (their hold-out scores over-promise)")
+    tune.add_argument("--no-activate", action="store_true", help="store the pipeline without making its version the default")
+    tune.add_argument("--show", action="store_true", help="show the stored pipelines and every candidate's score; change nothing")
+    add_output_options(tune)
+    tune.set_defaults(func=cmd_tune)

@@ -16,6 +16,7 @@ from engine.evaluation.detect import DistractorDetector, enqueue_for_review, wri
 from engine.media.decode import DecodeError, content_id, decode_image
 from engine.media.scan import scan_folder
 from engine.search.config import SearchConfig
+from engine.search.pipeline import search_config_for
 from engine.search.searcher import Searcher
 from engine.storage.database import Database
 from engine.versions import query_encoder
@@ -24,10 +25,11 @@ IMAGE_ID_PREFIX = re.compile(r"^[0-9a-f]{4,32}$")  # an image id (the BLAKE2b-12
 
 
 def open_searcher(db: Database, model: str | None = None, config: SearchConfig = SearchConfig(),
-                  mask: str | None = None, mask_mode: str | None = None) -> Searcher:
-    """A searcher on a model version (default: the active one); queries are masked as its catalogue was."""
+                  mask: str | None = None, mask_mode: str | None = None, reranker_named: bool = False) -> Searcher:
+    """A searcher on a model version (default: the active one); queries are masked as its catalogue was. It uses
+    the query pipeline stored with the version (``lookalike tune``) unless the caller named a re-ranker."""
     record = db.resolve_model(model)
-    return Searcher(db, record, config, encoder=query_encoder(db, record, mask, mask_mode))
+    return Searcher(db, record, search_config_for(db, record, config, reranker_named), encoder=query_encoder(db, record, mask, mask_mode))
 
 
 def version_warning(searcher: Searcher) -> str | None:

@@ -30,6 +30,7 @@ from console.tui.widgets import image_widget_class
 from engine.encoders.config import EncoderConfig
 from engine.encoders.factory import Encoder
 from engine.search.config import SearchConfig
+from engine.search.pipeline import search_config_for
 from engine.search.searcher import Searcher
 from engine.storage.database import Database
 
@@ -111,7 +112,8 @@ class LookalikeApp(App):
         with self._lock:
             if model.id not in self._searchers:
                 known = self._encoder if self._encoder is not None and self._encoder.fingerprint == model.fingerprint else None
-                self._searchers[model.id] = Searcher(self.db, model, self.config.search, encoder=known) if known else open_searcher(self.db, model.id, self.config.search)
+                config = search_config_for(self.db, model, self.config.search, reranker_named=False)
+                self._searchers[model.id] = Searcher(self.db, model, config, encoder=known) if known else open_searcher(self.db, model.id, self.config.search)
             return self._searchers[model.id]
 
     def data_changed(self) -> None:

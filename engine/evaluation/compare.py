@@ -67,6 +67,15 @@ def rank_catalogue(reranker: Reranker, queries: np.ndarray, catalogue: np.ndarra
     return distances, indices
 
 
+def evaluate_reranked(queries: np.ndarray, query_labels: Sequence[str], catalogue: np.ndarray, catalogue_labels: Sequence[str],
+                      config: SearchConfig) -> EvaluationResult:
+    """The metrics of :func:`engine.evaluation.metrics.evaluate` with ``config``'s re-ranker over the whole catalogue
+    ranking (what a search with that config answers)."""
+    reranker = create_reranker(config.reranker, configs=config.reranker_configs)
+    distances, indices = rank_catalogue(reranker, queries, catalogue)
+    return evaluate_ranking(distances, indices, query_labels, catalogue_labels, config.vote_neighbours)
+
+
 @dataclass(frozen=True)
 class PipelineResult:
     spec: PipelineSpec

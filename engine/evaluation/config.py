@@ -1,9 +1,11 @@
-"""How to calibrate the distractor threshold: :class:`CalibrationConfig`. Light on purpose: the front ends read
-their defaults here."""
+"""How to calibrate the distractor threshold (:class:`CalibrationConfig`) and how to tune a query pipeline
+(:class:`TuneConfig`). Light on purpose: the front ends read their defaults here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from engine.core.splits import CATALOGUE_WHERE
 
 CALIBRATION_OBJECTIVES = ("map5", "fpr", "roc")
 
@@ -22,3 +24,20 @@ class CalibrationConfig:
     seed: int = 0
 
 
+
+
+# tuning objective name -> the EvaluationResult field it maximises, and the column showing it
+OBJECTIVES = {"map5": "map_at_5", "p1": "p_at_1", "p5": "p_at_5", "map": "mean_ap"}
+OBJECTIVE_COLUMNS = {"map5": "mAP@5", "p1": "P@1", "p5": "P@5", "map": "mAP"}
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """How to tune a query pipeline: what to maximise, how much of the catalogue to hold out, the time budget, the seed."""
+
+    objective: str = "map5"
+    holdout: float = 0.15  # share of the catalogue used as probes
+    budget_s: float = 15 * 60.0
+    seed: int = 0
+    vote_neighbours: int = 10
+    catalogue_where: str = CATALOGUE_WHERE

@@ -56,6 +56,9 @@ class ModelNotFoundError(NotFoundError):
     """No model version matches the name asked for."""
 
 
+MODEL_SETTING_SEPARATOR = ":"  # a setting of one model version is keyed '<name>:<model id>' and goes with it
+
+
 def default_db_path() -> str:
     """``$LOOKALIKE_DB`` if set, else ``data/lookalike.lancedb`` under the working directory."""
     return os.environ.get(DEFAULT_DB_ENV) or str(DEFAULT_DB_PATH)
@@ -533,6 +536,8 @@ class Database:
         for name in (schemas.COVERAGE_TABLE, schemas.CALIBRATIONS_TABLE, schemas.AUDIT_TABLE):
             if name in self._list_tables():
                 self._db.open_table(name).delete(f"model_id = {sql_quote(model.id)}")
+        if schemas.SETTINGS_TABLE in self._list_tables():  # settings of this version (its query pipeline), keyed '<name>:<id>'
+            self.settings.delete(f"key LIKE {sql_quote('%' + MODEL_SETTING_SEPARATOR + model.id)}")
 
     def record_errors(self, rows: Iterable[dict]) -> None:
         """Upsert ``ingest_errors`` rows (path, reason, source, when), keyed by path."""

@@ -1,0 +1,133 @@
+"""Tuning a query pipeline on a hold-out of the catalogue: the split, the choice, where it is stored and who uses it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from console.cli.main import main
+from console.service.search import open_searcher
+from console.service.tuning import LEAK_NOTE, tune_pipeline, tuned_pipelines, tuning_candidates
+from engine.core.errors import EvaluationError
+from engine.evaluation.compare import rank_catalogue
+from engine.evaluation.config import TuneConfig
+from engine.evaluation.metrics import evaluate_ranking
+from engine.evaluation.tune import holdout_split, tune
+from engine.search.config import DEFAULT_RERANKER, SearchConfig
+from engine.search.pipeline import QueryPipeline, stored_pipeline
+from engine.search.rerank import create_reranker
+from engine.storage.database import Database
+from tests.support.synthetic import make_vector_model, synthetic_rows
+
+LABELS = [f"class{i}" for i in range(6)]
+DIM = 16
+
+
+def labelled_vectors(rows: list[dict], noise: float, seed: int) -> np.ndarray:
+    """Each row near its label's centre: classes overlap with ``noise``, so re-rankers can change the answers."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(size=(len(LABELS), DIM))
+    vectors = centres[[LABELS.index(r["label"]) for r in rows]] + noise * rng.normal(size=(len(rows), DIM))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def two_versions(db):
+    rows = synthetic_rows(300, LABELS)
+    sharp, blurred = make_vector_model(db, DIM, "sharp-v1"), make_vector_model(db, DIM, "blurred-v1")
+    db.write_embedded(sharp, rows, labelled_vectors(rows, 0.8, seed=1))
+    db.write_embedded(blurred, rows, labelled_vectors(rows, 2.5, seed=2))
+    return db, sharp, blurred, rows
+
+
+def test_the_holdout_is_stratified_seeded_and_keeps_single_images_in_the_gallery():
+    labels = ["a"] * 40 + ["b"] * 20 + ["c"]
+    probes, gallery = holdout_split(labels, 0.25, seed=3)
+    assert set(probes).isdisjoint(gallery) and len(probes) + len(gallery) == len(labels)
+    assert 60 in gallery  # the only "c"
+    assert sorted(labels[i] for i in probes).count("a") == 10 and sorted(labels[i] for i in probes).count("b") == 5
+    again, _ = holdout_split(labels, 0.25, seed=3)
+    assert np.array_equal(probes, again)
+    with pytest.raises(EvaluationError, match="two labelled classes"):
+        holdout_split(["a", "b"], 0.5, seed=0)
+
+
+def test_the_winner_is_the_best_scored_candidate_and_its_score_can_be_recomputed(two_versions):
+    db, sharp, blurred, _ = two_versions
+    result = tune(db, [blurred, sharp], TuneConfig(objective="p1"))
+    final = result.scores.filter(result.scores["rung"] == result.scores["rung"].max())
+    assert result.best.pipeline.score == final["P@1"].max()
+    assert result.best.model.id == "sharp-v1"  # the less noisy version wins
+    assert result.scores.filter(result.scores["rung"] == 1).height == 2 * 13  # every candidate scored once at least
+    # the catalogue only: the 240 train rows, none of the 60 val queries
+    assert result.probes + result.gallery == 240
+    # recomputed by hand on the same split with the same pure functions
+    table = db.embeddings(sharp).search().where("split = 'train'").select(["image_id", "vector", "label"]).limit(None).to_arrow().sort_by("image_id")
+    vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+    labels = table.column("label").to_pylist()
+    probes, gallery = holdout_split(labels, TuneConfig.holdout, TuneConfig.seed)
+    reranker = create_reranker(result.best.pipeline.reranker, configs=result.best.pipeline.configs())
+    distances, indices = rank_catalogue(reranker, vectors[probes], vectors[gallery])
+    again = evaluate_ranking(distances, indices, [labels[i] for i in probes], [labels[i] for i in gallery], 10)
+    assert again.p_at_1 == pytest.approx(result.best.pipeline.score)
+
+
+def test_a_version_trained_on_the_catalogue_labels_is_scored_but_never_chosen(two_versions):
+    db, sharp, blurred, _ = two_versions
+    result = tune(db, [sharp, blurred], TuneConfig(), notes={"sharp-v1": LEAK_NOTE})
+    assert result.best.model.id == "blurred-v1"
+    assert set(result.scores.filter(result.scores["model"] == "sharp-v1")["note"]) == {LEAK_NOTE}
+    with pytest.raises(EvaluationError, match="trained on the catalogue's labels"):
+        tune(db, [sharp], TuneConfig(), notes={"sharp-v1": LEAK_NOTE})
+
+
+def test_a_budget_of_nothing_still_scores_one_candidate(two_versions):
+    db, sharp, _, _ = two_versions
+    result = tune(db, [sharp], TuneConfig(budget_s=0.0))
+    assert result.scores.height == 1 and result.best.pipeline.reranker == DEFAULT_RERANKER
+
+
+def test_the_stored_pipeline_is_what_searches_use_unless_a_reranker_is_named(two_versions):
+    db, sharp, blurred, rows = two_versions
+    result = tune_pipeline(db, ["blurred-v1"], TuneConfig(objective="map"))
+    assert db.active_model_id() == "blurred-v1"
+    kept = stored_pipeline(db, blurred)
+    assert kept is not None and kept.reranker == result.best.pipeline.reranker and kept.candidates
+    searcher = open_searcher(db, "blurred-v1", SearchConfig(k=5))
+    assert searcher.config.reranker == kept.reranker
+    assert searcher.config.reranker_configs == (kept.configs() or None)
+    named = open_searcher(db, "blurred-v1", SearchConfig(k=5), reranker_named=True)
+    assert named.config.reranker == DEFAULT_RERANKER
+    assert open_searcher(db, "sharp-v1", SearchConfig(k=5)).config.reranker == DEFAULT_RERANKER  # nothing stored with it
+    assert tuned_pipelines(db)["model"].to_list() == ["blurred-v1"] and tuning_candidates(db, "blurred-v1").height == len(kept.candidates)
+    db.drop_model(blurred)  # the pipeline goes with its version
+    assert stored_pipeline(db, blurred) is None and db.get_setting("query-pipeline:sharp-v1") is None
+
+
+def test_a_pipeline_round_trips_through_json_with_typed_configs():
+    from engine.search.rerank import KReciprocalConfig, QueryExpansionConfig
+
+    pipeline = QueryPipeline.of("qe+k-reciprocal", {"qe": QueryExpansionConfig(neighbours=5, alpha=1.0), "k-reciprocal": KReciprocalConfig(k1=10)},
+                                objective="p1", score=0.9)
+    again = QueryPipeline.from_json(pipeline.as_json())
+    assert again == pipeline and again.configs()["qe"] == QueryExpansionConfig(neighbours=5, alpha=1.0)
+    assert again.describe().startswith("qe(neighbours=5, alpha=1.0, depth=None)+k-reciprocal(k1=10")
+    config = again.applied_to(SearchConfig())
+    assert config.reranker == "qe+k-reciprocal" and dataclasses.asdict(config.reranker_configs["k-reciprocal"])["k1"] == 10
+
+
+def test_the_cli_tunes_shows_and_evaluates_with_the_stored_pipeline(two_versions, capsys):
+    db, _, _, _ = two_versions
+    path = str(db.uri)
+    assert main(["tune", "--db", path, "--models", "blurred-v1", "--objective", "p1", "--budget-minutes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "blurred-v1 with" in out and "now the active model" in out
+    assert main(["tune", "--db", path, "--show"]) == 0
+    shown = capsys.readouterr().out
+    assert "blurred-v1" in shown and "P@1" in shown
+    before = Database(path).settings.version
+    assert main(["eval", "--db", path]) == 0  # reads only, with the stored pipeline
+    assert f"({stored_pipeline(Database(path), Database(path).resolve_model('blurred-v1')).reranker})" in capsys.readouterr().out
+    assert Database(path).settings.version == before
