@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from console.cli.arguments import crop_fraction, non_negative_float, non_negative_int, open_fraction, positive_float, positive_int
+from console.cli.options import registered
 from console.cli.output import add_output_options, progress_bar, show_rows
 from engine.core.errors import InvalidRequestError
 from engine.core.splits import CATALOGUE_WHERE, split_where
@@ -73,6 +74,11 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _methods(text: str) -> list[str]:
+    """argparse type: comma-separated training methods ('' for none)."""
+    return [registered("methods")(name.strip()) for name in text.split(",") if name.strip()]
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     """``lookalike tune``: choose and store the query pipeline on a hold-out of the catalogue (``--show``: what is stored)."""
     from console.service.tuning import tune_pipeline, tuned_pipelines, tuning_candidates
@@ -84,7 +90,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                   empty="no tuned pipeline yet: run lookalike tune")
         return 0
     config = TuneConfig(objective=args.objective, holdout=args.holdout, budget_s=60 * args.budget_minutes, seed=args.seed,
-                        catalogue_where=args.catalogue_where)
+                        catalogue_where=args.catalogue_where, head_methods=tuple(args.heads))
     db = Database(args.db)
     with progress_bar() as show:
         result = tune_pipeline(db, args.models, config, allow_leak=args.allow_leak, activate=not args.no_activate, progress=show)
@@ -135,6 +141,8 @@ def add_commands(sub: argparse._SubParsersAction, *, common: argparse.ArgumentPa
     tune.add_argument("--holdout", type=open_fraction, default=TuneConfig.holdout, help="share of the catalogue held out as probes")
     tune.add_argument("--seed", type=int, default=TuneConfig.seed)
     tune.add_argument("--catalogue-where", default=CATALOGUE_WHERE, help="rows that are the catalogue (the queries are never used)")
+    tune.add_argument("--heads", default=list(TuneConfig.head_methods), type=_methods,
+                      help="head methods trained on the gallery as more candidates, comma-separated ('' for none); a winning head is trained again on the whole catalogue")
     tune.add_argument("--allow-leak", action="store_true", help="let versions trained on the catalogue's labels win (their hold-out scores over-promise)")
     tune.add_argument("--no-activate", action="store_true", help="store the pipeline without making its version the default")
     tune.add_argument("--show", action="store_true", help="show the stored pipelines and every candidate's score; change nothing")

@@ -3,31 +3,70 @@ version (``lookalike tune``), and show what was stored (``lookalike tune --show`
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import polars as pl
 
 from console.service.training import label_trained_versions
+from engine.core.errors import InvalidRequestError
 from engine.core.progress import ProgressCallback
+from engine.core.splits import sql_quote
 from engine.evaluation.config import TuneConfig
-from engine.evaluation.tune import TuneResult, tune
+from engine.evaluation.tune import TuneResult, holdout_ids, tune
 from engine.search.pipeline import store_pipeline, stored_pipeline
-from engine.storage.database import Database
+from engine.storage.database import Database, ModelRecord
+from engine.training import TrainConfig, train
 
 LEAK_NOTE = "trained on the catalogue's labels: its hold-out score over-promises"
+
+
+@dataclass(frozen=True)
+class TrialHead:
+    """A head trained for tuning on the gallery only (never on the probes), so its hold-out score is fair."""
+
+    model: ModelRecord
+    parent: ModelRecord
+    method: str
 
 
 def tune_pipeline(db: Database, models: Sequence[str] | None = None, config: TuneConfig = TuneConfig(), *, allow_leak: bool = False,
                   activate: bool = True, progress: ProgressCallback | None = None) -> TuneResult:
     """Tune every version (or ``models``), store the winner's pipeline with it and (``activate``) make it the
-    default version. Versions trained on the catalogue's labels are scored but not chosen unless ``allow_leak``:
-    the hold-out images were in their training set."""
+    default version.
+
+    Versions trained on the catalogue's labels are scored but not chosen unless ``allow_leak``: the probes were in
+    their training set. ``config.head_methods`` trains a head of each method on every version trained without labels,
+    on the gallery only, as more candidates; a winning head is trained again on the whole catalogue (its pipeline
+    stored with that version) and the trial heads are dropped."""
     records = [db.resolve_model(name) for name in models] if models else db.find_models()
     notes = {} if allow_leak else {r.id: LEAK_NOTE for r in records if label_trained_versions(db, r)}
-    result = tune(db, records, config, notes=notes, progress=progress)
-    store_pipeline(db, result.best.model, result.best.pipeline)
+    trials: list[TrialHead] = []
+    probe_ids = None
+    if config.head_methods:
+        bases = [r for r in records if r.id not in notes and not label_trained_versions(db, r)]
+        if not bases:
+            raise InvalidRequestError("heads are trained on versions trained without labels; none is among the versions to tune")
+        probe_ids, _ = holdout_ids(db, bases[0], config)
+        gallery_where = f"({db.catalogue_where(config.catalogue_where)}) AND image_id NOT IN ({', '.join(sql_quote(i) for i in probe_ids)})"
+        for base in bases:
+            for method in config.head_methods:
+                trained = train(db, base, dataclasses.replace(TrainConfig(method=method, seed=config.seed), catalogue_where=gallery_where), progress=progress)
+                trials.append(TrialHead(trained.model, base, method))
+    try:
+        result = tune(db, [*records, *(t.model for t in trials)], config, notes=notes, progress=progress, probe_ids=probe_ids)
+        winner = result.best.model
+        trial = next((t for t in trials if t.model.id == winner.id), None)
+        if trial is not None:  # refit on the whole catalogue: the probes were only needed to choose
+            winner = train(db, trial.parent, TrainConfig(method=trial.method, seed=config.seed, catalogue_where=config.catalogue_where), progress=progress).model
+            result = dataclasses.replace(result, best=dataclasses.replace(result.best, model=winner))
+    finally:
+        for trial in trials:
+            db.drop_model(trial.model)
+    store_pipeline(db, winner, result.best.pipeline)
     if activate:
-        db.activate_model(result.best.model.id)
+        db.activate_model(winner.id)
     return result
 
 

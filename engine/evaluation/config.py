@@ -41,3 +41,5 @@ class TuneConfig:
     seed: int = 0
     vote_neighbours: int = 10
     catalogue_where: str = CATALOGUE_WHERE
+    # heads trained (on the gallery only) on every version trained without labels, as more candidates
+    head_methods: tuple[str, ...] = ("arcface", "subcenter-arcface")

@@ -96,20 +96,24 @@ def score(candidate: Candidate, vectors: np.ndarray, labels: list[str], probes: 
 
 
 def tune(db: Database, models: Sequence[ModelRecord], config: TuneConfig = TuneConfig(), notes: dict[str, str] | None = None,
-         progress: ProgressCallback | None = None) -> TuneResult:
+         progress: ProgressCallback | None = None, probe_ids: Sequence[str] | None = None) -> TuneResult:
     """The best candidate pipeline by ``config.objective`` on a seeded hold-out of the catalogue (see the module).
 
     Every version's catalogue must hold the same images (they share one split: the first version's ids). Versions
     in ``notes`` are scored and listed but never chosen (e.g. trained on the catalogue's labels, so their hold-out
-    scores over-promise)."""
+    scores over-promise). ``probe_ids`` fixes the probes (from :func:`holdout_ids`, e.g. when heads were trained
+    on the rest); by default they are drawn here."""
     if config.objective not in OBJECTIVES:
         raise EvaluationError(f"unknown objective {config.objective!r}; choose one of {sorted(OBJECTIVES)}")
     if not models:
         raise EvaluationError("no model versions to tune: ingest a folder first (lookalike ingest DIR)")
     started = time.perf_counter()
-    split_by_model = _aligned({m.id: _catalogue(db, m, config.catalogue_where) for m in models})
-    first_labels = split_by_model[models[0].id][1]
-    probes, gallery = holdout_split(first_labels, config.holdout, config.seed)
+    common, split_by_model = _aligned({m.id: _catalogue(db, m, config.catalogue_where) for m in models})
+    if probe_ids is None:
+        probes, gallery = holdout_split(split_by_model[models[0].id][1], config.holdout, config.seed)
+    else:
+        held = np.isin(np.asarray(common), list(probe_ids))
+        probes, gallery = np.random.default_rng(config.seed).permutation(np.flatnonzero(held)), np.flatnonzero(~held)
     metric = OBJECTIVES[config.objective]
     pool = candidates_for(models, notes)
     rows: list[dict] = []
@@ -154,8 +158,16 @@ def tune(db: Database, models: Sequence[ModelRecord], config: TuneConfig = TuneC
     return TuneResult(Candidate(best.model, chosen), frame, len(probes), len(gallery), seconds)
 
 
-def _aligned(catalogues: dict[str, tuple[list[str], np.ndarray, list[str]]]) -> dict[str, tuple[np.ndarray, list[str]]]:
-    """Each version's (vectors, labels) on the images every version holds, in one order: one split fits all."""
+def holdout_ids(db: Database, model: ModelRecord, config: TuneConfig = TuneConfig()) -> tuple[list[str], list[str]]:
+    """(probe image ids, gallery image ids) of ``model``'s catalogue: the split :func:`tune` draws by default."""
+    ids, _, labels = _catalogue(db, model, config.catalogue_where)
+    probes, gallery = holdout_split(labels, config.holdout, config.seed)
+    return [ids[i] for i in probes], [ids[i] for i in gallery]
+
+
+def _aligned(catalogues: dict[str, tuple[list[str], np.ndarray, list[str]]]) -> tuple[list[str], dict[str, tuple[np.ndarray, list[str]]]]:
+    """The image ids every version holds (sorted), and each version's (vectors, labels) on them in that order: one
+    split fits all."""
     common = sorted(set.intersection(*(set(ids) for ids, _, _ in catalogues.values())))
     if not common:
         raise EvaluationError("the versions to tune share no labelled catalogue image: bring them in step first (lookalike refresh)")
@@ -163,7 +175,7 @@ def _aligned(catalogues: dict[str, tuple[list[str], np.ndarray, list[str]]]) -> 
     for model_id, (ids, vectors, labels) in catalogues.items():
         rows = np.searchsorted(np.asarray(ids), common)  # ids are sorted
         aligned[model_id] = (vectors[rows], [labels[i] for i in rows])
-    return aligned
+    return common, aligned
 
 
 def _catalogue(db: Database, model: ModelRecord, where: str) -> tuple[list[str], np.ndarray, list[str]]:

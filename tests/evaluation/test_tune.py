@@ -91,7 +91,7 @@ def test_a_budget_of_nothing_still_scores_one_candidate(two_versions):
 
 def test_the_stored_pipeline_is_what_searches_use_unless_a_reranker_is_named(two_versions):
     db, sharp, blurred, rows = two_versions
-    result = tune_pipeline(db, ["blurred-v1"], TuneConfig(objective="map"))
+    result = tune_pipeline(db, ["blurred-v1"], TuneConfig(objective="map", head_methods=()))
     assert db.active_model_id() == "blurred-v1"
     kept = stored_pipeline(db, blurred)
     assert kept is not None and kept.reranker == result.best.pipeline.reranker and kept.candidates
@@ -121,7 +121,7 @@ def test_a_pipeline_round_trips_through_json_with_typed_configs():
 def test_the_cli_tunes_shows_and_evaluates_with_the_stored_pipeline(two_versions, capsys):
     db, _, _, _ = two_versions
     path = str(db.uri)
-    assert main(["tune", "--db", path, "--models", "blurred-v1", "--objective", "p1", "--budget-minutes", "1"]) == 0
+    assert main(["tune", "--db", path, "--models", "blurred-v1", "--objective", "p1", "--budget-minutes", "1", "--heads", ""]) == 0
     out = capsys.readouterr().out
     assert "blurred-v1 with" in out and "now the active model" in out
     assert main(["tune", "--db", path, "--show"]) == 0
@@ -131,3 +131,33 @@ def test_the_cli_tunes_shows_and_evaluates_with_the_stored_pipeline(two_versions
     assert main(["eval", "--db", path]) == 0  # reads only, with the stored pipeline
     assert f"({stored_pipeline(Database(path), Database(path).resolve_model('blurred-v1')).reranker})" in capsys.readouterr().out
     assert Database(path).settings.version == before
+
+
+def test_trial_heads_learn_from_the_gallery_only_and_a_winning_head_is_trained_again_on_the_whole_catalogue(two_versions, monkeypatch):
+    import console.service.tuning as tuning
+
+    db, _, _, rows = two_versions
+    # the classes live in 4 of 16 dimensions, the other 12 are loud noise: a learned projection wins
+    rng = np.random.default_rng(5)
+    centres = 3 * np.random.default_rng(7).normal(size=(len(LABELS), 4))
+    vectors = np.concatenate([centres[[LABELS.index(r["label"]) for r in rows]] + 0.5 * rng.normal(size=(len(rows), 4)),
+                              4 * rng.normal(size=(len(rows), DIM - 4))], axis=1)
+    hidden = make_vector_model(db, DIM, "hidden-v1")
+    db.write_embedded(hidden, rows, (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32))
+    trained_on: list[str] = []
+    real_train = tuning.train
+
+    def recording_train(db, parent, config, progress=None):  # noqa: ANN001
+        trained_on.append(config.catalogue_where)
+        return real_train(db, parent, dataclasses.replace(config, epochs=10), progress=progress)
+
+    monkeypatch.setattr(tuning, "train", recording_train)
+    config = TuneConfig(objective="p1", head_methods=("arcface",))
+    probes, _ = tuning.holdout_ids(db, hidden, config)
+    result = tune_pipeline(db, ["hidden-v1"], config)
+    assert all(f"'{probe}'" in trained_on[0] for probe in probes) and "NOT IN" in trained_on[0]  # the trial head never saw a probe
+    heads = [m for m in db.find_models() if m.parent == "hidden-v1"]
+    assert result.best.model.parent == "hidden-v1"  # the head won: trained again on the whole catalogue, the trial one dropped
+    assert len(trained_on) == 2 and "NOT IN" not in trained_on[1]
+    assert [h.id for h in heads] == [result.best.model.id]
+    assert stored_pipeline(db, result.best.model) is not None and db.active_model_id() == result.best.model.id
