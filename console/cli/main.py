@@ -186,7 +186,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         f"calibrated model {model.id}: scorer {stored.scorer}, objective {stored.objective}, threshold {stored.threshold:.4f}\n"
         f"on {data['catalogue_images']} catalogue images of {data['classes']} classes, "
         f"{len(folds)} folds holding out {[f['held_out_classes'] for f in folds]}\n"
-        f"simulated AUROC {stored.auroc:.3f}, MAP@5 with -1 {stored.map5:.3f} (calibration {stored.id}, now active)\n"
+        f"simulated AUROC {stored.auroc:.3f}, FPR at 95% of distractors caught {data.get('fpr_at_95_recall', float('nan')):.3f}, "
+        f"MAP@5 with -1 {stored.map5:.3f} (calibration {stored.id}, now active)\n"
         f"expected at this threshold: {spread('known_flagged')} of queries of known classes flagged, "
         f"{spread('distractors_caught')} of distractors caught; new images unlike the catalogue's may fare worse"
     )

@@ -201,6 +201,16 @@ def roc_curve(scores: np.ndarray, is_distractor: np.ndarray) -> tuple[np.ndarray
     return thresholds, tpr, fpr
 
 
+FPR_AT_RECALL = 0.95  # the distractor recall at which the false-positive rate is reported beside AUROC
+
+
+def fpr_at_recall(scores: np.ndarray, is_distractor: np.ndarray, recall: float = FPR_AT_RECALL) -> float:
+    """Share of known queries flagged by the highest threshold that still catches ``recall`` of the distractors."""
+    _, tpr, fpr = roc_curve(scores, is_distractor)
+    reaching = np.flatnonzero(tpr >= recall)  # thresholds ascend, so tpr and fpr descend: the last one reaching is the best
+    return float(fpr[reaching[-1]]) if len(reaching) else 1.0
+
+
 def flag_precision_recall(scores: np.ndarray, is_distractor: np.ndarray, threshold: float) -> tuple[float, float]:
     flagged = np.asarray(scores) > threshold
     positive = np.asarray(is_distractor, dtype=bool)
@@ -327,7 +337,8 @@ def calibrate(vectors: np.ndarray, labels: Sequence[str], config: CalibrationCon
         info |= flag_rates(fold_scores, fold_positive, threshold)
     result = Calibration(
         scorer=config.scorer, threshold=threshold, objective=config.objective, config=asdict(config),
-        data={"catalogue_images": int(len(labels)), "classes": len(set(labels)), "folds": fold_info, **flag_rates(scores, positive, threshold)},
+        data={"catalogue_images": int(len(labels)), "classes": len(set(labels)), "folds": fold_info, **flag_rates(scores, positive, threshold),
+              "fpr_at_95_recall": fpr_at_recall(scores, positive)},
         curve=curve, auroc=roc_auc(scores, positive), map5=map5_with_distractors(pooled_classes, scores, threshold, pooled_truth),
     )
     logger.info("calibrated %s/%s: threshold %.4f, AUROC %.3f, MAP@5 %.3f", config.scorer, config.objective, threshold, result.auroc, result.map5)

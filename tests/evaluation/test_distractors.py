@@ -27,6 +27,7 @@ from engine.evaluation.distractors import (
     create_scorer,
     distractor_ap_pairs,
     evaluate_distractors,
+    fpr_at_recall,
     insert_distractor,
     list_scorers,
     map5_curve,
@@ -73,6 +74,16 @@ def test_roc_auc_matches_pairwise_brute_force_with_ties():
     thresholds, tpr, fpr = roc_curve(scores, positive)
     for t, a, b in zip(thresholds, tpr, fpr):
         assert a == pytest.approx((scores[positive] > t).mean()) and b == pytest.approx((scores[~positive] > t).mean())
+
+
+def test_fpr_at_95_recall_matches_a_loop_over_thresholds():
+    rng = np.random.default_rng(8)
+    scores = np.r_[rng.normal(1.0, 1.0, 60), rng.normal(0.0, 1.0, 140)]
+    positive = np.r_[np.ones(60, bool), np.zeros(140, bool)]
+    candidates = [t for t in np.r_[-np.inf, np.unique(scores)] if (scores[positive] > t).mean() >= 0.95]
+    expected = min((scores[~positive] > t).mean() for t in candidates)
+    assert fpr_at_recall(scores, positive) == pytest.approx(expected)
+    assert fpr_at_recall(np.r_[2.0, 3.0, 0.0, 1.0], np.array([True, True, False, False])) == 0.0  # perfectly separated
 
 
 def test_map5_curve_matches_a_loop_over_thresholds():
