@@ -13,11 +13,13 @@ from console.service.training import label_trained_versions
 from engine.core.errors import InvalidRequestError
 from engine.core.progress import ProgressCallback
 from engine.core.splits import sql_quote
+from engine.encoders.ensembles import EnsembleConfig
 from engine.evaluation.config import TuneConfig
 from engine.evaluation.tune import TuneResult, holdout_ids, tune
 from engine.search.pipeline import store_pipeline, stored_pipeline
 from engine.storage.database import Database, ModelRecord
 from engine.training import TrainConfig, train
+from engine.versions.derived import publish_derived
 
 LEAK_NOTE = "trained on the catalogue's labels: its hold-out score over-promises"
 
@@ -29,6 +31,16 @@ class TrialHead:
     model: ModelRecord
     parent: ModelRecord
     method: str
+    seed: int
+
+
+def _refit(db: Database, trials: Sequence[TrialHead], model: ModelRecord, config: TuneConfig, progress: ProgressCallback | None) -> ModelRecord:
+    """``model`` itself, or for a trial head the same head trained again on the whole catalogue (the probes were
+    only needed to choose)."""
+    trial = next((t for t in trials if t.model.id == model.id), None)
+    if trial is None:
+        return model
+    return train(db, trial.parent, TrainConfig(method=trial.method, seed=trial.seed, catalogue_where=config.catalogue_where), progress=progress).model
 
 
 def tune_pipeline(db: Database, models: Sequence[str] | None = None, config: TuneConfig = TuneConfig(), *, allow_leak: bool = False,
@@ -37,30 +49,32 @@ def tune_pipeline(db: Database, models: Sequence[str] | None = None, config: Tun
     default version.
 
     Versions trained on the catalogue's labels are scored but not chosen unless ``allow_leak``: the probes were in
-    their training set. ``config.head_methods`` trains a head of each method on every version trained without labels,
-    on the gallery only, as more candidates; a winning head is trained again on the whole catalogue (its pipeline
-    stored with that version) and the trial heads are dropped."""
+    their training set. ``config.head_methods`` trains a head of each method and seed (``head_seeds``) on every
+    version trained without labels, on the gallery only, as more candidates; a winning head (or ensemble member) is trained again on the whole
+    catalogue, a winning ensemble is published as a version, and the trial heads are dropped."""
     records = [db.resolve_model(name) for name in models] if models else db.find_models()
     notes = {} if allow_leak else {r.id: LEAK_NOTE for r in records if label_trained_versions(db, r)}
     trials: list[TrialHead] = []
     probe_ids = None
-    if config.head_methods:
-        bases = [r for r in records if r.id not in notes and not label_trained_versions(db, r)]
-        if not bases:
-            raise InvalidRequestError("heads are trained on versions trained without labels; none is among the versions to tune")
-        probe_ids, _ = holdout_ids(db, bases[0], config)
-        gallery_where = f"({db.catalogue_where(config.catalogue_where)}) AND image_id NOT IN ({', '.join(sql_quote(i) for i in probe_ids)})"
-        for base in bases:
-            for method in config.head_methods:
-                trained = train(db, base, dataclasses.replace(TrainConfig(method=method, seed=config.seed), catalogue_where=gallery_where), progress=progress)
-                trials.append(TrialHead(trained.model, base, method))
+    bases = [r for r in records if r.id not in notes and not label_trained_versions(db, r)]
+    if config.head_methods and not bases:
+        raise InvalidRequestError("heads are trained on versions trained without labels; none is among the versions to tune")
     try:
+        if config.head_methods:
+            probe_ids, _ = holdout_ids(db, bases[0], config)
+            gallery_where = f"({db.catalogue_where(config.catalogue_where)}) AND image_id NOT IN ({', '.join(sql_quote(i) for i in probe_ids)})"
+            for base in bases:
+                for method in config.head_methods:
+                    for seed in config.head_seeds:
+                        trained = train(db, base, TrainConfig(method=method, seed=seed, catalogue_where=gallery_where), progress=progress)
+                        trials.append(TrialHead(trained.model, base, method, seed))
         result = tune(db, [*records, *(t.model for t in trials)], config, notes=notes, progress=progress, probe_ids=probe_ids)
-        winner = result.best.model
-        trial = next((t for t in trials if t.model.id == winner.id), None)
-        if trial is not None:  # refit on the whole catalogue: the probes were only needed to choose
-            winner = train(db, trial.parent, TrainConfig(method=trial.method, seed=config.seed, catalogue_where=config.catalogue_where), progress=progress).model
-            result = dataclasses.replace(result, best=dataclasses.replace(result.best, model=winner))
+        members = [_refit(db, trials, m, config, progress) for m in (result.best.members or (result.best.model,))]
+        if result.best.members:
+            winner = publish_derived(db, "ensemble", members, EnsembleConfig(), progress=progress)
+        else:
+            winner = members[0]
+        result = dataclasses.replace(result, best=dataclasses.replace(result.best, model=winner, members=tuple(members)))
     finally:
         for trial in trials:
             db.drop_model(trial.model)

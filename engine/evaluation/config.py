@@ -43,3 +43,5 @@ class TuneConfig:
     catalogue_where: str = CATALOGUE_WHERE
     # heads trained (on the gallery only) on every version trained without labels, as more candidates
     head_methods: tuple[str, ...] = ("arcface", "subcenter-arcface")
+    head_seeds: tuple[int, ...] = (0, 1)  # each method trained once a seed: the ensembles draw on their spread
+    ensemble_sizes: tuple[int, ...] = (2, 3)  # ensembles of the best distinct versions tried after the halving

@@ -22,6 +22,7 @@ from sklearn.model_selection import train_test_split
 from engine.core.errors import EvaluationError
 from engine.core.progress import Progress, ProgressCallback
 from engine.core.progress import report as report_progress
+from engine.encoders.ensembles import concatenate_embeddings
 from engine.evaluation.compare import rank_catalogue
 from engine.evaluation.config import OBJECTIVE_COLUMNS, OBJECTIVES, TuneConfig
 from engine.evaluation.metrics import EvaluationResult, evaluate_ranking
@@ -34,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 # share of the probes each rung of successive halving scores on; the better half of a rung goes on
 RUNG_SHARES = (0.25, 0.5, 1.0)
-MIN_RUNG_PROBES = 20  # a rung smaller than this is skipped (too few probes to rank candidates)
+MIN_RUNG_PROBES = 20
+ENSEMBLE_SEPARATOR = " & "  # a rung smaller than this is skipped (too few probes to rank candidates)
 
 # The re-ranker chains tried on every version, cheapest first (a tie goes to the earlier, simpler one).
 # Parameters around the defaults and the values the MIT protocol chose (docs/quality.md).
@@ -50,9 +52,15 @@ RERANKER_GRID: tuple[tuple[str, dict[str, object]], ...] = (
 
 @dataclass(frozen=True)
 class Candidate:
-    model: ModelRecord
+    model: ModelRecord  # the version searched (an ensemble's first member until it is published)
     pipeline: QueryPipeline
     note: str | None = None  # e.g. why its score over-promises
+    members: tuple[ModelRecord, ...] = ()  # an ensemble of these versions (equal weights), not stored yet
+
+    @property
+    def source(self) -> str:
+        """The vectors it ranks: a version's id, or the ensemble's member ids joined."""
+        return ENSEMBLE_SEPARATOR.join(m.id for m in self.members) if self.members else self.model.id
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,15 @@ def tune(db: Database, models: Sequence[ModelRecord], config: TuneConfig = TuneC
     metric = OBJECTIVES[config.objective]
     pool = candidates_for(models, notes)
     rows: list[dict] = []
+
+    def measure(candidate: Candidate, rung: int, rung_probes: np.ndarray) -> float:
+        vectors, labels = split_by_model[candidate.source]
+        result, ms = score(candidate, vectors, labels, rung_probes, gallery, config.vote_neighbours)
+        rows.append({"model": candidate.source, "pipeline": candidate.pipeline.describe(), "rung": rung, "probes": len(rung_probes),
+                     "P@1": result.p_at_1, "P@5": result.p_at_5, "mAP@5": result.map_at_5, "mAP": result.mean_ap,
+                     "ms_per_probe": round(ms, 2), "note": candidate.note})
+        return getattr(result, metric)
+
     rungs = [share for share in RUNG_SHARES if share * len(probes) >= MIN_RUNG_PROBES] or [1.0]
     total_steps = sum(max(1, len(pool) >> r) for r in range(len(rungs)))
     step, over_budget = 0, False
@@ -127,35 +144,56 @@ def tune(db: Database, models: Sequence[ModelRecord], config: TuneConfig = TuneC
             if rows and time.perf_counter() - started > config.budget_s:  # at least one candidate is always scored
                 over_budget = True
                 break
-            vectors, labels = split_by_model[candidate.model.id]
-            result, ms = score(candidate, vectors, labels, rung_probes, gallery, config.vote_neighbours)
-            value = getattr(result, metric)
+            value = measure(candidate, rung + 1, rung_probes)
             scored.append((value, order, candidate))
-            rows.append({"model": candidate.model.id, "pipeline": candidate.pipeline.describe(), "rung": rung + 1, "probes": len(rung_probes),
-                         "P@1": result.p_at_1, "P@5": result.p_at_5, "mAP@5": result.map_at_5, "mAP": result.mean_ap,
-                         "ms_per_probe": round(ms, 2), "note": candidate.note})
             step += 1
             report_progress(progress, Progress("tune", step, total_steps, "candidates",
-                                               f"{candidate.model.id} {candidate.pipeline.describe()}: {config.objective} {value:.4f}",
+                                               f"{candidate.source} {candidate.pipeline.describe()}: {config.objective} {value:.4f}",
                                                {config.objective: value}))
         ranked = sorted(scored, key=lambda s: (s[2].note is not None, -s[0], s[1]))
         if over_budget or rung == len(rungs) - 1:
-            pool = [c for _, _, c in ranked]
             break
         pool = [c for _, _, c in ranked[: max(1, (len(ranked) + 1) // 2)]]
+    if not over_budget and config.ensemble_sizes:  # the best versions together, with the best re-ranker and without
+        for ensemble in ensembles_of(ranked, config.ensemble_sizes):
+            if ensemble.source not in split_by_model:
+                parts = [split_by_model[m.id][0] for m in ensemble.members]
+                split_by_model[ensemble.source] = (concatenate_embeddings(parts, np.ones(len(parts))), split_by_model[ensemble.members[0].id][1])
+            ranked.append((measure(ensemble, len(rungs), probes), len(ranked), ensemble))
+        ranked.sort(key=lambda s: (s[2].note is not None, -s[0], s[1]))
+    pool = [c for _, _, c in ranked]
     eligible = [c for c in pool if c.note is None]
     if not eligible:
         raise EvaluationError("no candidate could be chosen: every version scored was trained on the catalogue's labels "
                               "(tune a version trained without them, or with a hold-out of its own)")
     best = eligible[0]
     frame = pl.DataFrame(rows).sort(["rung", OBJECTIVE_COLUMNS[config.objective]], descending=[True, True])
-    best_row = frame.filter((pl.col("model") == best.model.id) & (pl.col("pipeline") == best.pipeline.describe())).row(0, named=True)
+    best_row = frame.filter((pl.col("model") == best.source) & (pl.col("pipeline") == best.pipeline.describe())).row(0, named=True)
     seconds = time.perf_counter() - started
     chosen = QueryPipeline(best.pipeline.reranker, best.pipeline.parameters, objective=config.objective, score=best_row[OBJECTIVE_COLUMNS[config.objective]],
                            candidates=frame.to_dicts())
     logger.info("tuned on %d probes against %d gallery images in %.0f s: %s %s (%s %.4f)%s", len(probes), len(gallery), seconds,
-                best.model.id, chosen.describe(), config.objective, chosen.score, " (budget reached)" if over_budget else "")
-    return TuneResult(Candidate(best.model, chosen), frame, len(probes), len(gallery), seconds)
+                best.source, chosen.describe(), config.objective, chosen.score, " (budget reached)" if over_budget else "")
+    return TuneResult(Candidate(best.model, chosen, members=best.members), frame, len(probes), len(gallery), seconds)
+
+
+def ensembles_of(ranked: Sequence[tuple[float, int, Candidate]], sizes: Sequence[int]) -> list[Candidate]:
+    """Ensembles of the best distinct eligible versions (by their best score), each with the re-ranker of the best
+    candidate and with exact k-NN."""
+    leaders: list[ModelRecord] = []
+    for _, _, candidate in ranked:
+        if candidate.note is None and not candidate.members and candidate.model.id not in {m.id for m in leaders}:
+            leaders.append(candidate.model)
+    best = next((c for _, _, c in ranked if c.note is None), None)
+    plain = QueryPipeline(DEFAULT_RERANKER)
+    found = []
+    for size in sizes:
+        if best is None or len(leaders) < size:
+            continue
+        members = tuple(leaders[:size])
+        pipelines = [best.pipeline] + ([plain] if best.pipeline.describe() != plain.describe() else [])
+        found.extend(Candidate(members[0], pipeline, members=members) for pipeline in pipelines)
+    return found
 
 
 def holdout_ids(db: Database, model: ModelRecord, config: TuneConfig = TuneConfig()) -> tuple[list[str], list[str]]:

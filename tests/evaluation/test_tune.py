@@ -14,7 +14,7 @@ from engine.core.errors import EvaluationError
 from engine.evaluation.compare import rank_catalogue
 from engine.evaluation.config import TuneConfig
 from engine.evaluation.metrics import evaluate_ranking
-from engine.evaluation.tune import holdout_split, tune
+from engine.evaluation.tune import ENSEMBLE_SEPARATOR, RERANKER_GRID, holdout_split, tune
 from engine.search.config import DEFAULT_RERANKER, SearchConfig
 from engine.search.pipeline import QueryPipeline, stored_pipeline
 from engine.search.rerank import create_reranker
@@ -60,7 +60,8 @@ def test_the_winner_is_the_best_scored_candidate_and_its_score_can_be_recomputed
     final = result.scores.filter(result.scores["rung"] == result.scores["rung"].max())
     assert result.best.pipeline.score == final["P@1"].max()
     assert result.best.model.id == "sharp-v1"  # the less noisy version wins
-    assert result.scores.filter(result.scores["rung"] == 1).height == 2 * 13  # every candidate scored once at least
+    singles = result.scores.filter(~result.scores["model"].str.contains(ENSEMBLE_SEPARATOR))
+    assert singles.filter(singles["rung"] == 1).height == 2 * len(RERANKER_GRID)  # every candidate scored once at least
     # the catalogue only: the 240 train rows, none of the 60 val queries
     assert result.probes + result.gallery == 240
     # recomputed by hand on the same split with the same pure functions
@@ -152,7 +153,7 @@ def test_trial_heads_learn_from_the_gallery_only_and_a_winning_head_is_trained_a
         return real_train(db, parent, dataclasses.replace(config, epochs=10), progress=progress)
 
     monkeypatch.setattr(tuning, "train", recording_train)
-    config = TuneConfig(objective="p1", head_methods=("arcface",))
+    config = TuneConfig(objective="p1", head_methods=("arcface",), head_seeds=(0,), ensemble_sizes=())
     probes, _ = tuning.holdout_ids(db, hidden, config)
     result = tune_pipeline(db, ["hidden-v1"], config)
     assert all(f"'{probe}'" in trained_on[0] for probe in probes) and "NOT IN" in trained_on[0]  # the trial head never saw a probe
@@ -161,3 +162,17 @@ def test_trial_heads_learn_from_the_gallery_only_and_a_winning_head_is_trained_a
     assert len(trained_on) == 2 and "NOT IN" not in trained_on[1]
     assert [h.id for h in heads] == [result.best.model.id]
     assert stored_pipeline(db, result.best.model) is not None and db.active_model_id() == result.best.model.id
+
+
+def test_an_ensemble_of_two_noisy_views_wins_and_is_published_as_a_version(db):
+    rows = synthetic_rows(300, LABELS)
+    first, second = make_vector_model(db, DIM, "view-a"), make_vector_model(db, DIM, "view-b")
+    db.write_embedded(first, rows, labelled_vectors(rows, 2.0, seed=11))  # the same classes, independent noise
+    db.write_embedded(second, rows, labelled_vectors(rows, 2.0, seed=12))
+    result = tune_pipeline(db, None, TuneConfig(objective="map", head_methods=()))
+    ensembles = result.scores.filter(result.scores["model"].str.contains(ENSEMBLE_SEPARATOR))
+    assert ensembles.height >= 1 and set(ensembles["probes"]) == {result.probes}
+    assert result.best.model.kind == "ensemble" and {m.id for m in result.best.members} == {"view-a", "view-b"}
+    assert db.active_model_id() == result.best.model.id and stored_pipeline(db, result.best.model) is not None
+    stored = db.embeddings(result.best.model).count_rows()
+    assert stored == 300 and result.best.model.dim == 2 * DIM
