@@ -320,7 +320,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     from console.service.data import index_recall_frame
 
     frame = model_versions(db).join(index_recall_frame(db).rename({"model_id": "id"}), on="id", how="left")
-    show_rows(args, {"models": frame.select("id", "active", "kind", "parent", "method", "dim", "val_map5", "status", "rows", "missing", "index_recall", "created_at")},
+    show_rows(args, {"models": frame.select("id", "active", "kind", "parent", "method", "pipeline", "dim", "val_map5", "status", "rows", "missing", "index_recall",
+                                            "created_at")},
               empty="no models yet: run lookalike ingest", views={"models": models_view}, titles={"models": "model versions (* the active one)"})
     return 0
 
@@ -332,7 +333,7 @@ def models_view(frame):  # noqa: ANN001, ANN201 - polars frames
     return frame.select(
         (pl.col("id") + pl.when(pl.col("active")).then(pl.lit(" *")).otherwise(pl.lit(""))).alias("id"),
         (pl.col("kind") + pl.when(pl.col("method").is_not_null()).then(pl.lit("/") + pl.col("method")).otherwise(pl.lit(""))).alias("kind"),
-        "parent", "dim", "val_map5",
+        "parent", "pipeline", "dim", "val_map5",
         (pl.col("status") + pl.when(pl.col("missing") > 0).then(pl.format(" ({} missing)", "missing")).otherwise(pl.lit(""))).alias("status"),
         pl.col("index_recall").alias("recall"),  # the index's own check (lookalike info: which index, which setting)
     )

@@ -10,6 +10,7 @@ import polars as pl
 
 from console.service.data import coverage_frame
 from engine.core.progress import ProgressCallback
+from engine.search.pipeline import stored_pipeline
 from engine.storage.database import Database, ModelRecord
 from engine.training import TrainConfig, TrainResult, train
 from engine.training.config import regime_defaults
@@ -48,12 +49,14 @@ def model_versions(db: Database) -> pl.DataFrame:
     kinds = [record.kind for record in (db.resolve_model(i) for i in frame["id"])]
     active = db.active_model_id() or frame["id"][0]
     coverage = coverage_frame(db).select("model_id", "status", "rows", "missing").rename({"model_id": "id"})
+    pipelines = [stored_pipeline(db, db.resolve_model(i)) for i in frame["id"]]
     return frame.with_columns(
         (pl.col("id") == active).alias("active"),
         pl.Series("kind", kinds, pl.String),
+        pl.Series("pipeline", [p.reranker if p else None for p in pipelines], pl.String),  # what its searches re-rank with (lookalike tune)
         pl.Series("method", [n.get("method") for n in notes], pl.String),
         pl.Series("val_map5", [n.get("val_map5") for n in notes], pl.Float64),
-    ).join(coverage, on="id", how="left").select("id", "active", "kind", "parent", "method", "dim", "val_map5", "status", "rows", "missing", "created_at")
+    ).join(coverage, on="id", how="left").select("id", "active", "kind", "parent", "method", "pipeline", "dim", "val_map5", "status", "rows", "missing", "created_at")
 
 
 def label_trained_versions(db: Database, record: ModelRecord) -> list[str]:
