@@ -5,6 +5,9 @@ forward pass, batch of 1) -> search (top-k with the searcher's defaults) -> vote
 
     python benchmarks/query_latency.py --db /tmp/mit --query ../shared/datasets/mit_scenes/test/coast_0001.jpg
     python benchmarks/query_latency.py --quick    # ingests the shipped samples into a temporary database first
+    python benchmarks/query_latency.py --db /tmp/mit --query Q.jpg --model BASE,TUNED   # side by side, one run
+
+Each version searches as the product does: with the query pipeline ``lookalike tune`` stored with it, if any.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import torch
 
 from engine.media.decode import decode_image
 from engine.media.scan import scan_folder
+from engine.search.config import SearchConfig
+from engine.search.pipeline import search_config_for
 from engine.search.searcher import Searcher
 from engine.storage.database import Database
 from ingest.pipeline import ingest_files
@@ -32,7 +37,7 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", type=Path)
     parser.add_argument("--query", type=Path)
-    parser.add_argument("--model", help="model id or encoder name (default: the newest model)")
+    parser.add_argument("--model", help="model ids or encoder names, comma-separated, measured side by side (default: the active model)")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/query_latency.csv"))
@@ -48,7 +53,19 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
     if args.db is None or args.query is None:
         parser.error("--db and --query are required (or --quick)")
 
-    searcher = Searcher(Database(args.db), args.model)
+    frames = [measure(Database(args.db), name or None, args) for name in (args.model or "").split(",")]
+    frame = pl.concat(frames)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_csv(args.out)
+    if len(frames) > 1:
+        totals = frame.filter(pl.col("part") == "total")
+        print(totals.select("model", "pipeline", "median_ms", (pl.col("median_ms") / totals["median_ms"][0]).round(2).alias("ratio_to_first")))
+    return frame
+
+
+def measure(db: Database, model: str | None, args: argparse.Namespace) -> pl.DataFrame:
+    record = db.resolve_model(model)
+    searcher = Searcher(db, record, search_config_for(db, record, SearchConfig(k=args.k), reranker_named=False))
     encoder = searcher.encoder
     timings: dict[str, list[float]] = {part: [] for part in ("read", "decode", "preprocess", "encode", "search", "vote", "total")}
     for repeat in range(args.repeats + 1):  # the first run warms up caches and the in-memory index
@@ -73,12 +90,12 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
     rows = [{"part": part, "median_ms": round(1000 * statistics.median(values), 2)} for part, values in timings.items()]
     total = rows[-1]["median_ms"]
     frame = pl.DataFrame(rows).with_columns((pl.col("median_ms") / total).round(3).alias("share_of_total"))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    frame.with_columns(pl.lit(searcher.model.id).alias("model"), pl.lit(searcher.table.count_rows()).alias("catalogue_rows"),
-                       pl.lit(torch.get_num_threads()).alias("threads"), pl.lit(platform.machine()).alias("machine")).write_csv(args.out)
-    print(f"{args.query} against {searcher.model.id} ({searcher.table.count_rows()} rows), {args.repeats} repeats, {torch.get_num_threads()} threads")
+    print(f"{args.query} against {searcher.model.id} ({searcher.table.count_rows()} rows, re-ranker {searcher.config.reranker}), "
+          f"{args.repeats} repeats, {torch.get_num_threads()} threads")
     print(frame)
-    return frame
+    return frame.with_columns(pl.lit(searcher.model.id).alias("model"), pl.lit(searcher.config.reranker).alias("pipeline"),
+                              pl.lit(searcher.table.count_rows()).alias("catalogue_rows"), pl.lit(torch.get_num_threads()).alias("threads"),
+                              pl.lit(platform.machine()).alias("machine"))
 
 
 if __name__ == "__main__":
