@@ -48,7 +48,7 @@ def concatenate_embeddings(parts: Sequence[np.ndarray], weights: np.ndarray) -> 
 class EnsembleEncoder(RecordedIdentity):
     """Encodes query images with every member's encoder (each with its own preprocessing) and joins them.
 
-    Query time is the sum of the members'. It has no single preprocessing, so images enter an ensemble
+    Query time is the sum of the members', except that heads on one parent share its backbone's forward pass. It has no single preprocessing, so images enter an ensemble
     version through its members (ingest them, then refresh the ensemble), never directly.
     """
 
@@ -60,4 +60,6 @@ class EnsembleEncoder(RecordedIdentity):
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), np.float32)
-        return concatenate_embeddings([m.encode_images(images) for m in self.members], self.weights)
+        from engine.encoders.heads import encode_members  # torch: only when an ensemble encodes
+
+        return concatenate_embeddings(encode_members(self.members, images), self.weights)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -64,6 +65,37 @@ class BackboneWithHead(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # the head was trained on stored vectors, which are normalised backbone features
         return self.head(nn.functional.normalize(self.backbone(images).float(), dim=1))
+
+
+def encode_members(members: Sequence, images: Sequence) -> list[np.ndarray]:
+    """Every member encoder's vectors of ``images``, running each distinct backbone once: heads appended to one
+    parent's encoder (an ensemble of heads, the usual winner of ``lookalike tune``) share its forward pass, so the
+    ensemble costs one backbone, not one per member. Other members encode on their own."""
+    shared: dict[int, torch.Tensor] = {}
+    parts = []
+    for member in members:
+        network = getattr(member, "model", None)
+        if not isinstance(network, BackboneWithHead):
+            parts.append(member.encode_images(images))
+            continue
+        key = id(network.backbone)  # the resolver builds a parent's encoder once, so its heads hold the same backbone
+        if key not in shared:
+            shared[key] = _backbone_features(member, network.backbone, images)
+        with torch.inference_mode():
+            parts.append(nn.functional.normalize(network.head(shared[key]).float(), dim=1).cpu().numpy().astype(np.float32))
+    return parts
+
+
+@torch.inference_mode()
+def _backbone_features(member, backbone: nn.Module, images: Sequence) -> torch.Tensor:  # noqa: ANN001 - an Encoder
+    """Normalised backbone features of ``images`` with ``member``'s preprocessing, batch by batch: what
+    :class:`BackboneWithHead` feeds its head."""
+    chunks = []
+    for start in range(0, len(images), member.batch_size):
+        batch = torch.stack([member.preprocess(im) for im in images[start : start + member.batch_size]]).to(member.device)
+        with torch.autocast(device_type=member.device.type, enabled=member.amp and member.device.type == "cuda"):
+            chunks.append(nn.functional.normalize(backbone(batch).float(), dim=1))
+    return torch.cat(chunks)
 
 
 def save_head(head: ProjectionHead, path: Path) -> str:

@@ -377,6 +377,28 @@ def test_derived_versions_embed_queries_exactly_like_the_catalogue(sample_db, ti
     encoder_for_model(db, tampered)
 
 
+def test_an_ensemble_of_heads_on_one_parent_runs_its_backbone_once_and_matches_the_stored_vectors(sample_db, tiny_encoder):
+    from engine.media.decode import decode_image
+    from engine.training import TrainConfig, train
+
+    db = sample_db
+    base = db.resolve_model(tiny_encoder.model_id)
+    heads = [train(db, base, TrainConfig(method=method, epochs=2, catalogue_where="label IS NOT NULL")).model for method in ("arcface", "triplet")]
+    ensemble = publish_derived(db, "ensemble", heads, EnsembleConfig())
+    encoder = encoder_for_model(db, ensemble)
+    backbones = {id(member.model.backbone) for member in encoder.members}
+    assert len(backbones) == 1  # the resolver built the parent once
+    calls = []
+    hook = encoder.members[0].model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    image = db.images_frame(columns=["id", "path"]).sort("path").row(0, named=True)
+    query = Searcher(db, ensemble, encoder=encoder).encode_files([image["path"]])[0]
+    hook.remove()
+    assert len(calls) == 1
+    np.testing.assert_allclose(query, _stored_vector(db, ensemble, image["id"]), atol=1e-5)
+    separately = [member.encode_images([decode_image(open(image["path"], "rb").read()).image]) for member in encoder.members]
+    np.testing.assert_allclose(query, concatenate_embeddings(separately, np.ones(2))[0], atol=1e-5)
+
+
 def test_cli_derives_versions_and_compares_pipelines(sample_db, capsys):
     from console.cli.main import main
 
