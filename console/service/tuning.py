@@ -21,6 +21,7 @@ from engine.storage.database import Database, ModelRecord
 from engine.training import TrainConfig, train
 from engine.versions.derived import publish_derived
 
+CANDIDATE_LEAD = ("rung", "probes", "P@1", "P@5", "mAP@5", "mAP", "pipeline", "versions")
 LEAK_NOTE = "trained on the catalogue's labels: its hold-out score over-promises"
 
 
@@ -98,4 +99,8 @@ def tuned_pipelines(db: Database) -> pl.DataFrame:
 def tuning_candidates(db: Database, model: str | None = None) -> pl.DataFrame:
     """Every candidate's hold-out scores recorded when ``model``'s (default: the active version's) pipeline was tuned."""
     pipeline = stored_pipeline(db, db.resolve_model(model))
-    return pl.DataFrame(pipeline.candidates) if pipeline and pipeline.candidates else pl.DataFrame()
+    if not pipeline or not pipeline.candidates:
+        return pl.DataFrame()
+    # the figures first, then the pipeline and its versions (an ensemble names several), which wrap to fit 80 columns
+    frame = pl.DataFrame(pipeline.candidates).rename({"model": "versions"})
+    return frame.select(*CANDIDATE_LEAD, *[c for c in frame.columns if c not in CANDIDATE_LEAD])
