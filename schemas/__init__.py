@@ -32,6 +32,13 @@ Tables in a Lookalike database (a LanceDB directory):
     outliers and split skews, each with the images involved, a score, its evidence (JSON) and a status; a decided
     finding records what was done and what it replaced (so it can be undone). Keyed by a hash of the kind and
     the images (and, for a label mistake, the label it questions), so a decided finding is not raised again.
+``regions``
+    Boxes of objects inside catalogue images (``lookalike regions``): image id, pixel box, its share of the
+    image, the source that found it (annotations, masker, detector, grid), a score and a label when known.
+    Keyed by ``region_id`` (a hash of the image, the source and the box).
+``regions__<model id>``
+    One table per model version that embedded regions: each region's crop embedded by the version's encoder,
+    with the region's image, box and label repeated beside the vector (as ``embeddings__`` tables do).
 ``review``
     Queries flagged as distractors awaiting a decision (confirm, assign a known class, or add as a new
     class), with who decided and when. Keyed by the query's content hash and model.
@@ -66,6 +73,8 @@ MASKERS_TABLE = "maskers"
 FOREGROUND_TABLE = "foreground"
 COVERAGE_TABLE = "coverage"
 AUDIT_TABLE = "audit"
+REGIONS_TABLE = "regions"
+REGION_EMBEDDINGS_PREFIX = "regions__"
 EMBEDDINGS_PREFIX = "embeddings__"
 
 
@@ -257,6 +266,33 @@ def embeddings_table_name(model_id: str) -> str:
     """Name of the embeddings table of one model version."""
     safe = "".join(ch if ch.isalnum() or ch in "_-." else "_" for ch in model_id)
     return f"{EMBEDDINGS_PREFIX}{safe}"
+
+
+REGION_FIELDS = [
+    pa.field("region_id", pa.string(), nullable=False),
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),  # annotations | masker | detector | grid
+    pa.field("x", pa.int32(), nullable=False),  # the box in the decoded image's pixels: left, top, width, height
+    pa.field("y", pa.int32(), nullable=False),
+    pa.field("w", pa.int32(), nullable=False),
+    pa.field("h", pa.int32(), nullable=False),
+    pa.field("area_share", pa.float64(), nullable=False),  # box area / image area
+    pa.field("score", pa.float64()),  # the detector's confidence, the component's foreground share; null for boxes given
+    pa.field("label", pa.string()),  # the object's class when the source knows it
+]
+
+REGIONS_SCHEMA = _with_metadata(pa.schema([*REGION_FIELDS, pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False)]), REGIONS_TABLE)
+
+
+def region_embeddings_schema(dim: int, model_id: str) -> pa.Schema:
+    """Region vectors of one model version: the region's fields and its crop's vector."""
+    schema = pa.schema([*REGION_FIELDS, pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)])
+    return _with_metadata(schema, "region_embeddings", {MODEL_ID_KEY: model_id.encode()})
+
+
+def region_embeddings_table_name(model_id: str) -> str:
+    """Name of the region embeddings table of one model version."""
+    return REGION_EMBEDDINGS_PREFIX + embeddings_table_name(model_id).removeprefix(EMBEDDINGS_PREFIX)
 
 
 COVERAGE_SCHEMA = _with_metadata(

@@ -35,7 +35,7 @@ MIN_QUERY_CHARS = 24  # of a query's path in its table's title, however long the
 
 # Feature areas keep their sub-commands in their own module, each exposing ``add_commands(sub, *, common, search_opts)``.
 FEATURE_COMMAND_MODULES: tuple[str, ...] = ("console.cli.tui_command", "console.cli.masking", "console.cli.reports", "console.cli.quality", "console.cli.scale",
-                                             "console.cli.data", "console.cli.audit")
+                                             "console.cli.data", "console.cli.audit", "console.cli.regions")
 
 # ---- catalogue ---------------------------------------------------------------------------------------
 
@@ -98,6 +98,8 @@ def _searcher(args: argparse.Namespace, *, read_only: bool = True):  # noqa: ANN
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    if args.regions:
+        return importlib.import_module("console.cli.regions").run_region_search(args)
     from console.service.search import encode_queries, query_paths, search
 
     searcher = _searcher(args)
@@ -436,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--columns", help="extra columns to show, comma-separated (e.g. split,width)")
     search.add_argument("--predict", action="store_true", help="also print the classes the nearest catalogue images vote for (up to 5; the whole catalogue votes, whatever --where)")
     importlib.import_module("console.cli.masking").add_mask_options(search, "mask queries with this masker (default: as the model's catalogue was masked); another masking is refused")
+    importlib.import_module("console.cli.regions").add_search_options(search)
     add_output_options(search)
     search.set_defaults(func=cmd_search)
 

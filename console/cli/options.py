@@ -27,6 +27,7 @@ REGISTRIES: dict[str, tuple[str, str]] = {
     "projections": ("engine.reports", "list_projectors"),
     "ingest-engines": ("ingest.engines", "list_ingest_engines"),
     "audit-kinds": ("engine.audit", "list_finders"),
+    "region-sources": ("engine.regions.sources", "list_region_sources"),
 }
 
 

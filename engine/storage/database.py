@@ -197,6 +197,7 @@ class Database:
             schemas.SETTINGS_TABLE: schemas.SETTINGS_SCHEMA,
             schemas.COVERAGE_TABLE: schemas.COVERAGE_SCHEMA,
             schemas.AUDIT_TABLE: schemas.AUDIT_SCHEMA,
+            schemas.REGIONS_TABLE: schemas.REGIONS_SCHEMA,
         }
         for name in self.table_names():
             table = self._open_listed(name)
@@ -215,6 +216,9 @@ class Database:
                 on_disk = table.schema
                 dim = on_disk.field("vector").type.list_size if "vector" in on_disk.names else 1
                 schemas.check_compatible(name, on_disk, schemas.embeddings_schema(dim, "", ""))
+            elif name.startswith(schemas.REGION_EMBEDDINGS_PREFIX):
+                dim = table.schema.field("vector").type.list_size if "vector" in table.schema.names else 1
+                schemas.check_compatible(name, table.schema, schemas.region_embeddings_schema(dim, ""))
 
     def _upgrade_models(self, table: lancedb.table.Table) -> None:
         """Record the kind of every version of a database from release 0.1 (see ``migrations``)."""
@@ -283,6 +287,29 @@ class Database:
     def set_setting(self, key: str, value: str) -> None:
         row = pa.Table.from_pylist([{"key": key, "value": value, "updated_at": utc_now()}], schema=schemas.SETTINGS_SCHEMA)
         self.settings.merge_insert("key").when_matched_update_all().when_not_matched_insert_all().execute(row)
+
+    @property
+    def regions(self) -> lancedb.table.Table:
+        return self._table(schemas.REGIONS_TABLE, schemas.REGIONS_SCHEMA)
+
+    def region_embeddings(self, model: ModelRecord) -> lancedb.table.Table:
+        """``model``'s region vectors (created on first use)."""
+        return self._table(schemas.region_embeddings_table_name(model.id), schemas.region_embeddings_schema(model.dim, model.id))
+
+    def write_regions(self, model: ModelRecord, regions: pa.Table, vectors: np.ndarray) -> None:
+        """Upsert regions (``schemas.REGION_FIELDS`` columns) and ``model``'s vectors of them, keyed by region id:
+        the vectors first, so a region row never lacks the vector of the version that found it."""
+        if not regions.num_rows:
+            return
+        fields = pa.schema(schemas.REGION_FIELDS)
+        regions = regions.select(fields.names).cast(fields)
+        vector_column = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel()), model.dim)
+        table = self.region_embeddings(model)
+        table.merge_insert("region_id").when_matched_update_all().when_not_matched_insert_all().execute(
+            pa.table({**{n: regions.column(n) for n in fields.names}, "vector": vector_column}, schema=table.schema))
+        stamped = regions.append_column(pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+                                        pa.array([utc_now()] * regions.num_rows, pa.timestamp("us", tz="UTC")))
+        self.regions.merge_insert("region_id").when_matched_update_all().when_not_matched_insert_all().execute(stamped.cast(schemas.REGIONS_SCHEMA))
 
     @property
     def review(self) -> lancedb.table.Table:
@@ -519,20 +546,25 @@ class Database:
 
     def delete_images(self, image_ids: Sequence[str]) -> None:
         """Remove images from the catalogue (the commit point of a delete: versions follow when brought in step),
-        then their foreground fractions (a masked version's per-image record)."""
-        has_foreground = schemas.FOREGROUND_TABLE in self._list_tables()
+        then their foreground fractions (a masked version's per-image record) and their regions. Regions left by a
+        delete killed midway are never answered (region searches keep regions of stored images only) and go with the
+        next ``lookalike regions``."""
+        listed = self._list_tables()
+        per_image = [name for name in listed if name == schemas.FOREGROUND_TABLE or name == schemas.REGIONS_TABLE
+                     or name.startswith(schemas.REGION_EMBEDDINGS_PREFIX)]
         for start in range(0, len(image_ids), DELETE_CHUNK):
             condition = "IN (" + ", ".join(sql_quote(i) for i in image_ids[start : start + DELETE_CHUNK]) + ")"
             self.images.delete(f"id {condition}")
-            if has_foreground:
-                self._db.open_table(schemas.FOREGROUND_TABLE).delete(f"image_id {condition}")
+            for name in per_image:
+                self._db.open_table(name).delete(f"image_id {condition}")
 
     def drop_model(self, model: ModelRecord) -> None:
         """Remove a version: its ``models`` row first (the commit point), then its table and coverage row."""
         self.models.delete(f"id = {sql_quote(model.id)}")
         fault_point("store.model_row_dropped")
-        if model.embeddings_table in self.table_names():
-            self._db.drop_table(model.embeddings_table)
+        for name in (model.embeddings_table, schemas.region_embeddings_table_name(model.id)):
+            if name in self.table_names():
+                self._db.drop_table(name)
         for name in (schemas.COVERAGE_TABLE, schemas.CALIBRATIONS_TABLE, schemas.AUDIT_TABLE):
             if name in self._list_tables():
                 self._db.open_table(name).delete(f"model_id = {sql_quote(model.id)}")
