@@ -230,3 +230,28 @@ def test_the_cli_extracts_and_searches_regions(region_db, tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         main(["regions", "--db", path, "--source", "nope"])
     assert stopped.value.code == 2 and "choose one of" in capsys.readouterr().err
+
+
+def test_the_masker_source_boxes_the_components_of_the_masker_prediction(region_db, tiny_weights, tmp_path):
+    import shutil
+
+    from engine.masking.masks import pair_images_with_masks, read_masks
+    from engine.masking.store import load_masker
+    from engine.masking.unet import MaskerConfig
+    from engine.storage.database import Database
+    from engine.training.masker import MaskerTrainConfig, train_masker
+
+    db_source, root = region_db
+    shutil.copytree(db_source.uri, tmp_path / "db")
+    db = Database(tmp_path / "db")
+    masks = read_masks(root / "masks")
+    config = MaskerTrainConfig(MaskerConfig(encoder="test_efficientnet", encoder_weights=str(tiny_weights), image_size=SIDE,
+                                            decoder_channels=(32, 16, 16, 8, 8)), epochs=1, batch_size=5, holdout=0.0, device="cpu")
+    train_masker(db, pair_images_with_masks(root, masks), masks, config)
+    config = RegionConfig(source="masker", min_area_share=0.0, padding=0.0)
+    source = create_region_source(config, db)
+    image = Image.open(root / "img001.png").convert("RGB")
+    expected = component_boxes(np.asarray(load_masker(db).predict([image])[0], bool), 0.0, 0.0)
+    assert source.boxes(str(root / "img001.png"), image) == expected
+    report = regions_of_catalogue(db, None, config)
+    assert report.images == 10 and report.regions + report.without_regions >= 10
