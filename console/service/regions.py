@@ -62,3 +62,13 @@ def search_by_regions(db: Database, model: str | None, queries: Sequence[Path], 
         found = search_regions(index, encoder.encode_images(images), k, all_regions)
     names = pl.DataFrame({"query": np.arange(len(queries)), "query_path": [str(q) for q in queries]})
     return found.join(names, on="query", how="left")
+
+
+def search_regions_of(db: Database, model: str | None, query: str, k: int = 10) -> pl.DataFrame:
+    """``search --regions`` for one query given as the console takes it: an image file, or a stored image's id (or a
+    unique prefix), whose file is then the query."""
+    path = Path(query).expanduser()
+    if not path.is_file():
+        image_id = db.resolve_image_ids([query])[0]
+        path = Path(db.images_frame(f"id = '{image_id}'", columns=["path"])["path"][0])
+    return search_by_regions(db, model, [path], k=k)

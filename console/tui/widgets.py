@@ -80,8 +80,13 @@ def open_in_system_viewer(path: str | Path) -> str:
     return f"opened {Path(path).name} with {Path(viewer).name}"
 
 
-def load_preview(path: str | Path, side: int = PREVIEW_SIDE) -> PILImage.Image | None:
-    """A small RGB copy of an image file, decoded as ingest decodes it; None if it cannot be read.
+BOX_COLOUR = (255, 40, 40)
+BOX_LINE_SHARE = 0.012  # a drawn box's line width as a share of the image's longer side (at least one pixel)
+
+
+def load_preview(path: str | Path, side: int = PREVIEW_SIDE, box: tuple[int, int, int, int] | None = None) -> PILImage.Image | None:
+    """A small RGB copy of an image file, decoded as ingest decodes it, with ``box`` (x, y, w, h in the image's
+    pixels: a region) drawn on it; None if it cannot be read.
 
     Runs in worker threads so that the UI never waits on a disk or a decoder.
     """
@@ -90,6 +95,12 @@ def load_preview(path: str | Path, side: int = PREVIEW_SIDE) -> PILImage.Image |
     except (OSError, DecodeError) as exc:
         logger.info("no preview of %s: %s", path, exc)
         return None
+    if box is not None:
+        from PIL import ImageDraw
+
+        x, y, w, h = box
+        line = max(1, round(BOX_LINE_SHARE * max(picture.size)))
+        ImageDraw.Draw(picture).rectangle((x, y, x + w - 1, y + h - 1), outline=BOX_COLOUR, width=line)
     picture.thumbnail((side, side))
     return picture
 

@@ -22,6 +22,11 @@ from console.tui.widgets import SHORT_ID_CHARS, Thumbnail, fill_table, load_prev
 GRID_CELLS = 10  # thumbnails shown for the top results
 TALL_TERMINAL_ROWS = 40  # from this height on the thumbnails double
 RESULT_COLUMNS = ("split", "width", "height")
+BOX_COLUMNS = ("x", "y", "w", "h")  # a region result's box, in its image's pixels
+
+
+def box_of(row: dict) -> tuple[int, int, int, int]:
+    return row["x"], row["y"], row["w"], row["h"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class SearchRequest:
     where: str | None
     k: int
     model: str | None
+    regions: bool = False  # the catalogue's regions (lookalike regions), each result with its box
 
 
 @dataclass(frozen=True)
@@ -55,11 +61,13 @@ class SearchScreen(ConsoleScreen):
         ("p", "pick_selected", "Query with selected"),
         ("v", "view", "View full screen"),
         ("o", "open_file", "Open in viewer"),
+        ("ctrl+g", "toggle_regions", "Regions"),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self._outcome: SearchOutcome | None = None
+        self._regions = False
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -111,6 +119,12 @@ class SearchScreen(ConsoleScreen):
 
     # ---- searching -----------------------------------------------------------------------------
 
+    def action_toggle_regions(self) -> None:
+        """Search the objects inside catalogue images (their regions, boxes drawn) or whole images."""
+        self._regions = not self._regions
+        self.say("search-message", "regions on: results are the catalogue regions nearest the whole query (lookalike regions makes them); "
+                 "ctrl+g for whole images" if self._regions else "regions off: whole images")
+
     def query_with(self, query: str, where: str | None = None) -> None:
         """Search with ``query`` (a path or an image id) under ``where`` (None: no filter, not the last one typed)
         as if the operator had typed them."""
@@ -138,13 +152,20 @@ class SearchScreen(ConsoleScreen):
             return
         model = self.query_one("#search-model", Select).value
         request = SearchRequest(query, self.query_one("#search-where", Input).value.strip() or None, int(k_input.value),
-                                None if model is Select.NULL else str(model))
+                                None if model is Select.NULL else str(model), self._regions)
+        if request.regions and request.where:
+            self.say("search-message", "a where filter does not apply to regions yet: clear it, or ctrl+g for whole images", error=True)
+            return
         self.say("search-message", f"searching for {query}…")
         self._clear_outcome()  # a failed search must not leave the last one's results under its error
         self.run_search(request)
 
     @work(thread=True, exclusive=True, group="search")
     def run_search(self, request: SearchRequest) -> None:
+        if request.regions:
+            self.guarded("search-message", "region search", lambda: self._search_regions(request))
+            return
+
         def search() -> None:
             searcher = self.lookalike.searcher(request.model)
             found = search_service.search(searcher, search_service.query_vectors(searcher, request.query), k=request.k, where=request.where, columns=RESULT_COLUMNS)
@@ -164,6 +185,21 @@ class SearchScreen(ConsoleScreen):
             self.ui(self._show_outcome, outcome)
 
         self.guarded("search-message", "search", search)
+
+    def _search_regions(self, request: SearchRequest) -> None:
+        from console.service.regions import search_regions_of
+
+        db = self.lookalike.db
+        model = db.resolve_model(request.model)
+        found = search_regions_of(db, model.id, request.query, request.k)
+        show_images = self.lookalike.image_class is not None
+        query_path = Path(found["query_path"][0]) if found.height else Path(request.query)
+        outcome = SearchOutcome(
+            request, model.id, found, pl.DataFrame(schema={"rank": pl.Int64, "label": pl.String, "score": pl.Float64}), None,
+            load_preview(query_path) if show_images and query_path.is_file() else None,
+            [load_preview(r["path"], box=box_of(r)) for r in found.head(GRID_CELLS).iter_rows(named=True)] if show_images else [],
+        )
+        self.ui(self._show_outcome, outcome)
 
     def _clear_outcome(self) -> None:
         self._outcome = None
@@ -202,16 +238,19 @@ class SearchScreen(ConsoleScreen):
         self._outcome = outcome
         results = outcome.results
         where = f" where {outcome.request.where}" if outcome.request.where else ""
-        self.say("search-message", f"{results.height} results from model {outcome.model_id}{where}")
+        what = "regions (the best of each image)" if outcome.request.regions else "results"
+        self.say("search-message", f"{results.height} {what} from model {outcome.model_id}{where}")
+        extra = BOX_COLUMNS if outcome.request.regions else RESULT_COLUMNS
         shown = results.select("rank", "label", "distance", pl.col("path").map_elements(short_path, return_dtype=pl.String),
-                               *RESULT_COLUMNS, pl.col("image_id").str.slice(0, SHORT_ID_CHARS)) if results.height else results
+                               *extra, pl.col("image_id").str.slice(0, SHORT_ID_CHARS)) if results.height else results
         fill_table(self.query_one("#search-table", DataTable), shown, "no catalogue image matches")
         for cell in range(GRID_CELLS):
             thumb = self.query_one(f"#search-cell-{cell}", Thumbnail)
             if cell < results.height:
                 thumb.display = True
                 picture = outcome.previews[cell] if cell < len(outcome.previews) else None
-                thumb.show(picture, f"#{results['rank'][cell]} {results['label'][cell] or '?'} {results['distance'][cell]:.3f}")
+                box = f" at {results['x'][cell]},{results['y'][cell]}" if outcome.request.regions else ""
+                thumb.show(picture, f"#{results['rank'][cell]} {results['label'][cell] or '?'} {results['distance'][cell]:.3f}{box}")
             else:
                 thumb.display = False
         self.query_one("#search-query-picture", Thumbnail).show(outcome.query_preview, f"query: {outcome.request.query}")
@@ -252,9 +291,9 @@ class SearchScreen(ConsoleScreen):
             meta.append(f"{value:.4f}\n" if isinstance(value, float) else f"{value}\n")
         self.query_one("#search-meta", Static).update(meta)
         if self.lookalike.image_class is not None:
-            self.load_large(row["path"], f"#{row['rank']} {row['label'] or '?'}")
+            self.load_large(row["path"], f"#{row['rank']} {row['label'] or '?'}", box_of(row) if "x" in row else None)
 
     @work(thread=True, exclusive=True, group="search-large")
-    def load_large(self, path: str, caption: str) -> None:
-        picture = load_preview(path, side=512)
+    def load_large(self, path: str, caption: str, box: tuple[int, int, int, int] | None = None) -> None:
+        picture = load_preview(path, side=512, box=box)
         self.ui(self.query_one("#search-large", Thumbnail).show, picture, caption)
