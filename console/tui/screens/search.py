@@ -261,6 +261,8 @@ class SearchScreen(ConsoleScreen):
     @staticmethod
     def _predictions_text(outcome: SearchOutcome) -> Text:
         text = Text("Predicted classes\n", style="bold")
+        if outcome.request.regions:
+            return text.append("  none: regions are searched, images do not vote (ctrl+g: whole images)\n", style="dim")
         for row in outcome.predictions.iter_rows(named=True):
             text.append(f"  {row['rank']}. {row['label']}  {row['score']:.3f}\n")
         if outcome.distractor is None:
