@@ -240,6 +240,8 @@ def cmd_calibrations(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.compare:
         return importlib.import_module("console.cli.quality").run_compare(args)
+    if args.regions:
+        return importlib.import_module("console.cli.regions").run_region_eval(args)
     from engine.evaluation.compare import evaluate_reranked
     from engine.evaluation.metrics import evaluate, evaluate_leave_one_out, load_split
     from engine.media.scan import scan_folder
@@ -448,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--query-dir", help="labelled query folder instead of --query-split")
     evaluation.add_argument("--per-class", action="store_true")
     evaluation.add_argument("--leave-one-out", action="store_true", help="each catalogue image queries all the others (for catalogues without a query split)")
+    evaluation.add_argument("--regions", action="store_true", help="measure the stored regions (lookalike regions): by object label, and images by their regions as sets")
+    evaluation.add_argument("--region-source", type=registered("region-sources"), help="with --regions: only regions from this source")
     evaluation.add_argument("--compare", metavar="PIPELINES", help="pipelines side by side, RERANKER[@MODEL] comma-separated, e.g. base,qe,dba,k-reciprocal,qe+k-reciprocal@MODEL")
     add_output_options(evaluation)
     evaluation.set_defaults(func=cmd_eval)

@@ -57,6 +57,21 @@ def run_region_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_region_eval(args: argparse.Namespace) -> int:
+    """``eval --regions``: region-level P@1 / P@5 / mAP@5 / mAP by object label, and image-level label-IoU@5."""
+    from engine.core.splits import split_where
+    from engine.evaluation.regions import evaluate_regions
+    from engine.storage.database import Database
+
+    db = Database(args.db, read_only=True)
+    model = db.resolve_model(args.model)
+    found = evaluate_regions(db, model, args.region_source, db.catalogue_where(split_where(args.catalogue_split)), split_where(args.query_split))
+    print(f"model {model.id}: {found.objects.queries} query regions against {found.objects.catalogue} catalogue regions; "
+          f"{found.query_images} query images against {found.catalogue_images} catalogue images by their regions: label-IoU@{found.k} {found.label_iou:.3f}")
+    show_rows(args, {"metrics": found.objects.as_frame()} | ({"per_class": found.objects.per_class} if args.per_class else {}), empty="no regions")
+    return 0
+
+
 def add_search_options(search: argparse.ArgumentParser) -> None:
     regions = search.add_argument_group("regions")
     regions.add_argument("--regions", action="store_true", help="search the regions of catalogue images (lookalike regions) instead of whole images")

@@ -255,3 +255,22 @@ def test_the_masker_source_boxes_the_components_of_the_masker_prediction(region_
     assert source.boxes(str(root / "img001.png"), image) == expected
     report = regions_of_catalogue(db, None, config)
     assert report.images == 10 and report.regions + report.without_regions >= 10
+
+
+def test_eval_regions_measures_objects_with_the_eval_metrics_and_images_as_sets(region_db):
+    from engine.evaluation.metrics import evaluate
+    from engine.evaluation.regions import evaluate_regions
+
+    db, root = region_db
+    regions_of_catalogue(db, None, RegionConfig(source="annotations", annotations=str(root / "annotations.json")))
+    model = db.resolve_model(None)
+    queries = "path LIKE '%img008.png' OR path LIKE '%img009.png'"
+    found = evaluate_regions(db, model, "annotations", f"NOT ({queries})", queries)
+    assert (found.objects.queries, found.objects.catalogue, found.query_images, found.catalogue_images) == (4, 16, 2, 8)
+    index = load_region_index(db, model, "annotations")
+    is_query = index.boxes["path"].str.contains("img008|img009").to_numpy()
+    labels = index.boxes["label"].to_list()
+    direct = evaluate(index.vectors[is_query], [label for label, q in zip(labels, is_query) if q], index.vectors[~is_query],
+                      [label for label, q in zip(labels, is_query) if not q])
+    assert (found.objects.p_at_1, found.objects.mean_ap) == (direct.p_at_1, direct.mean_ap)
+    assert 0.0 <= found.label_iou <= 1.0
