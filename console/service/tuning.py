@@ -4,6 +4,7 @@ version (``lookalike tune``), and show what was stored (``lookalike tune --show`
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,9 @@ from engine.training import TrainConfig, train
 from engine.versions.derived import publish_derived
 
 CANDIDATE_LEAD = ("rung", "probes", "P@1", "P@5", "mAP@5", "mAP", "pipeline", "versions")
+# A condition that is always true, in the training filter of every trial head: it marks them, so heads left by a
+# tune that was killed are recognised and dropped by the next one.
+TRIAL_MARKER = "'tune trial' = 'tune trial'"
 LEAK_NOTE = "trained on the catalogue's labels: its hold-out score over-promises"
 
 
@@ -55,6 +59,8 @@ def tune_pipeline(db: Database, models: Sequence[str] | None = None, config: Tun
     catalogue, a winning ensemble is published as a version, and the trial heads are dropped."""
     records = [db.resolve_model(name) for name in models] if models else db.find_models()
     notes = {} if allow_leak else {r.id: LEAK_NOTE for r in records if label_trained_versions(db, r)}
+    dropped = drop_trial_heads(db)
+    records = [r for r in records if r.id not in dropped]
     trials: list[TrialHead] = []
     probe_ids = None
     bases = [r for r in records if r.id not in notes and not label_trained_versions(db, r)]
@@ -63,7 +69,8 @@ def tune_pipeline(db: Database, models: Sequence[str] | None = None, config: Tun
     try:
         if config.head_methods:
             probe_ids, _ = holdout_ids(db, bases[0], config)
-            gallery_where = f"({db.catalogue_where(config.catalogue_where)}) AND image_id NOT IN ({', '.join(sql_quote(i) for i in probe_ids)})"
+            gallery_where = (f"({db.catalogue_where(config.catalogue_where)}) AND image_id NOT IN ({', '.join(sql_quote(i) for i in probe_ids)})"
+                             f" AND {TRIAL_MARKER}")
             for base in bases:
                 for method in config.head_methods:
                     for seed in config.head_seeds:
@@ -83,6 +90,18 @@ def tune_pipeline(db: Database, models: Sequence[str] | None = None, config: Tun
     if activate:
         db.activate_model(winner.id)
     return result
+
+
+def drop_trial_heads(db: Database) -> set[str]:
+    """Drop the trial heads a killed ``tune`` left behind (their training filter carries :data:`TRIAL_MARKER`);
+    the ids dropped."""
+    dropped = set()
+    for record in db.find_models():
+        where = (json.loads(record.notes).get("config") or {}).get("catalogue_where", "") if record.notes else ""
+        if TRIAL_MARKER in str(where):
+            db.drop_model(record)
+            dropped.add(record.id)
+    return dropped
 
 
 def tuned_pipelines(db: Database) -> pl.DataFrame:

@@ -176,3 +176,15 @@ def test_an_ensemble_of_two_noisy_views_wins_and_is_published_as_a_version(db):
     assert db.active_model_id() == result.best.model.id and stored_pipeline(db, result.best.model) is not None
     stored = db.embeddings(result.best.model).count_rows()
     assert stored == 300 and result.best.model.dim == 2 * DIM
+
+
+def test_trial_heads_left_by_a_killed_tune_are_dropped_by_the_next(two_versions):
+    from console.service.tuning import TRIAL_MARKER
+    from engine.training import TrainConfig, train
+
+    db, _, blurred, _ = two_versions
+    left = train(db, blurred, TrainConfig(method="arcface", epochs=1, catalogue_where=f"split = 'train' AND {TRIAL_MARKER}")).model
+    kept = train(db, blurred, TrainConfig(method="arcface", epochs=1, catalogue_where="split = 'train'")).model  # the user's own head
+    tune_pipeline(db, ["blurred-v1"], TuneConfig(head_methods=(), ensemble_sizes=()))
+    ids = {m.id for m in db.find_models()}
+    assert left.id not in ids and kept.id in ids
