@@ -265,11 +265,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if not len(queries):
                 raise InvalidRequestError(f"no labelled images in the query split {args.query_split!r}: hold some out (lookalike split --holdout 0.2 "
                                           f"--to {args.query_split}), give --query-dir DIR, or evaluate with --leave-one-out")
-        if searcher.config.reranker == DEFAULT_RERANKER:
+        if searcher.config.reranker == DEFAULT_RERANKER and searcher.config.class_fusion is None:
             result = evaluate(queries, query_labels, catalogue, catalogue_labels, vote_neighbours=vote)
-        else:  # a named re-ranker or the version's tuned pipeline: measured as searches answer
-            result = evaluate_reranked(queries, query_labels, catalogue, catalogue_labels, searcher.config)
-        print(f"model {searcher.model.id} ({searcher.config.reranker}): {result.queries} queries against {result.catalogue} catalogue images")
+        else:  # a named re-ranker or the version's tuned pipeline: measured as searches and predictions answer
+            result = evaluate_reranked(queries, query_labels, catalogue, catalogue_labels, searcher.config, searcher.fusion_classifier())
+        fusion = searcher.config.class_fusion
+        print(f"model {searcher.model.id} ({searcher.config.reranker}{f', classes: vote + classifier at weight {fusion.weight:g}' if fusion else ''}): "
+              f"{result.queries} queries against {result.catalogue} catalogue images")
     show_rows(args, {"metrics": result.as_frame()} | ({"per_class": result.per_class} if args.per_class else {}), empty="no queries")
     return 0
 

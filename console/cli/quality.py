@@ -90,13 +90,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
                   empty="no tuned pipeline yet: run lookalike tune")
         return 0
     config = TuneConfig(objective=args.objective, holdout=args.holdout, budget_s=60 * args.budget_minutes, seed=args.seed,
-                        catalogue_where=args.catalogue_where, head_methods=tuple(args.heads))
+                        catalogue_where=args.catalogue_where, head_methods=tuple(args.heads), **({"fusion_weights": ()} if args.no_fusion else {}))
     db = Database(args.db)
     with progress_bar() as show:
         result = tune_pipeline(db, args.models, config, allow_leak=args.allow_leak, activate=not args.no_activate, progress=show)
     best = result.best
     print(f"tuned on {result.probes} catalogue images held out against the other {result.gallery} in {result.seconds:.0f} s: "
           f"{best.model.id} with {best.pipeline.describe()} ({config.objective} {best.pipeline.score:.4f})")
+    fusion = best.pipeline.fusion
+    if fusion:
+        weight, scores = fusion["weight"], fusion["scores"]
+        how = f"k-NN vote + classifier at weight {weight:g}" if weight else "the k-NN vote alone"
+        print(f"class prediction: {how} (hold-out mAP@5 of the classes {scores[f'{weight:g}']:.4f}; the vote alone {scores.get('0', float('nan')):.4f})")
     print(f"stored with {best.model.id}" + ("" if args.no_activate else ", now the active model") + "; search, predict and eval use it "
           "unless given --reranker; every candidate: lookalike tune --show")
     return 0
@@ -144,6 +149,7 @@ def add_commands(sub: argparse._SubParsersAction, *, common: argparse.ArgumentPa
     tune.add_argument("--heads", default=list(TuneConfig.head_methods), type=_methods,
                       help="head methods trained on the gallery as more candidates, comma-separated ('' for none); a winning head is trained again on the whole catalogue")
     tune.add_argument("--allow-leak", action="store_true", help="let versions trained on the catalogue's labels win (their hold-out scores over-promise)")
+    tune.add_argument("--no-fusion", action="store_true", help="rank classes by the k-NN vote alone (no classifier blended in)")
     tune.add_argument("--no-activate", action="store_true", help="store the pipeline without making its version the default")
     tune.add_argument("--show", action="store_true", help="show the stored pipelines and every candidate's score; change nothing")
     add_output_options(tune)

@@ -16,8 +16,9 @@ from engine.core.progress import ProgressCallback
 from engine.core.splits import sql_quote
 from engine.encoders.ensembles import EnsembleConfig
 from engine.evaluation.config import TuneConfig
-from engine.evaluation.tune import TuneResult, holdout_ids, tune
-from engine.search.pipeline import store_pipeline, stored_pipeline
+from engine.evaluation.tune import TuneResult, holdout_ids, labelled_catalogue, tune
+from engine.search.fusion import CLASSIFIERS_FOLDER, fit_classifier, save_classifier
+from engine.search.pipeline import QueryPipeline, store_pipeline, stored_pipeline
 from engine.storage.database import Database, ModelRecord
 from engine.training import TrainConfig, train
 from engine.versions.derived import publish_derived
@@ -86,10 +87,21 @@ def tune_pipeline(db: Database, models: Sequence[str] | None = None, config: Tun
     finally:
         for trial in trials:
             db.drop_model(trial.model)
+    if result.best.pipeline.class_fusion() is None and (result.best.pipeline.fusion or {}).get("weight"):
+        result = dataclasses.replace(result, best=dataclasses.replace(result.best, pipeline=_with_classifier(db, winner, result.best.pipeline, config)))
     store_pipeline(db, winner, result.best.pipeline)
     if activate:
         db.activate_model(winner.id)
     return result
+
+
+def _with_classifier(db: Database, winner: ModelRecord, pipeline: QueryPipeline, config: TuneConfig) -> QueryPipeline:
+    """``pipeline`` with its class fusion's classifier, fitted on the winner's whole labelled catalogue (the
+    hold-out only chose the weight) and written beside the heads before the pipeline that names it is stored."""
+    _, vectors, labels = labelled_catalogue(db, winner, config.catalogue_where)
+    path = db.local_folder(CLASSIFIERS_FOLDER) / f"{winner.id}.npz"
+    sha256 = save_classifier(fit_classifier(vectors, labels, config.seed), path)
+    return dataclasses.replace(pipeline, fusion={**pipeline.fusion, "classifier": str(path), "sha256": sha256})
 
 
 def drop_trial_heads(db: Database) -> set[str]:

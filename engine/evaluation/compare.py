@@ -22,6 +22,7 @@ from engine.core.progress import report as report_progress
 from engine.core.splits import CATALOGUE_WHERE, QUERY_WHERE
 from engine.evaluation.metrics import EvaluationResult, evaluate_ranking, load_split
 from engine.search.config import SearchConfig
+from engine.search.fusion import ClassScores, LinearClassifier
 from engine.search.rerank import Candidates, Reranker, create_reranker
 from engine.search.searcher import Searcher
 from engine.storage.database import Database, ModelRecord
@@ -68,12 +69,14 @@ def rank_catalogue(reranker: Reranker, queries: np.ndarray, catalogue: np.ndarra
 
 
 def evaluate_reranked(queries: np.ndarray, query_labels: Sequence[str], catalogue: np.ndarray, catalogue_labels: Sequence[str],
-                      config: SearchConfig) -> EvaluationResult:
+                      config: SearchConfig, classifier: LinearClassifier | None = None) -> EvaluationResult:
     """The metrics of :func:`engine.evaluation.metrics.evaluate` with ``config``'s re-ranker over the whole catalogue
-    ranking (what a search with that config answers)."""
+    ranking (what a search with that config answers), and its class fusion with ``classifier`` when it has one."""
     reranker = create_reranker(config.reranker, configs=config.reranker_configs)
     distances, indices = rank_catalogue(reranker, queries, catalogue)
-    return evaluate_ranking(distances, indices, query_labels, catalogue_labels, config.vote_neighbours)
+    fusion = config.class_fusion
+    scores = ClassScores(classifier.classes, classifier.probabilities(queries), fusion.weight) if fusion and classifier else None
+    return evaluate_ranking(distances, indices, query_labels, catalogue_labels, config.vote_neighbours, class_scores=scores)
 
 
 @dataclass(frozen=True)

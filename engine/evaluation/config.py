@@ -48,3 +48,6 @@ class TuneConfig:
     head_methods: tuple[str, ...] = ("arcface", "subcenter-arcface", "multisimilarity", "triplet")
     head_seeds: tuple[int, ...] = (0, 1)  # each method trained once a seed: the ensembles draw on their spread
     ensemble_sizes: tuple[int, ...] = (2, 3)  # ensembles of the best distinct versions tried after the halving
+    # class prediction: the k-NN vote blended with a classifier at each of these weights (0: the vote alone),
+    # the best on the hold-out kept with the pipeline; empty: the plain vote, no classifier fitted
+    fusion_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -37,6 +37,7 @@ from engine.evaluation.distractors import (
 )
 from engine.evaluation.metrics import load_split
 from engine.media.scan import class_name
+from engine.search.fusion import ClassScores
 from engine.search.searcher import Searcher
 from engine.storage.database import Database, ModelRecord, sql_quote
 
@@ -151,10 +152,13 @@ class DistractorDetector:
 
     def predict(self, vectors: np.ndarray, top: int = 5) -> pl.DataFrame:
         """Per query: the top classes with ``-1`` in its place, the score and the flag."""
+        vectors = np.atleast_2d(vectors)
         hood = self.neighbourhood(vectors)
         scores = self._scorer(hood)
         flagged = scores > self.calibration.threshold
-        classes = voted_classes(hood, top)
+        classifier, fusion = self.searcher.fusion_classifier(), self.searcher.config.class_fusion
+        blend = ClassScores(classifier.classes, classifier.probabilities(vectors), fusion.weight) if classifier else None
+        classes = voted_classes(hood, top, blend)
         return pl.DataFrame(
             {
                 "query": np.arange(len(scores), dtype=np.int32),

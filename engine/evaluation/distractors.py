@@ -21,6 +21,7 @@ from engine.core.errors import EvaluationError
 from engine.core.registry import Registry
 from engine.evaluation.config import CalibrationConfig
 from engine.evaluation.metrics import average_precision_at_k
+from engine.search.fusion import ClassScores
 from engine.search.voting import vote_classes
 
 logger = logging.getLogger(__name__)
@@ -125,11 +126,13 @@ def insert_distractor(classes: Sequence[str], flagged: bool, top: int = 5, unfla
     return ranked[:top]
 
 
-def voted_classes(hood: Neighbourhood, top: int = 5) -> list[list[str]]:
-    """Top classes of every query by k-NN voting, padded with the nearest centroids' classes."""
+def voted_classes(hood: Neighbourhood, top: int = 5, class_scores: ClassScores | None = None) -> list[list[str]]:
+    """Top classes of every query by k-NN voting (blended with a classifier by ``class_scores``), padded with the
+    nearest centroids' classes."""
     result = []
-    for labels, distances, centroid_distances in zip(hood.labels, hood.distances, hood.centroid_distances):
-        voted = [label for label, _ in vote_classes(list(labels), distances, top=top)]
+    for query, (labels, distances, centroid_distances) in enumerate(zip(hood.labels, hood.distances, hood.centroid_distances)):
+        ranked = class_scores.ranked(query, list(labels), distances, top) if class_scores else vote_classes(list(labels), distances, top=top)
+        voted = [label for label, _ in ranked]
         for extra in hood.classes[np.argsort(centroid_distances)]:
             if len(voted) >= top:
                 break

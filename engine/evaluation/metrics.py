@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from engine.core.errors import EvaluationError
+from engine.search.fusion import ClassScores
 from engine.search.voting import vote_classes
 from engine.storage.filters import combine_where, read_filtered
 
@@ -113,10 +114,11 @@ def evaluate_ranking(
     catalogue_labels: Sequence[str],
     vote_neighbours: int = 10,
     left_out: bool = False,
+    class_scores: ClassScores | None = None,
 ) -> EvaluationResult:
     """The metrics of :func:`evaluate` for a given ranking: per query, catalogue positions ``indices``
     (the whole catalogue, nearest first; without the query itself when ``left_out``) and their ``distances``
-    (used by the vote)."""
+    (used by the vote; with ``class_scores``, the vote blended with a classifier, as ``predict`` ranks classes)."""
     truth = np.asarray(query_labels, dtype=object)
     labels = np.asarray(catalogue_labels, dtype=object)
     if len(truth) == 0 or indices.shape != (len(truth), len(labels) - left_out):
@@ -125,7 +127,8 @@ def evaluate_ranking(
     relevant = ranked == truth[:, None]
     ap = np.array([average_precision(row) for row in relevant])
     voted = [
-        [label for label, _ in vote_classes(ranked[q, :vote_neighbours], distances[q, :vote_neighbours], top=5)]
+        [label for label, _ in (class_scores.ranked(q, ranked[q, :vote_neighbours], distances[q, :vote_neighbours]) if class_scores
+                                else vote_classes(ranked[q, :vote_neighbours], distances[q, :vote_neighbours], top=5))]
         for q in range(len(truth))
     ]
     ap5 = np.array([average_precision_at_k(v, t, 5) for v, t in zip(voted, truth)])

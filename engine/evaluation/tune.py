@@ -25,8 +25,9 @@ from engine.core.progress import report as report_progress
 from engine.encoders.ensembles import concatenate_embeddings
 from engine.evaluation.compare import rank_catalogue
 from engine.evaluation.config import OBJECTIVE_COLUMNS, OBJECTIVES, TuneConfig
-from engine.evaluation.metrics import EvaluationResult, evaluate_ranking
+from engine.evaluation.metrics import EvaluationResult, evaluate_ranking, map_at_k
 from engine.search.config import DEFAULT_RERANKER
+from engine.search.fusion import ClassScores, best_weight, fit_classifier
 from engine.search.pipeline import QueryPipeline
 from engine.search.rerank import AugmentationConfig, KReciprocalConfig, QueryExpansionConfig, create_reranker
 from engine.storage.database import Database, ModelRecord
@@ -35,8 +36,9 @@ logger = logging.getLogger(__name__)
 
 # share of the probes each rung of successive halving scores on; the better half of a rung goes on
 RUNG_SHARES = (0.25, 0.5, 1.0)
-MIN_RUNG_PROBES = 20
-ENSEMBLE_SEPARATOR = " & "  # a rung smaller than this is skipped (too few probes to rank candidates)
+MIN_RUNG_PROBES = 20  # a rung smaller than this is skipped (too few probes to rank candidates)
+FUSION_METRIC_K = 5  # class fusion is chosen by mAP@5 of the ranked classes, the class-prediction figure eval reports
+ENSEMBLE_SEPARATOR = " & "  # joins an ensemble's member ids in the candidates table
 
 # The re-ranker chains tried on every version, cheapest first (a tie goes to the earlier, simpler one).
 # Parameters around the defaults and the values the MIT protocol chose (docs/quality.md).
@@ -116,7 +118,7 @@ def tune(db: Database, models: Sequence[ModelRecord], config: TuneConfig = TuneC
     if not models:
         raise EvaluationError("no model versions to tune: ingest a folder first (lookalike ingest DIR)")
     started = time.perf_counter()
-    common, split_by_model = _aligned({m.id: _catalogue(db, m, config.catalogue_where) for m in models})
+    common, split_by_model = _aligned({m.id: labelled_catalogue(db, m, config.catalogue_where) for m in models})
     if probe_ids is None:
         probes, gallery = holdout_split(split_by_model[models[0].id][1], config.holdout, config.seed)
     else:
@@ -169,12 +171,35 @@ def tune(db: Database, models: Sequence[ModelRecord], config: TuneConfig = TuneC
     best = eligible[0]
     frame = pl.DataFrame(rows).sort(["rung", OBJECTIVE_COLUMNS[config.objective]], descending=[True, True])
     best_row = frame.filter((pl.col("model") == best.source) & (pl.col("pipeline") == best.pipeline.describe())).row(0, named=True)
+    fusion = choose_fusion(best.pipeline, *split_by_model[best.source], probes, gallery, config) if config.fusion_weights else None
     seconds = time.perf_counter() - started
     chosen = QueryPipeline(best.pipeline.reranker, best.pipeline.parameters, objective=config.objective, score=best_row[OBJECTIVE_COLUMNS[config.objective]],
-                           candidates=frame.to_dicts())
+                           candidates=frame.to_dicts(), fusion=fusion)
     logger.info("tuned on %d probes against %d gallery images in %.0f s: %s %s (%s %.4f)%s", len(probes), len(gallery), seconds,
                 best.source, chosen.describe(), config.objective, chosen.score, " (budget reached)" if over_budget else "")
     return TuneResult(Candidate(best.model, chosen, members=best.members), frame, len(probes), len(gallery), seconds)
+
+
+def choose_fusion(pipeline: QueryPipeline, vectors: np.ndarray, labels: list[str], probes: np.ndarray, gallery: np.ndarray,
+                  config: TuneConfig) -> dict:
+    """The blend of k-NN vote and classifier (:mod:`engine.search.fusion`) that ranks the probes' classes best by
+    mAP@5: the classifier is fitted on the gallery, the probes vote among the gallery through ``pipeline``.
+    Returns ``{"weight", "scores"}`` (hold-out mAP@5 by weight); the caller fits the classifier kept."""
+    reranker = create_reranker(pipeline.reranker, configs=pipeline.configs())
+    distances, indices = rank_catalogue(reranker, vectors[probes], vectors[gallery])
+    gallery_labels = np.asarray([labels[i] for i in gallery], dtype=object)
+    truth = [labels[i] for i in probes]
+    classifier = fit_classifier(vectors[gallery], gallery_labels.tolist(), config.seed)
+    probabilities = classifier.probabilities(vectors[probes])
+    neighbours = config.vote_neighbours
+    scores = {}
+    for weight in config.fusion_weights:
+        blend = ClassScores(classifier.classes, probabilities, weight)
+        ranked = [[label for label, _ in blend.ranked(q, gallery_labels[indices[q, :neighbours]], distances[q, :neighbours])] for q in range(len(probes))]
+        scores[weight] = map_at_k(ranked, truth, FUSION_METRIC_K)
+    weight = best_weight(config.fusion_weights, scores)
+    logger.info("class fusion on %d probes: mAP@5 %s; weight %g", len(probes), {w: round(v, 4) for w, v in scores.items()}, weight)
+    return {"weight": weight, "scores": {f"{w:g}": round(v, 4) for w, v in scores.items()}}
 
 
 def ensembles_of(ranked: Sequence[tuple[float, int, Candidate]], sizes: Sequence[int]) -> list[Candidate]:
@@ -198,7 +223,7 @@ def ensembles_of(ranked: Sequence[tuple[float, int, Candidate]], sizes: Sequence
 
 def holdout_ids(db: Database, model: ModelRecord, config: TuneConfig = TuneConfig()) -> tuple[list[str], list[str]]:
     """(probe image ids, gallery image ids) of ``model``'s catalogue: the split :func:`tune` draws by default."""
-    ids, _, labels = _catalogue(db, model, config.catalogue_where)
+    ids, _, labels = labelled_catalogue(db, model, config.catalogue_where)
     probes, gallery = holdout_split(labels, config.holdout, config.seed)
     return [ids[i] for i in probes], [ids[i] for i in gallery]
 
@@ -216,7 +241,7 @@ def _aligned(catalogues: dict[str, tuple[list[str], np.ndarray, list[str]]]) -> 
     return common, aligned
 
 
-def _catalogue(db: Database, model: ModelRecord, where: str) -> tuple[list[str], np.ndarray, list[str]]:
+def labelled_catalogue(db: Database, model: ModelRecord, where: str) -> tuple[list[str], np.ndarray, list[str]]:
     """The version's labelled catalogue: image ids (sorted), vectors and labels."""
     table = db.embeddings(model)
     found = table.search().where(db.catalogue_where(where) or "label IS NOT NULL").select(["image_id", "vector", "label"]).limit(None).to_arrow()

@@ -32,6 +32,15 @@ class MemoryIndexConfig:
 
 
 @dataclass(frozen=True)
+class ClassFusion:
+    """Class prediction blending a classifier's probabilities with the k-NN vote (:mod:`engine.search.fusion`)."""
+
+    weight: float  # 0: the plain vote, 1: the classifier alone
+    classifier: str  # the classifier file, as recorded (Database.artifact finds it again after a move)
+    sha256: str
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     """How to search: result count, candidate pool for re-ranking, ANN parameters, re-ranker."""
 
@@ -45,6 +54,7 @@ class SearchConfig:
     reranker: str = DEFAULT_RERANKER  # a name of engine.search.rerank.list_rerankers(), or quality stages chained with "+"
     reranker_configs: dict | None = None  # typed configs of the re-ranker (stage name -> config)
     vote_neighbours: int = 10  # neighbours that vote on the class of a query
+    class_fusion: ClassFusion | None = None  # the vote blended with a classifier (lookalike tune chooses it)
     # A filter matching at most this many rows is answered by an exact scan of those rows; broader ones
     # walk the HNSW graph with the filter (in RAM) or use LanceDB's index (on disk).
     exact_filter_rows: int = 100_000

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.core.errors import SearchError
-from engine.search.config import SearchConfig
+from engine.search.config import ClassFusion, SearchConfig
 from engine.search.rerank import CHAIN_SEPARATOR, create_reranker, reranker_config_type
 from engine.storage.database import MODEL_SETTING_SEPARATOR, Database, ModelRecord
 
@@ -29,6 +29,15 @@ class QueryPipeline:
     objective: str | None = None  # what it was tuned for, and its score on the hold-out
     score: float | None = None
     candidates: list[dict[str, Any]] = field(default_factory=list)  # every candidate's hold-out scores
+    # class prediction: {"weight", "classifier", "sha256", "scores": {weight: hold-out mAP@5}} (engine.search.fusion);
+    # None or weight 0: the plain k-NN vote
+    fusion: dict[str, Any] | None = None
+
+    def class_fusion(self) -> ClassFusion | None:
+        """The blend of the vote with the stored classifier, when tuning chose one."""
+        if not self.fusion or not self.fusion.get("weight") or not self.fusion.get("classifier"):
+            return None
+        return ClassFusion(float(self.fusion["weight"]), self.fusion["classifier"], self.fusion["sha256"])
 
     def configs(self) -> dict[str, object]:
         """The stages' typed configs, as ``SearchConfig.reranker_configs`` takes them."""
@@ -46,12 +55,13 @@ class QueryPipeline:
         for stage in self.reranker.split(CHAIN_SEPARATOR):
             values = self.parameters.get(stage)
             parts.append(stage + ("(" + ", ".join(f"{k}={v}" for k, v in values.items()) + ")" if values else ""))
-        return CHAIN_SEPARATOR.join(parts)
+        fusion = self.class_fusion()
+        return CHAIN_SEPARATOR.join(parts) + (f", classes: vote + classifier (weight {fusion.weight:g})" if fusion else "")
 
     def applied_to(self, config: SearchConfig) -> SearchConfig:
         """``config`` searching with this pipeline."""
         create_reranker(self.reranker, configs=self.configs())  # a stored name no longer registered fails here, by name
-        return dataclasses.replace(config, reranker=self.reranker, reranker_configs=self.configs() or None)
+        return dataclasses.replace(config, reranker=self.reranker, reranker_configs=self.configs() or None, class_fusion=self.class_fusion())
 
     def as_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

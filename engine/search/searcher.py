@@ -17,10 +17,10 @@ from engine.encoders.factory import Encoder
 from engine.media.decode import decode_image
 from engine.search.config import SearchConfig
 from engine.search.disk_index import disk_setting, saved_disk_check
+from engine.search.fusion import LinearClassifier, fuse, load_classifier
 from engine.search.memory_index import GRAPH_SUFFIX, MemoryIndex, RecallCheck, TableSource, create_memory_index, follow
 from engine.search.policy import choose_memory_index, fallback_for
 from engine.search.rerank import Candidates, create_reranker
-from engine.search.voting import vote_classes
 from engine.storage.database import Database, ModelRecord, sql_quote
 from engine.storage.filters import WhereFilterError, checked_where_for, one_line, read_filtered, shown
 from engine.storage.index import DISTANCE, has_vector_index
@@ -58,6 +58,7 @@ class Searcher:
         self._memory_kind: str | None = None  # what the policy chose for the current version (None: on disk)
         self._memory_version = -1
         self._disk_check: RecallCheck | None = None
+        self._classifier: LinearClassifier | None = None
         self._checked_at = -math.inf
         self._version = -1
         self._indexed = False
@@ -328,14 +329,31 @@ class Searcher:
         return self.search_vectors(self.vectors_of(image_ids), k, where, columns)
 
     def predict(self, vectors: np.ndarray, where: str | None = None, top: int = 5) -> pl.DataFrame:
-        """Top classes of each query by similarity-weighted k-NN voting: query, rank, label, score."""
+        """Top classes of each query by similarity-weighted k-NN voting, blended with the version's classifier where
+        its tuned pipeline holds one (``SearchConfig.class_fusion``): query, rank, label, score."""
+        vectors = np.atleast_2d(vectors)
         neighbours = self.search_vectors(vectors, self.config.vote_neighbours, where)
+        fusion = self.config.class_fusion
+        classifier = self.fusion_classifier() if fusion else None
+        probabilities = classifier.probabilities(vectors) if classifier else None
         rows = []
-        for q in range(len(np.atleast_2d(vectors))):
+        for q in range(len(vectors)):
             mine = neighbours.filter(pl.col("query") == q)
-            for rank, (label, score) in enumerate(vote_classes(mine["label"].to_list(), mine["distance"].to_numpy(), top), start=1):
+            ranked = fuse(mine["label"].to_list(), mine["distance"].to_numpy(), None if probabilities is None else probabilities[q],
+                          classifier.classes if classifier else (), fusion.weight if fusion else 0.0, top)
+            for rank, (label, score) in enumerate(ranked, start=1):
                 rows.append({"query": q, "rank": rank, "label": label, "score": score})
         return pl.DataFrame(rows, schema={"query": pl.Int32, "rank": pl.Int32, "label": pl.String, "score": pl.Float64})
+
+
+    def fusion_classifier(self) -> LinearClassifier | None:
+        """The class fusion's classifier (None without one), loaded once and checked against its recorded checksum."""
+        if self.config.class_fusion is None:
+            return None
+        if self._classifier is None:
+            fusion = self.config.class_fusion
+            self._classifier = load_classifier(self.db.artifact(fusion.classifier), fusion.sha256)
+        return self._classifier
 
 
 def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:

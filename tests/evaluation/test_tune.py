@@ -130,7 +130,7 @@ def test_the_cli_tunes_shows_and_evaluates_with_the_stored_pipeline(two_versions
     assert "blurred-v1" in shown and "P@1" in shown
     before = Database(path).settings.version
     assert main(["eval", "--db", path]) == 0  # reads only, with the stored pipeline
-    assert f"({stored_pipeline(Database(path), Database(path).resolve_model('blurred-v1')).reranker})" in capsys.readouterr().out
+    assert f"({stored_pipeline(Database(path), Database(path).resolve_model('blurred-v1')).reranker}" in capsys.readouterr().out
     assert Database(path).settings.version == before
 
 
