@@ -61,7 +61,7 @@ def main() -> None:
                 calibration = calibrate(catalogue, catalogue_labels, CalibrationConfig(scorer=scorer, objective=objective))
                 result = evaluate_distractors(hood, truth, calibration)
                 rows.append({"held_out": "+".join(held), "scorer": scorer, "objective": objective, "threshold": calibration.threshold,
-                             "hindsight_threshold": result.hindsight_threshold, "auroc": result.auroc,
+                             "hindsight_threshold": result.hindsight_threshold, "auroc": result.auroc, "fpr_at_95": result.fpr_at_95_recall,
                              "map5_calibrated": result.map5_calibrated, "map5_no_threshold": result.map5_no_threshold,
                              "map5_hindsight": result.map5_hindsight, "flag_precision": result.flag_precision, "flag_recall": result.flag_recall,
                              "queries": len(truth), "distractors": int((truth == DISTRACTOR_LABEL).sum())})
@@ -69,7 +69,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.with_columns(pl.lit(model.id).alias("model"), pl.lit(platform.processor() or platform.machine()).alias("machine")).write_csv(args.out)
     summary = frame.group_by("scorer", "objective").agg(
-        *[pl.col(c).mean().round(4).alias(c) for c in ("auroc", "map5_no_threshold", "map5_calibrated", "map5_hindsight")],
+        *[pl.col(c).mean().round(4).alias(c) for c in ("auroc", "fpr_at_95", "map5_no_threshold", "map5_calibrated", "map5_hindsight")],
         (pl.col("map5_hindsight") - pl.col("map5_calibrated")).mean().round(4).alias("gap"),
         pl.col("map5_calibrated").std().round(4).alias("map5_cal_std"),
         pl.col("auroc").std().round(4).alias("auroc_std"),

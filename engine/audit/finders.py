@@ -25,7 +25,7 @@ from PIL import Image
 
 from engine.core.errors import InvalidRequestError
 from engine.core.registry import Registry
-from engine.evaluation.distractors import Neighbourhood, class_centroids, create_scorer
+from engine.evaluation.distractors import Neighbourhood, class_centroids, create_scorer, scorer_reference
 from engine.reports.eda import FEATURES, NO_SPLIT, SkewConfig, split_skew_warnings
 
 EXACT_SEARCH_ROWS = 50_000  # up to this many vectors the neighbour search is exact (FAISS flat, n^2 d)
@@ -361,7 +361,8 @@ def find_outliers(data: AuditData, config: AuditConfig) -> list[Finding]:
     similarity = np.take_along_axis(data.similarities[labelled], order, axis=1)
     neighbour_labels = data.labels[np.take_along_axis(data.neighbours[labelled], order, axis=1)]
     classes, centroids = class_centroids(data.vectors[labelled], data.labels[labelled])
-    hood = Neighbourhood(1.0 - similarity, neighbour_labels, 1.0 - data.vectors[labelled] @ centroids.T, classes)
+    hood = Neighbourhood(1.0 - similarity, neighbour_labels, 1.0 - data.vectors[labelled] @ centroids.T, classes, data.vectors[labelled], centroids,
+                         scorer_reference(data.vectors[labelled], data.labels[labelled]))
     scores = create_scorer(config.outlier_scorer)(hood)
     median = float(np.median(scores))
     spread = MAD_TO_SIGMA * float(np.median(np.abs(scores - median)))

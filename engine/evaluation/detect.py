@@ -83,7 +83,7 @@ def calibrate_model(
     calibration: Calibration = calibrate(vectors, labels, config)
     classes, centroids = class_centroids(vectors, labels)
     data = calibration.data | {"label_trained": list(label_trained)}
-    details = {"config": calibration.config, "data": data, "curve": calibration.curve}
+    details = {"config": calibration.config, "data": data, "curve": calibration.curve, "reference": calibration.reference}
     row = {
         "id": uuid.uuid4().hex[:12], "model_id": model.id, "scorer": calibration.scorer, "objective": calibration.objective,
         "threshold": calibration.threshold, "catalogue_where": catalogue_where, "neighbours": config.neighbours,
@@ -143,7 +143,8 @@ class DistractorDetector:
             labels[query, :n] = group["label"].to_list()
         distances = np.where(np.isinf(distances), np.nanmax(np.where(np.isinf(distances), np.nan, distances), initial=1.0), distances)
         centroid_distances = 1.0 - vectors @ self.calibration.centroids.T
-        return Neighbourhood(distances, labels, centroid_distances, self.calibration.classes)
+        return Neighbourhood(distances, labels, centroid_distances, self.calibration.classes, vectors, self.calibration.centroids,
+                             self.calibration.details.get("reference"))
 
     def score(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(distractor scores, flags) of query vectors."""

@@ -8,6 +8,7 @@ out in turn and play the distractors, so no hand-tuned number is involved.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -37,6 +38,17 @@ class Neighbourhood:
     labels: np.ndarray  # (n, K) their labels (object array)
     centroid_distances: np.ndarray  # (n, C) cosine distances to the class centroids
     classes: np.ndarray  # (C,) the classes of those centroids
+    # for the scorers fitted by a calibration (mahalanobis, ensemble): the query vectors, the centroids and the
+    # calibration's reference (:func:`scorer_reference`, :func:`fit_rank_reference`)
+    query_vectors: np.ndarray | None = None
+    centroids: np.ndarray | None = None
+    reference: dict | None = None
+
+    def fitted(self, name: str) -> dict:
+        """The calibration's reference, refused by name when the scorer needs one the neighbourhood lacks."""
+        if not self.reference or self.query_vectors is None or self.centroids is None:
+            raise EvaluationError(f"scorer {name!r} needs the reference a calibration fits: run lookalike calibrate --scorer {name}")
+        return self.reference
 
 
 # ---- scorers -------------------------------------------------------------------------------------
@@ -92,6 +104,56 @@ def knn_disagreement(hood: Neighbourhood) -> np.ndarray:
     return np.asarray(scores, dtype=np.float64)
 
 
+@register_scorer("mahalanobis", "distance to the nearest class centroid, each dimension scaled by the catalogue's within-class variance")
+def mahalanobis_distance(hood: Neighbourhood) -> np.ndarray:
+    weights = np.asarray(hood.fitted("mahalanobis")["inverse_variance"], dtype=np.float64)
+    queries, centroids = hood.query_vectors.astype(np.float64), hood.centroids.astype(np.float64)
+    # sum_d w_d (q_d - c_d)^2 for every query and centroid, without the (n, C, dim) array
+    squared = (queries**2 @ weights)[:, None] - 2.0 * queries @ (centroids * weights).T + (centroids**2 @ weights)[None, :]
+    return np.sqrt(np.clip(squared.min(axis=1), 0.0, None) / len(weights))
+
+
+# The ensemble's members: distance to the class prototype, local density, and the variance-scaled prototype
+# distance; each is turned into its rank among the calibration's known queries before they are averaged.
+ENSEMBLE_SCORERS = ("centroid", "knn_mean", "mahalanobis")
+ENSEMBLE = "ensemble"
+REFERENCE_QUANTILES = 257  # points of each member's known-query distribution kept (its empirical CDF)
+VARIANCE_FLOOR = 1e-6  # added to every dimension's within-class variance (dimensions a class never varies in)
+
+
+@register_scorer(ENSEMBLE, "mean rank of the centroid, knn_mean and mahalanobis scores among the calibration's known queries")
+def rank_ensemble(hood: Neighbourhood) -> np.ndarray:
+    ranks = hood.fitted(ENSEMBLE).get("ranks")
+    if not ranks:
+        raise EvaluationError(f"scorer {ENSEMBLE!r} needs the ranks a calibration fits: run lookalike calibrate --scorer {ENSEMBLE}")
+    return np.mean([rank_among(create_scorer(name)(hood), np.asarray(ranks[name])) for name in ENSEMBLE_SCORERS], axis=0)
+
+
+def rank_among(scores: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+    """Each score's rank (0-1) in the distribution given by its evenly spaced ``quantiles``; beyond either end it goes
+    on linearly (over the known queries' range), so queries farther out than every known one still keep their order."""
+    levels = np.linspace(0.0, 1.0, len(quantiles))
+    span = max(float(quantiles[-1] - quantiles[0]), np.finfo(np.float64).eps)
+    inside = np.interp(scores, quantiles, levels)
+    return np.where(scores > quantiles[-1], 1.0 + (scores - quantiles[-1]) / span,
+                    np.where(scores < quantiles[0], (scores - quantiles[0]) / span, inside))
+
+
+def scorer_reference(vectors: np.ndarray, labels: Sequence[str]) -> dict:
+    """What the fitted scorers need from a catalogue: the inverse within-class variance of every dimension."""
+    labels = np.asarray(labels, dtype=object)
+    classes, centroids = class_centroids(vectors, labels)
+    centred = vectors - centroids[np.searchsorted(classes, labels)]
+    return {"inverse_variance": (1.0 / (centred.var(axis=0) + VARIANCE_FLOOR)).tolist()}
+
+
+def fit_rank_reference(hoods: Sequence[Neighbourhood], known: Sequence[np.ndarray]) -> dict[str, list[float]]:
+    """Each ensemble member's score distribution over the known queries of ``hoods`` (quantiles, for ranking)."""
+    levels = np.linspace(0.0, 1.0, REFERENCE_QUANTILES)
+    return {name: np.quantile(np.concatenate([create_scorer(name)(h)[k] for h, k in zip(hoods, known)]), levels).tolist()
+            for name in ENSEMBLE_SCORERS}
+
+
 def class_centroids(vectors: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """L2-normalised mean vector of every class: (classes, centroids)."""
     labels = np.asarray(labels, dtype=object)
@@ -101,13 +163,16 @@ def class_centroids(vectors: np.ndarray, labels: Sequence[str]) -> tuple[np.ndar
     return classes, centroids.astype(np.float32)
 
 
-def neighbourhood(queries: np.ndarray, catalogue: np.ndarray, catalogue_labels: Sequence[str], k: int = 10) -> Neighbourhood:
-    """Exact neighbourhood of each query in a catalogue (FAISS flat, cosine)."""
+def neighbourhood(queries: np.ndarray, catalogue: np.ndarray, catalogue_labels: Sequence[str], k: int = 10,
+                  reference: dict | None = None) -> Neighbourhood:
+    """Exact neighbourhood of each query in a catalogue (FAISS flat, cosine); ``reference``: a calibration's, else
+    the catalogue's own variances (:func:`scorer_reference`)."""
     labels = np.asarray(catalogue_labels, dtype=object)
     k = min(k, len(catalogue))
     similarities, indices = faiss.knn(np.ascontiguousarray(queries, np.float32), np.ascontiguousarray(catalogue, np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)
     classes, centroids = class_centroids(catalogue, labels)
-    return Neighbourhood(1.0 - similarities, labels[indices], 1.0 - queries @ centroids.T, classes)
+    return Neighbourhood(1.0 - similarities, labels[indices], 1.0 - queries @ centroids.T, classes, queries, centroids,
+                         reference or scorer_reference(catalogue, labels))
 
 
 # ---- predictions with -1 -------------------------------------------------------------------------
@@ -237,6 +302,7 @@ class Calibration:
     curve: dict  # thresholds, tpr, fpr, map5 over the pooled fold scores
     auroc: float
     map5: float  # MAP@5 with -1 at the chosen threshold on the pooled folds
+    reference: dict = field(default_factory=dict)  # what the fitted scorers need at query time (scorer_reference)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -321,19 +387,45 @@ def flag_rates(scores: np.ndarray, is_distractor: np.ndarray, threshold: float) 
             "distractors_caught": float(flagged[positive].mean()) if positive.any() else 0.0}
 
 
+@dataclass(frozen=True)
+class SimulatedFold:
+    """One fold of a calibration: its queries' neighbourhood among the classes kept, and which are distractors."""
+
+    hood: Neighbourhood
+    is_distractor: np.ndarray
+    truth: list[str]  # the queries' labels, DISTRACTOR_LABEL for the held-out classes'
+    held_out_classes: list[str]
+
+
+def simulated_folds(vectors: np.ndarray, labels: Sequence[str], config: CalibrationConfig) -> tuple[list[SimulatedFold], dict]:
+    """The folds of :func:`simulate_folds` with their neighbourhoods, and the reference the scorer is fitted to
+    (the catalogue's variances; with the ensemble, its members' ranks among the folds' known queries)."""
+    labels = np.asarray(labels, dtype=object)
+    folds = []
+    for catalogue, known, distractor in simulate_folds(labels, config):
+        queries = known | distractor
+        hood = neighbourhood(vectors[queries], vectors[catalogue], labels[catalogue], config.neighbours)  # fold's own variances
+        folds.append(SimulatedFold(hood, distractor[queries], np.where(distractor[queries], DISTRACTOR_LABEL, labels[queries]).tolist(),
+                                   sorted(set(labels[distractor]))))
+    reference = scorer_reference(vectors, labels)
+    if config.scorer == ENSEMBLE:
+        ranks = fit_rank_reference([f.hood for f in folds], [~f.is_distractor for f in folds])
+        reference["ranks"] = ranks
+        folds = [dataclasses.replace(f, hood=dataclasses.replace(f.hood, reference=f.hood.reference | {"ranks": ranks})) for f in folds]
+    return folds, reference
+
+
 def calibrate(vectors: np.ndarray, labels: Sequence[str], config: CalibrationConfig = CalibrationConfig()) -> Calibration:
     """Calibrate a distractor threshold on a labelled catalogue alone, by holding out whole classes."""
     scorer = create_scorer(config.scorer)
     labels = np.asarray(labels, dtype=object)
-    pooled_scores, pooled_positive, pooled_classes, pooled_truth, fold_info = [], [], [], [], []
-    for catalogue, known, distractor in simulate_folds(labels, config):
-        queries = known | distractor
-        hood = neighbourhood(vectors[queries], vectors[catalogue], labels[catalogue], config.neighbours)
-        pooled_scores.append(scorer(hood))
-        pooled_positive.append(distractor[queries])
-        pooled_classes.extend(voted_classes(hood))
-        pooled_truth.extend(np.where(distractor[queries], DISTRACTOR_LABEL, labels[queries]).tolist())
-        fold_info.append({"held_out_classes": sorted(set(labels[distractor])), "known_queries": int(known.sum()), "distractors": int(distractor.sum())})
+    folds, reference = simulated_folds(vectors, labels, config)
+    pooled_scores = [scorer(f.hood) for f in folds]
+    pooled_positive = [f.is_distractor for f in folds]
+    pooled_classes = [classes for f in folds for classes in voted_classes(f.hood)]
+    pooled_truth = [label for f in folds for label in f.truth]
+    fold_info = [{"held_out_classes": f.held_out_classes, "known_queries": int((~f.is_distractor).sum()), "distractors": int(f.is_distractor.sum())}
+                 for f in folds]
     scores, positive = np.concatenate(pooled_scores), np.concatenate(pooled_positive)
     threshold, curve = _choose_threshold(config.objective, scores, positive, pooled_classes, pooled_truth, config.target_fpr)
     for info, fold_scores, fold_positive in zip(fold_info, pooled_scores, pooled_positive):  # what the threshold does per fold
@@ -343,6 +435,7 @@ def calibrate(vectors: np.ndarray, labels: Sequence[str], config: CalibrationCon
         data={"catalogue_images": int(len(labels)), "classes": len(set(labels)), "folds": fold_info, **flag_rates(scores, positive, threshold),
               "fpr_at_95_recall": fpr_at_recall(scores, positive)},
         curve=curve, auroc=roc_auc(scores, positive), map5=map5_with_distractors(pooled_classes, scores, threshold, pooled_truth),
+        reference=reference,
     )
     logger.info("calibrated %s/%s: threshold %.4f, AUROC %.3f, MAP@5 %.3f", config.scorer, config.objective, threshold, result.auroc, result.map5)
     return result
@@ -359,11 +452,14 @@ class DistractorEvaluation:
     hindsight_threshold: float
     flag_precision: float
     flag_recall: float
+    fpr_at_95_recall: float = 1.0  # share of known queries flagged when 95% of the distractors are caught
     extra: dict = field(default_factory=dict)
 
 
 def evaluate_distractors(hood: Neighbourhood, truth: Sequence[str], calibration: Calibration) -> DistractorEvaluation:
     """AUROC, MAP@5 with -1 (calibrated, no threshold, best in hindsight) and the flag's precision/recall."""
+    if calibration.reference:  # scored as the calibration scores: with its variances and ranks
+        hood = dataclasses.replace(hood, reference=calibration.reference)
     scores = create_scorer(calibration.scorer)(hood)
     truth = list(truth)
     positive = np.array([t == DISTRACTOR_LABEL for t in truth])
@@ -379,4 +475,5 @@ def evaluate_distractors(hood: Neighbourhood, truth: Sequence[str], calibration:
         hindsight_threshold=float(candidates[best]),
         flag_precision=precision,
         flag_recall=recall,
+        fpr_at_95_recall=fpr_at_recall(scores, positive),
     )

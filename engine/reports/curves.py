@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from engine.evaluation.config import CalibrationConfig
 from engine.evaluation.detect import StoredCalibration
-from engine.evaluation.distractors import create_scorer, neighbourhood, simulate_folds
+from engine.evaluation.distractors import create_scorer, simulated_folds
 from engine.reports.common import ReportDataMissing, class_colours, new_figure
 from engine.storage.database import ModelRecord
 
@@ -96,13 +96,8 @@ def calibration_scores(vectors: np.ndarray, labels: Sequence[str], calibration: 
     """
     config = CalibrationConfig(**calibration.details["config"])
     scorer = create_scorer(config.scorer)
-    labels = np.asarray(labels, dtype=object)
-    scores, positive = [], []
-    for catalogue, known, distractor in simulate_folds(labels, config):
-        queries = known | distractor
-        scores.append(scorer(neighbourhood(vectors[queries], vectors[catalogue], labels[catalogue], config.neighbours)))
-        positive.append(distractor[queries])
-    return CalibrationScores(np.concatenate(scores), np.concatenate(positive))
+    folds, _ = simulated_folds(vectors, labels, config)
+    return CalibrationScores(np.concatenate([scorer(f.hood) for f in folds]), np.concatenate([f.is_distractor for f in folds]))
 
 
 def distractor_figure(calibration: StoredCalibration, scores: CalibrationScores) -> Figure:

@@ -4,12 +4,14 @@ database side: stored calibrations, flagged search results, Kaggle predictions a
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 
 import numpy as np
 import polars as pl
 import pytest
 
+from engine.core.errors import EvaluationError
 from engine.evaluation.config import CalibrationConfig
 from engine.evaluation.detect import (
     Decision,
@@ -33,8 +35,10 @@ from engine.evaluation.distractors import (
     map5_curve,
     map5_with_distractors,
     neighbourhood,
+    rank_among,
     roc_auc,
     roc_curve,
+    scorer_reference,
     simulate_folds,
 )
 from engine.media.decode import content_id
@@ -53,7 +57,7 @@ def separated_classes(n_classes: int, per_class: int, dim: int = 24, spread: flo
 
 
 def test_registry_names_the_choices():
-    assert set(list_scorers()) == {"nearest", "knn_mean", "centroid", "margin", "agreement"}
+    assert set(list_scorers()) == {"nearest", "knn_mean", "centroid", "margin", "agreement", "mahalanobis", "ensemble"}
     with pytest.raises(ValueError, match="centroid"):
         create_scorer("nope")
 
@@ -108,7 +112,7 @@ def test_folds_hold_out_whole_classes_and_cover_them():
         simulate_folds(np.array(["a", "b"] * 5), CalibrationConfig())
 
 
-@pytest.mark.parametrize("scorer", ["nearest", "centroid", "knn_mean"])
+@pytest.mark.parametrize("scorer", ["nearest", "centroid", "knn_mean", "mahalanobis", "ensemble"])
 def test_calibration_finds_the_known_answer_on_separated_data(scorer):
     """Known classes sit at distance ~spread from their cluster, distractors ~1 away: the threshold must
     fall in the gap between the two, and MAP@5 with -1 must be perfect on fresh data."""
@@ -118,7 +122,7 @@ def test_calibration_finds_the_known_answer_on_separated_data(scorer):
 
     fresh, _ = separated_classes(10, 30, seed=2)  # another seed: new centres, unrelated to the catalogue
     kept = np.isin(labels, [f"c{i}" for i in range(7)])
-    hood = neighbourhood(np.concatenate([vectors[kept][:20], fresh[:30]]), vectors[kept], labels[kept])
+    hood = neighbourhood(np.concatenate([vectors[kept][:20], fresh[:30]]), vectors[kept], labels[kept], reference=calibration.reference)
     scores = create_scorer(scorer)(hood)
     known_max, distractor_min = scores[:20].max(), scores[20:].min()
     assert known_max < calibration.threshold < distractor_min
@@ -127,6 +131,29 @@ def test_calibration_finds_the_known_answer_on_separated_data(scorer):
     assert result.map5_calibrated == pytest.approx(1.0)
     assert result.map5_no_threshold < 0.8  # distractors earn 1/2 at best without the threshold
     assert (result.flag_precision, result.flag_recall) == (1.0, 1.0)
+
+
+def test_mahalanobis_matches_a_loop_and_the_ensemble_averages_ranks_among_known_queries():
+    vectors, labels = separated_classes(5, 20, spread=0.6, seed=9)
+    queries = vectors[::7] + 0.05
+    hood = neighbourhood(queries, vectors, labels)
+    weights = np.asarray(scorer_reference(vectors, labels)["inverse_variance"])
+    expected = [min(np.sqrt((weights * (q - c) ** 2).sum() / len(weights)) for c in hood.centroids) for q in queries.astype(np.float64)]
+    np.testing.assert_allclose(create_scorer("mahalanobis")(hood), expected, rtol=1e-6)
+    with pytest.raises(EvaluationError, match="needs the ranks a calibration fits: run lookalike calibrate --scorer ensemble"):
+        create_scorer("ensemble")(hood)
+    with pytest.raises(EvaluationError, match="needs the reference a calibration fits"):
+        create_scorer("mahalanobis")(dataclasses.replace(hood, reference=None))
+    calibration = calibrate(vectors, labels, CalibrationConfig(scorer="ensemble"))
+    ranks = calibration.reference["ranks"]
+    ranked = dataclasses.replace(hood, reference=calibration.reference)
+    levels = np.linspace(0, 1, len(ranks["centroid"]))
+    by_hand = np.mean([rank_among(create_scorer(name)(ranked), np.asarray(ranks[name])) for name in ("centroid", "knn_mean", "mahalanobis")], axis=0)
+    np.testing.assert_allclose(create_scorer("ensemble")(ranked), by_hand)
+    within = np.linspace(ranks["centroid"][0], ranks["centroid"][-1], 9)  # within the known queries' range: the empirical CDF
+    np.testing.assert_allclose(rank_among(within, np.asarray(ranks["centroid"])), np.interp(within, ranks["centroid"], levels))
+    far = rank_among(np.array([ranks["centroid"][-1] + 0.1, ranks["centroid"][-1] + 0.2]), np.asarray(ranks["centroid"]))
+    assert 1.0 < far[0] < far[1]  # beyond every known query the order is kept, not flattened at 1
 
 
 def test_fpr_objective_keeps_false_rejections_under_target():
@@ -224,3 +251,21 @@ def test_the_kaggle_writer_refuses_class_names_it_cannot_write_unambiguously(tmp
     with pytest.raises(ValueError, match="contain whitespace"):
         write_submission(tmp_path / "s.csv", ["a.png", "b.png"], predictions)
     assert not (tmp_path / "s.csv").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("scorer", ["mahalanobis", "ensemble"])
+def test_a_fitted_scorer_scores_queries_with_what_its_stored_calibration_fitted(sample_db, tiny_encoder, scorer):
+    """The detector of a new process scores with the reference read back from the calibrations table, the same
+    numbers the calibration's own functions give."""
+    model = sample_db.resolve_model()
+    stored = calibrate_model(sample_db, model, CalibrationConfig(scorer=scorer, folds=2))
+    active = latest_calibration(sample_db, model)
+    assert active.details["reference"] == stored.details["reference"] and ("ranks" in active.details["reference"]) == (scorer == "ensemble")
+    searcher = Searcher(sample_db, model, encoder=tiny_encoder)
+    vectors = searcher.encode_files(sorted(QUERIES.glob("*.png")))
+    scores, flagged = DistractorDetector.for_searcher(searcher).score(vectors)
+    catalogue = sample_db.embeddings(model).search().where(active.catalogue_where).select(["vector", "label"]).limit(None).to_arrow()
+    catalogue_vectors = np.stack(catalogue.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+    hood = neighbourhood(vectors, catalogue_vectors, catalogue.column("label").to_pylist(), active.neighbours, reference=active.details["reference"])
+    np.testing.assert_allclose(scores, create_scorer(scorer)(hood), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(flagged, scores > active.threshold)
