@@ -79,6 +79,11 @@ def _methods(text: str) -> list[str]:
     return [registered("methods")(name.strip()) for name in text.split(",") if name.strip()]
 
 
+def _encoders(text: str) -> list[str]:
+    """argparse type: comma-separated registered encoders."""
+    return [registered("encoders")(name.strip()) for name in text.split(",") if name.strip()]
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     """``lookalike tune``: choose and store the query pipeline on a hold-out of the catalogue (``--show``: what is stored)."""
     from console.service.tuning import tune_pipeline, tuned_pipelines, tuning_candidates
@@ -93,7 +98,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                         catalogue_where=args.catalogue_where, head_methods=tuple(args.heads), **({"fusion_weights": ()} if args.no_fusion else {}))
     db = Database(args.db)
     with progress_bar() as show:
-        result = tune_pipeline(db, args.models, config, allow_leak=args.allow_leak, activate=not args.no_activate, progress=show)
+        result = tune_pipeline(db, args.models, config, allow_leak=args.allow_leak, activate=not args.no_activate, encode=args.encode, progress=show)
     best = result.best
     print(f"tuned on {result.probes} catalogue images held out against the other {result.gallery} in {result.seconds:.0f} s: "
           f"{best.model.id} with {best.pipeline.describe()} ({config.objective} {best.pipeline.score:.4f})")
@@ -149,6 +154,8 @@ def add_commands(sub: argparse._SubParsersAction, *, common: argparse.ArgumentPa
     tune.add_argument("--heads", default=list(TuneConfig.head_methods), type=_methods,
                       help="head methods trained on the gallery as more candidates, comma-separated ('' for none); a winning head is trained again on the whole catalogue")
     tune.add_argument("--allow-leak", action="store_true", help="let versions trained on the catalogue's labels win (their hold-out scores over-promise)")
+    tune.add_argument("--encode", default=[], type=_encoders, metavar="ENCODERS",
+                      help="comma-separated registered encoders (e.g. efficientnet_lite2) to encode the catalogue with first, as more candidates")
     tune.add_argument("--no-fusion", action="store_true", help="rank classes by the k-NN vote alone (no classifier blended in)")
     tune.add_argument("--no-activate", action="store_true", help="store the pipeline without making its version the default")
     tune.add_argument("--show", action="store_true", help="show the stored pipelines and every candidate's score; change nothing")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
@@ -15,7 +16,7 @@ from engine.catalogue.edits import EditReport, Selection
 from engine.core.errors import InvalidRequestError
 from engine.core.progress import ProgressCallback
 from engine.encoders.config import DEFAULT_ENCODER, EncoderConfig
-from engine.storage.database import Database, ModelNotFoundError
+from engine.storage.database import Database, ModelNotFoundError, ModelRecord
 from engine.storage.lock import writer_lock
 from engine.versions.coverage import Coverage, bring_in_step, catalogue_frame, coverage_of, live_versions
 from engine.versions.resolve import base_version
@@ -67,6 +68,20 @@ def refresh(db: Database, models: list[str] | None = None, device: str | None = 
     with writer_lock(db.uri, "refresh"):
         chosen = [db.resolve_model(m) for m in models] if models else None
         return bring_in_step(db, chosen, progress=progress, device=device)
+
+
+def encode_catalogue(db: Database, encoders: Sequence[str], device: str | None = None, progress: ProgressCallback | None = None) -> list[ModelRecord]:
+    """Base versions of the registered ``encoders``, each holding every catalogue image (encoded from the stored
+    files); a version that exists already is only brought in step. A killed run is finished by the next."""
+    from engine.encoders.factory import create_encoder
+
+    records = []
+    with writer_lock(db.uri, "encode"):
+        for name in encoders:
+            record = db.register_model(create_encoder(EncoderConfig(name=name, device=device)))
+            bring_in_step(db, [record], progress=progress, device=device)
+            records.append(record)
+    return records
 
 
 def coverage_frame(db: Database) -> pl.DataFrame:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from console.service.data import encode_catalogue
 from console.service.training import label_trained_versions
 from engine.core.errors import InvalidRequestError
 from engine.core.progress import ProgressCallback
@@ -50,15 +51,19 @@ def _refit(db: Database, trials: Sequence[TrialHead], model: ModelRecord, config
 
 
 def tune_pipeline(db: Database, models: Sequence[str] | None = None, config: TuneConfig = TuneConfig(), *, allow_leak: bool = False,
-                  activate: bool = True, progress: ProgressCallback | None = None) -> TuneResult:
+                  activate: bool = True, encode: Sequence[str] = (), progress: ProgressCallback | None = None) -> TuneResult:
     """Tune every version (or ``models``), store the winner's pipeline with it and (``activate``) make it the
     default version.
 
     Versions trained on the catalogue's labels are scored but not chosen unless ``allow_leak``: the probes were in
     their training set. ``config.head_methods`` trains a head of each method and seed (``head_seeds``) on every
     version trained without labels, on the gallery only, as more candidates; a winning head (or ensemble member) is trained again on the whole
-    catalogue, a winning ensemble is published as a version, and the trial heads are dropped."""
+    catalogue, a winning ensemble is published as a version, and the trial heads are dropped. ``encode`` names
+    registered encoders whose base versions are made first (the catalogue encoded from its files), as more
+    candidates and more parents for the heads."""
+    encoded = encode_catalogue(db, encode, progress=progress) if encode else []
     records = [db.resolve_model(name) for name in models] if models else db.find_models()
+    records += [r for r in encoded if r.id not in {m.id for m in records}]
     notes = {} if allow_leak else {r.id: LEAK_NOTE for r in records if label_trained_versions(db, r)}
     dropped = drop_trial_heads(db)
     records = [r for r in records if r.id not in dropped]

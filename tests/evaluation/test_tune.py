@@ -188,3 +188,22 @@ def test_trial_heads_left_by_a_killed_tune_are_dropped_by_the_next(two_versions)
     tune_pipeline(db, ["blurred-v1"], TuneConfig(head_methods=(), ensemble_sizes=()))
     ids = {m.id for m in db.find_models()}
     assert left.id not in ids and kept.id in ids
+
+
+def test_tune_encode_makes_a_base_version_of_a_bundled_encoder_from_the_stored_files_and_tunes_it_too(tmp_path, tiny_encoder, capsys):
+    from ingest.pipeline import IngestConfig, ingest_folder
+    from tests.support.paths import SAMPLES
+
+    db = Database(tmp_path / "db")
+    ingest_folder(db, SAMPLES, IngestConfig(split="train"), encoder=tiny_encoder)
+    catalogue = db.images.count_rows()
+    assert main(["tune", "--db", str(db.uri), "--encode", "efficientnet_lite0", "--heads", "", "--no-activate"]) == 0
+    capsys.readouterr()
+    lite = [m for m in Database(db.uri).find_models() if m.encoder == "efficientnet_lite0"]
+    assert len(lite) == 1 and Database(db.uri).embeddings(lite[0]).count_rows() == catalogue  # every image, from its file
+    winner = tuned_pipelines(Database(db.uri))["model"].to_list()
+    scored = set(tuning_candidates(Database(db.uri), winner[0])["versions"])
+    assert {lite[0].id, tiny_encoder.model_id} <= scored  # the new version was scored beside the first
+    with pytest.raises(SystemExit):  # refused by argparse, before anything is written
+        main(["tune", "--db", str(db.uri), "--encode", "nope"])
+    assert "unknown encoder 'nope'; choose one of ['efficientnet_lite0'" in capsys.readouterr().err
