@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ from engine.search.pipeline import QueryPipeline, store_pipeline, stored_pipelin
 from engine.storage.database import Database, ModelRecord
 from engine.training import TrainConfig, train
 from engine.versions.derived import publish_derived
+
+logger = logging.getLogger(__name__)
 
 CANDIDATE_LEAD = ("rung", "probes", "P@1", "P@5", "mAP@5", "mAP", "pipeline", "versions")
 # A condition that is always true, in the training filter of every trial head: it marks them, so heads left by a
@@ -58,15 +61,16 @@ def tune_pipeline(db: Database, models: Sequence[str] | None = None, config: Tun
     Versions trained on the catalogue's labels are scored but not chosen unless ``allow_leak``: the probes were in
     their training set. ``config.head_methods`` trains a head of each method and seed (``head_seeds``) on every
     version trained without labels, on the gallery only, as more candidates; a winning head (or ensemble member) is trained again on the whole
-    catalogue, a winning ensemble is published as a version, and the trial heads are dropped. ``encode`` names
+    catalogue, a winning ensemble is published as a version, and the trial heads are dropped (a tune that is
+    interrupted or killed leaves them, and the next one reuses those trained on the same gallery). ``encode`` names
     registered encoders whose base versions are made first (the catalogue encoded from its files), as more
     candidates and more parents for the heads."""
     encoded = encode_catalogue(db, encode, progress=progress) if encode else []
     records = [db.resolve_model(name) for name in models] if models else db.find_models()
     records += [r for r in encoded if r.id not in {m.id for m in records}]
+    leftovers = {r.id: r for r in trial_heads(db)}  # left by a tune that was killed: reused below when they fit, else dropped
+    records = [r for r in records if r.id not in leftovers]
     notes = {} if allow_leak else {r.id: LEAK_NOTE for r in records if label_trained_versions(db, r)}
-    dropped = drop_trial_heads(db)
-    records = [r for r in records if r.id not in dropped]
     trials: list[TrialHead] = []
     probe_ids = None
     bases = [r for r in records if r.id not in notes and not label_trained_versions(db, r)]
@@ -75,13 +79,19 @@ def tune_pipeline(db: Database, models: Sequence[str] | None = None, config: Tun
     try:
         if config.head_methods:
             probe_ids, _ = holdout_ids(db, bases[0], config)
-            gallery_where = (f"({db.catalogue_where(config.catalogue_where)}) AND image_id NOT IN ({', '.join(sql_quote(i) for i in probe_ids)})"
-                             f" AND {TRIAL_MARKER}")
+            where = gallery_where(db, probe_ids, config)
             for base in bases:
                 for method in config.head_methods:
                     for seed in config.head_seeds:
-                        trained = train(db, base, TrainConfig(method=method, seed=seed, catalogue_where=gallery_where), progress=progress)
-                        trials.append(TrialHead(trained.model, base, method, seed))
+                        left = next((r for r in leftovers.values() if _trial_key(r) == (base.id, method, seed, where)), None)
+                        if left is not None:  # the same head on the same gallery: a killed tune resumes where it was
+                            logger.info("reusing trial head %s (%s, seed %d) left by an earlier tune", left.id, method, seed)
+                            trained = leftovers.pop(left.id)
+                        else:
+                            trained = train(db, base, TrainConfig(method=method, seed=seed, catalogue_where=where), progress=progress).model
+                        trials.append(TrialHead(trained, base, method, seed))
+        for stale in leftovers.values():  # trained for another gallery or plan
+            db.drop_model(stale)
         result = tune(db, [*records, *(t.model for t in trials)], config, notes=notes, progress=progress, probe_ids=probe_ids)
         members = [_refit(db, trials, m, config, progress) for m in (result.best.members or (result.best.model,))]
         if result.best.members:
@@ -89,9 +99,11 @@ def tune_pipeline(db: Database, models: Sequence[str] | None = None, config: Tun
         else:
             winner = members[0]
         result = dataclasses.replace(result, best=dataclasses.replace(result.best, model=winner, members=tuple(members)))
-    finally:
-        for trial in trials:
-            db.drop_model(trial.model)
+    except BaseException:  # interrupted or failed: the trial heads stay for the next tune to reuse (or drop)
+        logger.warning("tune stopped; %d trial heads kept for the next lookalike tune to reuse", len(trials))
+        raise
+    for trial in trials:
+        db.drop_model(trial.model)
     if result.best.pipeline.class_fusion() is None and (result.best.pipeline.fusion or {}).get("weight"):
         result = dataclasses.replace(result, best=dataclasses.replace(result.best, pipeline=_with_classifier(db, winner, result.best.pipeline, config)))
     store_pipeline(db, winner, result.best.pipeline)
@@ -109,16 +121,25 @@ def _with_classifier(db: Database, winner: ModelRecord, pipeline: QueryPipeline,
     return dataclasses.replace(pipeline, fusion={**pipeline.fusion, "classifier": str(path), "sha256": sha256})
 
 
-def drop_trial_heads(db: Database) -> set[str]:
-    """Drop the trial heads a killed ``tune`` left behind (their training filter carries :data:`TRIAL_MARKER`);
-    the ids dropped."""
-    dropped = set()
-    for record in db.find_models():
-        where = (json.loads(record.notes).get("config") or {}).get("catalogue_where", "") if record.notes else ""
-        if TRIAL_MARKER in str(where):
-            db.drop_model(record)
-            dropped.add(record.id)
-    return dropped
+def gallery_where(db: Database, probe_ids: Sequence[str], config: TuneConfig) -> str:
+    """The training filter of trial heads: the catalogue without the probes, marked (:data:`TRIAL_MARKER`)."""
+    return (f"({db.catalogue_where(config.catalogue_where)}) AND image_id NOT IN ({', '.join(sql_quote(i) for i in probe_ids)})"
+            f" AND {TRIAL_MARKER}")
+
+
+def _training_config(record: ModelRecord) -> dict:
+    return (json.loads(record.notes).get("config") or {}) if record.notes else {}
+
+
+def _trial_key(record: ModelRecord) -> tuple:
+    """What makes a trial head: its parent, method, seed and training filter."""
+    config = _training_config(record)
+    return record.parent, config.get("method"), config.get("seed"), config.get("catalogue_where")
+
+
+def trial_heads(db: Database) -> list[ModelRecord]:
+    """Trial heads a killed ``tune`` left behind (their training filter carries :data:`TRIAL_MARKER`)."""
+    return [r for r in db.find_models() if TRIAL_MARKER in str(_training_config(r).get("catalogue_where", ""))]
 
 
 def tuned_pipelines(db: Database) -> pl.DataFrame:

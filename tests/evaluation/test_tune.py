@@ -207,3 +207,44 @@ def test_tune_encode_makes_a_base_version_of_a_bundled_encoder_from_the_stored_f
     with pytest.raises(SystemExit):  # refused by argparse, before anything is written
         main(["tune", "--db", str(db.uri), "--encode", "nope"])
     assert "unknown encoder 'nope'; choose one of ['efficientnet_lite0'" in capsys.readouterr().err
+
+
+def test_a_killed_tune_resumes_with_the_trial_heads_it_had_trained(two_versions, monkeypatch):
+    import console.service.tuning as tuning
+    from engine.training import TrainConfig, train
+
+    db, _, blurred, _ = two_versions
+    config = TuneConfig(head_methods=("arcface", "triplet"), head_seeds=(0,), ensemble_sizes=())
+    probes, _ = tuning.holdout_ids(db, blurred, config)
+    where = tuning.gallery_where(db, probes, config)
+    # what a tune killed after its first head leaves: that head, on this gallery; and one for another gallery
+    done = train(db, blurred, TrainConfig(method="arcface", seed=0, epochs=2, catalogue_where=where)).model
+    other = train(db, blurred, TrainConfig(method="arcface", seed=0, epochs=1, catalogue_where=f"split = 'train' AND {tuning.TRIAL_MARKER}")).model
+    trained: list[str] = []
+    real_train = tuning.train
+
+    def recording_train(db, parent, config, progress=None):  # noqa: ANN001
+        trained.append(config.method)
+        return real_train(db, parent, dataclasses.replace(config, epochs=2), progress=progress)
+
+    monkeypatch.setattr(tuning, "train", recording_train)
+    result = tune_pipeline(db, ["blurred-v1"], config)
+    assert trained[0] == "triplet"  # the arcface head was reused, not trained again (a refit of a winner may follow)
+    assert done.id in set(result.scores["model"]) and other.id not in set(result.scores["model"])
+    left = {m.id for m in db.find_models()}
+    assert done.id not in left and other.id not in left  # both gone once the tune is done
+    assert not tuning.trial_heads(db)
+
+
+def test_an_interrupted_tune_keeps_its_trial_heads_for_the_next(two_versions, monkeypatch):
+    import console.service.tuning as tuning
+
+    db, _, _, _ = two_versions
+
+    def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tuning, "tune", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tune_pipeline(db, ["blurred-v1"], TuneConfig(head_methods=("arcface",), head_seeds=(0,), ensemble_sizes=()))
+    assert len(tuning.trial_heads(db)) == 1
