@@ -42,6 +42,21 @@ def two_versions(db):
     return db, sharp, blurred, rows
 
 
+def record_training(monkeypatch, epochs: int) -> list:
+    """Make tune's head training record every TrainConfig it is given (and train for ``epochs``); the list fills as it runs."""
+    import console.service.tuning as tuning
+
+    configs = []
+    real_train = tuning.train
+
+    def recording_train(db, parent, config, progress=None):  # noqa: ANN001
+        configs.append(config)
+        return real_train(db, parent, dataclasses.replace(config, epochs=epochs), progress=progress)
+
+    monkeypatch.setattr(tuning, "train", recording_train)
+    return configs
+
+
 def test_the_holdout_is_stratified_seeded_and_keeps_single_images_in_the_gallery():
     labels = ["a"] * 40 + ["b"] * 20 + ["c"]
     probes, gallery = holdout_split(labels, 0.25, seed=3)
@@ -145,17 +160,11 @@ def test_trial_heads_learn_from_the_gallery_only_and_a_winning_head_is_trained_a
                               4 * rng.normal(size=(len(rows), DIM - 4))], axis=1)
     hidden = make_vector_model(db, DIM, "hidden-v1")
     db.write_embedded(hidden, rows, (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32))
-    trained_on: list[str] = []
-    real_train = tuning.train
-
-    def recording_train(db, parent, config, progress=None):  # noqa: ANN001
-        trained_on.append(config.catalogue_where)
-        return real_train(db, parent, dataclasses.replace(config, epochs=10), progress=progress)
-
-    monkeypatch.setattr(tuning, "train", recording_train)
+    trained = record_training(monkeypatch, epochs=10)
     config = TuneConfig(objective="p1", head_methods=("arcface",), head_seeds=(0,), ensemble_sizes=())
     probes, _ = tuning.holdout_ids(db, hidden, config)
     result = tune_pipeline(db, ["hidden-v1"], config)
+    trained_on = [config.catalogue_where for config in trained]
     assert all(f"'{probe}'" in trained_on[0] for probe in probes) and "NOT IN" in trained_on[0]  # the trial head never saw a probe
     heads = [m for m in db.find_models() if m.parent == "hidden-v1"]
     assert result.best.model.parent == "hidden-v1"  # the head won: trained again on the whole catalogue, the trial one dropped
@@ -220,16 +229,9 @@ def test_a_killed_tune_resumes_with_the_trial_heads_it_had_trained(two_versions,
     # what a tune killed after its first head leaves: that head, on this gallery; and one for another gallery
     done = train(db, blurred, TrainConfig(method="arcface", seed=0, epochs=2, catalogue_where=where)).model
     other = train(db, blurred, TrainConfig(method="arcface", seed=0, epochs=1, catalogue_where=f"split = 'train' AND {tuning.TRIAL_MARKER}")).model
-    trained: list[str] = []
-    real_train = tuning.train
-
-    def recording_train(db, parent, config, progress=None):  # noqa: ANN001
-        trained.append(config.method)
-        return real_train(db, parent, dataclasses.replace(config, epochs=2), progress=progress)
-
-    monkeypatch.setattr(tuning, "train", recording_train)
+    trained = record_training(monkeypatch, epochs=2)
     result = tune_pipeline(db, ["blurred-v1"], config)
-    assert trained[0] == "triplet"  # the arcface head was reused, not trained again (a refit of a winner may follow)
+    assert trained[0].method == "triplet"  # the arcface head was reused, not trained again (a refit of a winner may follow)
     assert done.id in set(result.scores["model"]) and other.id not in set(result.scores["model"])
     left = {m.id for m in db.find_models()}
     assert done.id not in left and other.id not in left  # both gone once the tune is done
