@@ -51,7 +51,7 @@ def run_region_search(args: argparse.Namespace) -> int:
         raise InvalidRequestError(str(error)) from None
     query_source = region_config(args, args.query_regions) if args.query_regions else None
     found = search_by_regions(Database(args.db, read_only=True), args.model, query_paths(args.queries), k=args.k, all_regions=args.all_regions,
-                              box=box, query_source=query_source, source=args.region_source)
+                              box=box, query_source=query_source, source=args.region_source, where=args.where)
     show_rows(args, {"regions": found}, empty="no regions found",
               views={"regions": [c for c in ("query", "rank", "path", "x", "y", "w", "h", "label", "distance") if c in found.columns]})
     return 0

@@ -35,14 +35,14 @@ def _under(folder: str | Path) -> str:
 
 
 def search_by_regions(db: Database, model: str | None, queries: Sequence[Path], *, k: int = 10, all_regions: bool = False, box: Box | None = None,
-                      query_source: RegionConfig | None = None, source: str | None = None) -> pl.DataFrame:
+                      query_source: RegionConfig | None = None, source: str | None = None, where: str | None = None) -> pl.DataFrame:
     """Catalogue regions nearest to each query: the whole query image, its ``box``, or (``query_source``) the set of
-    its own regions, which ranks images by how well they hold every one of them."""
+    its own regions, which ranks images by how well they hold every one of them; only in images matching ``where``."""
     if box is not None and query_source is not None:
         raise InvalidRequestError("give --box or --query-regions, not both")
     record = db.resolve_model(model)
     encoder = encoder_for_model(db, record)
-    index = load_region_index(db, record, source)
+    index = load_region_index(db, record, source, where)
     images = [decode_image(Path(q).read_bytes()).image for q in queries]
     if query_source is not None:
         finder = create_region_source(query_source, db)
@@ -64,11 +64,11 @@ def search_by_regions(db: Database, model: str | None, queries: Sequence[Path], 
     return found.join(names, on="query", how="left")
 
 
-def search_regions_of(db: Database, model: str | None, query: str, k: int = 10) -> pl.DataFrame:
+def search_regions_of(db: Database, model: str | None, query: str, k: int = 10, where: str | None = None) -> pl.DataFrame:
     """``search --regions`` for one query given as the console takes it: an image file, or a stored image's id (or a
     unique prefix), whose file is then the query."""
     path = Path(query).expanduser()
     if not path.is_file():
         image_id = db.resolve_image_ids([query])[0]
         path = Path(db.images_frame(f"id = '{image_id}'", columns=["path"])["path"][0])
-    return search_by_regions(db, model, [path], k=k)
+    return search_by_regions(db, model, [path], k=k, where=where)

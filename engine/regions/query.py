@@ -30,9 +30,10 @@ class RegionIndex:
         return len(self.vectors)
 
 
-def load_region_index(db: Database, model: ModelRecord, source: str | None = None) -> RegionIndex:
-    """``model``'s region vectors (of one source, if given), joined with the catalogue: regions of deleted images
-    (a delete killed midway) are never answered."""
+def load_region_index(db: Database, model: ModelRecord, source: str | None = None, where: str | None = None) -> RegionIndex:
+    """``model``'s region vectors (of one source, if given), joined with the catalogue images (matching ``where``, a
+    filter over their metadata like a whole-image search's): regions of deleted images (a delete killed midway) are
+    never answered."""
     table = db.region_embeddings(model)
     query = table.search().select([*BOX_COLUMNS, "vector"]).limit(None)
     if source:
@@ -42,8 +43,10 @@ def load_region_index(db: Database, model: ModelRecord, source: str | None = Non
         hint = f" from source {source!r}" if source else ""
         raise NotFoundError(f"model {model.id} has no region vectors{hint}: run lookalike regions --source grid|annotations|masker|detector first")
     boxes = pl.from_arrow(rows.drop_columns(["vector"])).with_row_index("row")
-    images = db.images_frame(columns=["id", "path"]).rename({"id": "image_id"})
+    images = db.images_frame(where, columns=["id", "path"]).rename({"id": "image_id"})
     boxes = boxes.join(images, on="image_id", how="inner").sort("row")
+    if boxes.height == 0:
+        raise NotFoundError(f"no image matching {where!r} has region vectors in model {model.id}: widen the filter, or run lookalike regions --where on them")
     vectors = vectors_of(rows)[boxes["row"].to_numpy()]
     return RegionIndex(boxes.drop("row"), np.ascontiguousarray(vectors, np.float32))
 

@@ -42,5 +42,11 @@ async def test_ctrl_g_searches_regions_and_draws_their_boxes(region_db, tiny_enc
         assert len(captions) == 4 and " at " in captions[0]
         picture = np.asarray(app.screen.query_one("#search-cell-0 .picture").image)
         assert (np.abs(picture.astype(int) - BOX_COLOUR).sum(axis=2) < 30).any()  # the box is drawn
+        first = rows[0][3].rsplit("/", 1)[-1]  # the image of the best region
+        await type_into(pilot, "#search-where", f"path NOT LIKE '%{first}'", submit=False)  # a filter applies to regions too
+        await type_into(pilot, "#search-query", str(root / "img003.png"))
+        await settle(pilot)
+        filtered = table_rows(app, "#search-table")
+        assert len(filtered) == 4 and not any(r[3].endswith(first) for r in filtered) and filtered[0][3] == rows[1][3]
         await pilot.press("ctrl+g")
         assert "regions off" in text_of(app, "#search-message")

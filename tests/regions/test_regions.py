@@ -140,6 +140,26 @@ def test_annotation_regions_reach_both_views_and_a_crop_finds_its_own_region(reg
     assert again.regions == 20 and db.regions.count_rows() == 20  # a re-run adds nothing
 
 
+def test_a_where_filter_keeps_region_answers_to_the_images_it_matches(region_db):
+    from engine.core.errors import NotFoundError
+    from engine.storage.filters import WhereFilterError
+
+    db, root = region_db
+    regions_of_catalogue(db, None, RegionConfig(source="annotations", annotations=str(root / "annotations.json")))  # a re-run adds nothing
+    crop = Box(56, 30, 32, 32)
+    unfiltered = search_by_regions(db, None, [root / "img003.png"], k=3, box=crop)
+    found = search_by_regions(db, None, [root / "img003.png"], k=3, box=crop, where="path NOT LIKE '%img003.png'")
+    assert Path(unfiltered["path"][0]).name == "img003.png"
+    assert found.height == 3 and not any(Path(p).name == "img003.png" for p in found["path"])
+    assert found["distance"].min() > unfiltered["distance"].min()
+    every = search_by_regions(db, None, [root / "img003.png"], k=20, box=crop, all_regions=True, where="path LIKE '%img00_.png' AND path NOT LIKE '%img003.png'")
+    assert set(every["path"].map_elements(lambda p: Path(p).name, return_dtype=str)) <= {f"img00{i}.png" for i in range(10)} - {"img003.png"}
+    with pytest.raises(WhereFilterError, match="nope"):
+        search_by_regions(db, None, [root / "img003.png"], k=3, box=crop, where="nope = 1")
+    with pytest.raises(NotFoundError, match="no image matching"):
+        search_by_regions(db, None, [root / "img003.png"], k=3, box=crop, where="path = 'elsewhere'")
+
+
 def test_a_query_set_ranks_the_image_holding_both_objects_first(region_db):
     db, root = region_db
     regions_of_catalogue(db, None, RegionConfig(source="annotations", annotations=str(root / "annotations.json")))

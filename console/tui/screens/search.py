@@ -153,9 +153,6 @@ class SearchScreen(ConsoleScreen):
         model = self.query_one("#search-model", Select).value
         request = SearchRequest(query, self.query_one("#search-where", Input).value.strip() or None, int(k_input.value),
                                 None if model is Select.NULL else str(model), self._regions)
-        if request.regions and request.where:
-            self.say("search-message", "a where filter does not apply to regions yet: clear it, or ctrl+g for whole images", error=True)
-            return
         self.say("search-message", f"searching for {query}…")
         self._clear_outcome()  # a failed search must not leave the last one's results under its error
         self.run_search(request)
@@ -191,7 +188,7 @@ class SearchScreen(ConsoleScreen):
 
         db = self.lookalike.db
         model = db.resolve_model(request.model)
-        found = search_regions_of(db, model.id, request.query, request.k)
+        found = search_regions_of(db, model.id, request.query, request.k, request.where)
         show_images = self.lookalike.image_class is not None
         query_path = Path(found["query_path"][0]) if found.height else Path(request.query)
         outcome = SearchOutcome(
