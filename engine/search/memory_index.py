@@ -67,6 +67,11 @@ CHECK_SUFFIX = ".check.json"
 IDS_SUFFIX = ".ids.parquet"
 GRAPH_SUFFIX = ".faiss"
 GRAPH_FILE = re.compile(r"^v\d+-")  # a graph's files are named v<table version>-<kind><M>.<part>
+# A graph's vectors are saved beside it, not inside: loaded into a storage allocated with growth headroom, so the
+# first rows a loaded graph follows are inserted without copying its storage (FAISS reads a whole index into an
+# allocation of exactly its size).
+CODES_SUFFIX = ".codes.npy"
+CODES_READ_ROWS = 65_536  # rows of vector codes read from the file at a time
 # A result counts as found when it is one of the exact k or its similarity reaches the k-th exact one:
 # duplicate vectors tie, and an index may return either of two tied rows.
 TIE_TOLERANCE = 1e-5
@@ -762,18 +767,78 @@ def _in_position_order(rows: pl.DataFrame, size: int, schema: pl.Schema) -> pl.D
 
 
 def save(index: MemoryIndex, cache_file: Path) -> None:
-    """Save a graph, the image id of each node (null when masked) and its check beside each other; files of
-    other table versions in the folder go (they are never read again). Each file is written atomically, the
-    graph last but one and the check last, so a killed save leaves nothing that loads as a whole."""
+    """Save a graph, the image id of each node (null when masked) and its check beside each other (an HNSW graph
+    without its vectors, which go to their own file); files of other table versions in the folder go (they are
+    never read again). Each file is written atomically, the graph last but one and the check last, so a killed
+    save leaves nothing that loads as a whole."""
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     for stale in cache_file.parent.iterdir():
         if stale.is_file() and GRAPH_FILE.match(stale.name) and not stale.name.startswith(cache_file.stem + "."):
             stale.unlink(missing_ok=True)
     ids_file, check_file = _companions(cache_file)
     _write_atomically(ids_file, lambda partial: index.metadata.select("image_id").write_parquet(partial))
-    _write_atomically(cache_file, lambda partial: faiss.write_index(index.index, str(partial)))
+    if index.kind in EMPTY_STORAGE and isinstance(index.index, faiss.IndexHNSW):
+        _write_atomically(_codes_file(cache_file), lambda partial: _write_codes(vector_storage(index.index), partial))
+        _write_atomically(cache_file, lambda partial: faiss.write_index(index.index, str(partial), faiss.IO_FLAG_SKIP_STORAGE))
+    else:
+        _codes_file(cache_file).unlink(missing_ok=True)
+        _write_atomically(cache_file, lambda partial: faiss.write_index(index.index, str(partial)))
     if index.check is not None:
         _write_atomically(check_file, lambda partial: partial.write_text(index.check.as_json()))
+
+
+# The empty vector storage of each graph kind saved without its vectors (what FAISS builds it on).
+EMPTY_STORAGE: dict[str, Callable[[int], faiss.Index]] = {
+    "hnsw": lambda dim: faiss.IndexFlat(dim, faiss.METRIC_INNER_PRODUCT),
+    "hnsw_fp16": lambda dim: faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT),
+}
+
+
+def _codes_file(cache_file: Path) -> Path:
+    return cache_file.with_name(cache_file.stem + CODES_SUFFIX)
+
+
+def _write_codes(storage: faiss.Index, path: Path) -> None:
+    """The storage's codes as an (ntotal, code_size) uint8 array, written from FAISS's memory without a copy."""
+    size = storage.ntotal * storage.code_size
+    view = faiss.rev_swig_ptr(storage.codes.data(), size) if size else np.zeros(0, np.uint8)
+    with path.open("wb") as handle:
+        np.save(handle, view.reshape(storage.ntotal, storage.code_size))
+
+
+def read_graph(kind: str, path: Path) -> tuple[faiss.Index, int]:
+    """A saved index and the rows its vector storage has room for. A graph saved without its vectors gets a
+    storage allocated with :data:`GROWTH_HEADROOM` first, filled from the codes file a block at a time (never a
+    second copy of them in memory); one saved whole is read as it is. Raises RuntimeError when the files do not
+    fit together."""
+    codes_file = _codes_file(path)
+    if not codes_file.exists() or kind not in EMPTY_STORAGE:
+        index = faiss.read_index(str(path))
+        if isinstance(index, faiss.IndexHNSW) and index.storage is None:
+            raise RuntimeError(f"its vectors file {codes_file.name} is missing")
+        return index, index.ntotal
+    graph = faiss.read_index(str(path), faiss.IO_FLAG_SKIP_STORAGE)
+    if graph.storage is not None:  # saved whole (an earlier release): the codes file beside it is not its own
+        return graph, graph.ntotal
+    storage = EMPTY_STORAGE[kind](graph.d)
+    room = int(graph.ntotal * (1 + GROWTH_HEADROOM))
+    reserve(storage, room)
+    with codes_file.open("rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        (rows, code_size), _, dtype = header(handle)
+        if (rows, code_size, dtype) != (graph.ntotal, storage.code_size, np.dtype(np.uint8)):
+            raise RuntimeError(f"{codes_file.name} holds {rows} x {code_size} codes, the graph {graph.ntotal} x {storage.code_size}")
+        block = np.empty((min(rows, CODES_READ_ROWS), code_size), np.uint8)
+        for start in range(0, rows, CODES_READ_ROWS):
+            part = block[: min(CODES_READ_ROWS, rows - start)]
+            if handle.readinto(memoryview(part).cast("B")) != part.nbytes:
+                raise RuntimeError(f"{codes_file.name} ends early, at row {start}")
+            storage.add_sa_codes(part)
+    graph.storage = storage
+    graph.own_fields = True
+    storage.this.disown()  # the graph owns its storage now (and frees it)
+    return graph, room
 
 
 def _companions(cache_file: Path) -> tuple[Path, Path]:
@@ -786,9 +851,9 @@ def _load(kind: str, source: VectorSource, config: MemoryIndexConfig, cache_file
     if not (cache_file.exists() and ids_file.exists()):
         return None
     try:
-        graph = faiss.read_index(str(cache_file))
+        graph, capacity = read_graph(kind, cache_file)
         ids = pl.read_parquet(ids_file).with_row_index("position")
-    except (RuntimeError, OSError, pl.exceptions.PolarsError) as exc:
+    except (RuntimeError, OSError, ValueError, pl.exceptions.PolarsError) as exc:
         logger.warning("ignoring saved graph %s: %s", cache_file, exc)
         return None
     if graph.ntotal != ids.height:
@@ -803,6 +868,7 @@ def _load(kind: str, source: VectorSource, config: MemoryIndexConfig, cache_file
     schema = parts[0].drop("position").schema
     live = ids["image_id"].is_not_null().to_numpy()
     index = MemoryIndex(kind, graph, source.version, _in_position_order(rows, ids.height, schema), config, None if live.all() else live)
+    index.capacity = capacity
     index.check = read_check(check_file) if check_file.exists() else None
     index.effort_from(index.check)
     if index.check is None or (index.check.kind, index.check.version, index.check.rows) != (kind, source.version, index.rows):
@@ -826,15 +892,16 @@ def _load_older(kind: str, version: int, config: MemoryIndexConfig, cache_file: 
     older_version, path = max(saved)
     ids_file, check_file = _companions(path)
     try:
-        graph = faiss.read_index(str(path))
+        graph, capacity = read_graph(kind, path)
         ids = pl.read_parquet(ids_file, columns=["image_id"])
-    except (RuntimeError, OSError, pl.exceptions.PolarsError) as exc:
+    except (RuntimeError, OSError, ValueError, pl.exceptions.PolarsError) as exc:
         logger.warning("ignoring saved graph %s: %s", path, exc)
         return None
     if graph.ntotal != ids.height:
         return None
     live = ids["image_id"].is_not_null().to_numpy()
     index = MemoryIndex(kind, graph, older_version, ids, config, None if live.all() else live)
+    index.capacity = capacity
     check = read_check(check_file) if check_file.exists() else None
     index.effort_from(check)
     logger.info("following the %s graph of table version %d to version %d", kind, older_version, version)

@@ -13,7 +13,7 @@ import pytest
 
 from engine.search.config import MemoryIndexConfig, SearchConfig
 from engine.search.disk_index import DISK_CHECK_FILE, check_disk_index
-from engine.search.memory_index import GRAPH_SUFFIX, GROWTH_HEADROOM, IDS_SUFFIX, LoadedTable, create_memory_index, vector_storage
+from engine.search.memory_index import CODES_SUFFIX, GRAPH_SUFFIX, GROWTH_HEADROOM, IDS_SUFFIX, LoadedTable, create_memory_index, vector_storage
 from engine.search.policy import choose_memory_index, index_bytes
 from engine.search.searcher import Searcher, index_folder
 from engine.storage.index import IndexConfig, ensure_index
@@ -219,6 +219,45 @@ def test_rows_appended_within_the_headroom_are_followed_without_copying_the_vect
     assert followed is not None and followed.rows == 2100 and int(storage.data()) == allocation
     nearest = followed.search(vectors[2099:2100], 1)[0][0, 0]
     assert followed.metadata["image_id"][int(nearest)] == "02099"  # the appended row is found
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "hnsw_fp16"])
+def test_a_saved_graph_loads_with_headroom_and_follows_appends_without_copying_its_vectors(tmp_path, kind):
+    vectors = clustered_vectors(2100, DIM, clusters=20, seed=4)
+    ids = [f"{i:05d}" for i in range(2100)]
+
+    def version(rows: int, number: int) -> LoadedTable:
+        return LoadedTable(version=number, vectors=vectors[:rows], metadata=pl.DataFrame({"image_id": ids[:rows]}))
+
+    cache = tmp_path / f"v1-{kind}-m32{GRAPH_SUFFIX}"
+    built = create_memory_index(kind, version(2000, 1), cache_file=cache)
+    assert cache.with_name(cache.stem + CODES_SUFFIX).exists()  # the vectors beside the graph, not inside it
+    loaded = create_memory_index(kind, version(2000, 1), cache_file=cache)  # another process: read back
+    assert loaded.capacity == int(2000 * (1 + GROWTH_HEADROOM))
+    np.testing.assert_array_equal(loaded.search(vectors[:20], 10)[0], built.search(vectors[:20], 10)[0])
+    allocation = int(vector_storage(loaded.index).codes.data())
+    followed = loaded.refresh(version(2100, 2))
+    assert followed is not None and int(vector_storage(followed.index).codes.data()) == allocation  # no copy
+    assert followed.metadata["image_id"][int(followed.search(vectors[2099:2100], 1)[0][0, 0])] == "02099"
+
+
+def test_a_graph_saved_whole_by_an_earlier_release_still_loads_and_one_without_its_vectors_is_rebuilt(tmp_path):
+    import faiss
+
+    vectors = clustered_vectors(1500, DIM, clusters=20, seed=5)
+    table = LoadedTable(version=1, vectors=vectors, metadata=pl.DataFrame({"image_id": [f"{i:05d}" for i in range(1500)]}))
+    cache = tmp_path / f"v1-hnsw-m32{GRAPH_SUFFIX}"
+    built = create_memory_index("hnsw", table, cache_file=cache)
+    codes = cache.with_name(cache.stem + CODES_SUFFIX)
+    codes.unlink()
+    faiss.write_index(built.index, str(cache))  # the earlier format: the vectors inside the graph file
+    stamp = cache.stat().st_mtime_ns
+    whole = create_memory_index("hnsw", table, cache_file=cache)
+    assert cache.stat().st_mtime_ns == stamp and whole.capacity == 1500  # loaded as it was, not rebuilt
+    faiss.write_index(built.index, str(cache), faiss.IO_FLAG_SKIP_STORAGE)  # a graph whose vectors file went missing
+    rebuilt = create_memory_index("hnsw", table, cache_file=cache)
+    assert codes.exists() and rebuilt.check.ok  # ignored (no crash) and built again
+    assert (rebuilt.search(vectors[:5], 5)[1][:, 0] < 1e-5).all()  # each row finds itself (or its duplicate) first
 
 
 def test_the_disk_index_is_checked_when_built_and_searches_use_the_setting_it_chose(db):
