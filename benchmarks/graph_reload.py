@@ -16,6 +16,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -23,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from benchmarks.common import write_and_show
-from engine.search.memory_index import CODES_SUFFIX, GRAPH_SUFFIX, LoadedTable, create_memory_index
+from engine.search.memory_index import CODES_SUFFIX, GRAPH_SUFFIX, SCAN_BATCH_ROWS, create_memory_index
 
 FORMATS = ("whole", "split")
 APPEND_SHARE = 0.01  # rows appended, as a share of the table (what benchmarks/search.py's append contender adds)
@@ -45,8 +47,38 @@ def vectors_file(work: Path, rows: int, dim: int, seed: int = 0) -> np.memmap:
     return np.memmap(path, np.float32, "r", shape=(rows, dim))
 
 
-def table(vectors: np.ndarray, rows: int, version: int) -> LoadedTable:
-    return LoadedTable(version=version, vectors=vectors[:rows], metadata=pl.DataFrame({"image_id": [f"{i:08d}" for i in range(rows)]}))
+@dataclass(frozen=True)
+class FileTable:
+    """The first ``rows`` of the vectors file as a table version, streamed in the batches of a LanceDB scan
+    (a memory map would count every page it touched in the reader's RSS)."""
+
+    path: Path
+    rows: int
+    dim: int
+    version: int
+
+    def count(self) -> int:
+        return self.rows
+
+    @property
+    def metadata(self) -> pl.DataFrame:
+        return pl.DataFrame({"image_id": [f"{i:08d}" for i in range(self.rows)]})
+
+    def _read(self, start: int, count: int) -> np.ndarray:
+        return np.fromfile(self.path, np.float32, count=count * self.dim, offset=start * self.dim * 4).reshape(count, self.dim)
+
+    def take(self, offsets: np.ndarray) -> tuple[list[str], np.ndarray]:
+        return [f"{i:08d}" for i in offsets], np.stack([self._read(int(i), 1)[0] for i in offsets]) if len(offsets) else np.zeros((0, self.dim), np.float32)
+
+    def batches(self, with_vectors: bool = True) -> Iterator[tuple[pl.DataFrame, np.ndarray | None]]:
+        metadata = self.metadata
+        for start in range(0, max(self.rows, 1), SCAN_BATCH_ROWS):
+            count = min(SCAN_BATCH_ROWS, self.rows - start)
+            yield metadata[start : start + count], self._read(start, count) if with_vectors else None
+
+
+def table(vectors: np.ndarray, rows: int, version: int) -> FileTable:
+    return FileTable(Path(vectors.filename), rows, vectors.shape[1], version)
 
 
 def child(args: argparse.Namespace) -> None:

@@ -71,7 +71,7 @@ GRAPH_FILE = re.compile(r"^v\d+-")  # a graph's files are named v<table version>
 # first rows a loaded graph follows are inserted without copying its storage (FAISS reads a whole index into an
 # allocation of exactly its size).
 CODES_SUFFIX = ".codes.npy"
-CODES_READ_ROWS = 65_536  # rows of vector codes read from the file at a time
+CODES_READ_BYTES = 32 << 20  # vector codes read from the file at a time (a block buffer, not a second copy)
 # A result counts as found when it is one of the exact k or its similarity reaches the k-th exact one:
 # duplicate vectors tie, and an index may return either of two tied rows.
 TIE_TOLERANCE = 1e-5
@@ -829,9 +829,10 @@ def read_graph(kind: str, path: Path) -> tuple[faiss.Index, int]:
         (rows, code_size), _, dtype = header(handle)
         if (rows, code_size, dtype) != (graph.ntotal, storage.code_size, np.dtype(np.uint8)):
             raise RuntimeError(f"{codes_file.name} holds {rows} x {code_size} codes, the graph {graph.ntotal} x {storage.code_size}")
-        block = np.empty((min(rows, CODES_READ_ROWS), code_size), np.uint8)
-        for start in range(0, rows, CODES_READ_ROWS):
-            part = block[: min(CODES_READ_ROWS, rows - start)]
+        block_rows = max(1, CODES_READ_BYTES // max(code_size, 1))
+        block = np.empty((min(rows, block_rows), code_size), np.uint8)
+        for start in range(0, rows, block_rows):
+            part = block[: min(block_rows, rows - start)]
             if handle.readinto(memoryview(part).cast("B")) != part.nbytes:
                 raise RuntimeError(f"{codes_file.name} ends early, at row {start}")
             storage.add_sa_codes(part)
