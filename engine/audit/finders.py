@@ -362,7 +362,7 @@ def find_outliers(data: AuditData, config: AuditConfig) -> list[Finding]:
     neighbour_labels = data.labels[np.take_along_axis(data.neighbours[labelled], order, axis=1)]
     classes, centroids = class_centroids(data.vectors[labelled], data.labels[labelled])
     hood = Neighbourhood(1.0 - similarity, neighbour_labels, 1.0 - data.vectors[labelled] @ centroids.T, classes, data.vectors[labelled], centroids,
-                         scorer_reference(data.vectors[labelled], data.labels[labelled]))
+                         scorer_reference(data.vectors[labelled], data.labels[labelled], (classes, centroids)))
     scores = create_scorer(config.outlier_scorer)(hood)
     median = float(np.median(scores))
     spread = MAD_TO_SIGMA * float(np.median(np.abs(scores - median)))

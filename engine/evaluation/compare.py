@@ -22,7 +22,7 @@ from engine.core.progress import report as report_progress
 from engine.core.splits import CATALOGUE_WHERE, QUERY_WHERE
 from engine.evaluation.metrics import EvaluationResult, evaluate_ranking, load_split
 from engine.search.config import SearchConfig
-from engine.search.fusion import ClassScores, LinearClassifier
+from engine.search.fusion import LinearClassifier
 from engine.search.rerank import Candidates, Reranker, create_reranker
 from engine.search.searcher import Searcher
 from engine.storage.database import Database, ModelRecord
@@ -75,7 +75,7 @@ def evaluate_reranked(queries: np.ndarray, query_labels: Sequence[str], catalogu
     reranker = create_reranker(config.reranker, configs=config.reranker_configs)
     distances, indices = rank_catalogue(reranker, queries, catalogue)
     fusion = config.class_fusion
-    scores = ClassScores(classifier.classes, classifier.probabilities(queries), fusion.weight) if fusion and classifier else None
+    scores = classifier.blend(queries, fusion.weight) if fusion and classifier else None
     return evaluate_ranking(distances, indices, query_labels, catalogue_labels, config.vote_neighbours, class_scores=scores)
 
 

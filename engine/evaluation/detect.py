@@ -37,7 +37,6 @@ from engine.evaluation.distractors import (
 )
 from engine.evaluation.metrics import load_split
 from engine.media.scan import class_name
-from engine.search.fusion import ClassScores
 from engine.search.searcher import Searcher
 from engine.storage.database import Database, ModelRecord, sql_quote
 
@@ -158,7 +157,7 @@ class DistractorDetector:
         scores = self._scorer(hood)
         flagged = scores > self.calibration.threshold
         classifier, fusion = self.searcher.fusion_classifier(), self.searcher.config.class_fusion
-        blend = ClassScores(classifier.classes, classifier.probabilities(vectors), fusion.weight) if classifier else None
+        blend = classifier.blend(vectors, fusion.weight) if classifier else None
         classes = voted_classes(hood, top, blend)
         return pl.DataFrame(
             {

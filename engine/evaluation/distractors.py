@@ -22,7 +22,7 @@ from engine.core.errors import EvaluationError
 from engine.core.registry import Registry
 from engine.evaluation.config import CalibrationConfig
 from engine.evaluation.metrics import average_precision_at_k
-from engine.search.fusion import ClassScores
+from engine.search.fusion import ClassScores, ranked_classes
 from engine.search.voting import vote_classes
 
 logger = logging.getLogger(__name__)
@@ -139,10 +139,11 @@ def rank_among(scores: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
                     np.where(scores < quantiles[0], (scores - quantiles[0]) / span, inside))
 
 
-def scorer_reference(vectors: np.ndarray, labels: Sequence[str]) -> dict:
-    """What the fitted scorers need from a catalogue: the inverse within-class variance of every dimension."""
+def scorer_reference(vectors: np.ndarray, labels: Sequence[str], centroids: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """What the fitted scorers need from a catalogue: the inverse within-class variance of every dimension
+    (``centroids``: the catalogue's :func:`class_centroids`, when the caller has them)."""
     labels = np.asarray(labels, dtype=object)
-    classes, centroids = class_centroids(vectors, labels)
+    classes, centroids = centroids or class_centroids(vectors, labels)
     centred = vectors - centroids[np.searchsorted(classes, labels)]
     return {"inverse_variance": (1.0 / (centred.var(axis=0) + VARIANCE_FLOOR)).tolist()}
 
@@ -172,7 +173,7 @@ def neighbourhood(queries: np.ndarray, catalogue: np.ndarray, catalogue_labels: 
     similarities, indices = faiss.knn(np.ascontiguousarray(queries, np.float32), np.ascontiguousarray(catalogue, np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)
     classes, centroids = class_centroids(catalogue, labels)
     return Neighbourhood(1.0 - similarities, labels[indices], 1.0 - queries @ centroids.T, classes, queries, centroids,
-                         reference or scorer_reference(catalogue, labels))
+                         reference or scorer_reference(catalogue, labels, (classes, centroids)))
 
 
 # ---- predictions with -1 -------------------------------------------------------------------------
@@ -196,8 +197,7 @@ def voted_classes(hood: Neighbourhood, top: int = 5, class_scores: ClassScores |
     nearest centroids' classes."""
     result = []
     for query, (labels, distances, centroid_distances) in enumerate(zip(hood.labels, hood.distances, hood.centroid_distances)):
-        ranked = class_scores.ranked(query, list(labels), distances, top) if class_scores else vote_classes(list(labels), distances, top=top)
-        voted = [label for label, _ in ranked]
+        voted = [label for label, _ in ranked_classes(class_scores, query, list(labels), distances, top)]
         for extra in hood.classes[np.argsort(centroid_distances)]:
             if len(voted) >= top:
                 break

@@ -15,8 +15,7 @@ import numpy as np
 import polars as pl
 
 from engine.core.errors import EvaluationError
-from engine.search.fusion import ClassScores
-from engine.search.voting import vote_classes
+from engine.search.fusion import ClassScores, ranked_classes
 from engine.storage.filters import combine_where, read_filtered
 
 
@@ -127,8 +126,7 @@ def evaluate_ranking(
     relevant = ranked == truth[:, None]
     ap = np.array([average_precision(row) for row in relevant])
     voted = [
-        [label for label, _ in (class_scores.ranked(q, ranked[q, :vote_neighbours], distances[q, :vote_neighbours]) if class_scores
-                                else vote_classes(ranked[q, :vote_neighbours], distances[q, :vote_neighbours], top=5))]
+        [label for label, _ in ranked_classes(class_scores, q, ranked[q, :vote_neighbours], distances[q, :vote_neighbours])]
         for q in range(len(truth))
     ]
     ap5 = np.array([average_precision_at_k(v, t, 5) for v, t in zip(voted, truth)])

@@ -194,7 +194,7 @@ def choose_fusion(pipeline: QueryPipeline, vectors: np.ndarray, labels: list[str
     neighbours = config.vote_neighbours
     scores = {}
     for weight in config.fusion_weights:
-        blend = ClassScores(classifier.classes, probabilities, weight)
+        blend = ClassScores(classifier.classes, probabilities, weight)  # the probabilities once for every weight
         ranked = [[label for label, _ in blend.ranked(q, gallery_labels[indices[q, :neighbours]], distances[q, :neighbours])] for q in range(len(probes))]
         scores[weight] = map_at_k(ranked, truth, FUSION_METRIC_K)
     weight = best_weight(config.fusion_weights, scores)

@@ -37,6 +37,10 @@ class LinearClassifier:
     coef: np.ndarray  # (classes, dim); one row for two classes (scikit-learn's binary form)
     intercept: np.ndarray
 
+    def blend(self, vectors: np.ndarray, weight: float) -> ClassScores:
+        """The class probabilities of ``vectors``, to blend with their votes at ``weight``."""
+        return ClassScores(self.classes, self.probabilities(vectors), weight)
+
     def probabilities(self, vectors: np.ndarray) -> np.ndarray:
         """(queries, classes) class probabilities, rows summing to 1."""
         logits = _normalised(vectors) @ self.coef.T + self.intercept
@@ -59,6 +63,12 @@ class ClassScores:
     def ranked(self, query: int, neighbour_labels: Sequence[str | None], distances: np.ndarray, top: int = 5) -> list[tuple[str, float]]:
         """Query ``query``'s classes, fused (:func:`fuse`)."""
         return fuse(neighbour_labels, distances, self.probabilities[query], self.classes, self.weight, top)
+
+
+def ranked_classes(class_scores: ClassScores | None, query: int, neighbour_labels: Sequence[str | None], distances: np.ndarray,
+                   top: int = 5) -> list[tuple[str, float]]:
+    """Query ``query``'s classes: blended by ``class_scores`` when given, else the plain k-NN vote."""
+    return class_scores.ranked(query, neighbour_labels, distances, top) if class_scores else vote_classes(neighbour_labels, distances, top=top)
 
 
 def fit_classifier(vectors: np.ndarray, labels: Sequence[str], seed: int = 0) -> LinearClassifier:

@@ -17,7 +17,7 @@ from engine.encoders.factory import Encoder
 from engine.media.decode import decode_image
 from engine.search.config import SearchConfig
 from engine.search.disk_index import disk_setting, saved_disk_check
-from engine.search.fusion import LinearClassifier, fuse, load_classifier
+from engine.search.fusion import LinearClassifier, load_classifier, ranked_classes
 from engine.search.memory_index import GRAPH_SUFFIX, MemoryIndex, RecallCheck, TableSource, create_memory_index, follow
 from engine.search.policy import choose_memory_index, fallback_for
 from engine.search.rerank import Candidates, create_reranker
@@ -333,15 +333,12 @@ class Searcher:
         its tuned pipeline holds one (``SearchConfig.class_fusion``): query, rank, label, score."""
         vectors = np.atleast_2d(vectors)
         neighbours = self.search_vectors(vectors, self.config.vote_neighbours, where)
-        fusion = self.config.class_fusion
-        classifier = self.fusion_classifier() if fusion else None
-        probabilities = classifier.probabilities(vectors) if classifier else None
+        classifier = self.fusion_classifier()
+        blend = classifier.blend(vectors, self.config.class_fusion.weight) if classifier else None
         rows = []
         for q in range(len(vectors)):
             mine = neighbours.filter(pl.col("query") == q)
-            ranked = fuse(mine["label"].to_list(), mine["distance"].to_numpy(), None if probabilities is None else probabilities[q],
-                          classifier.classes if classifier else (), fusion.weight if fusion else 0.0, top)
-            for rank, (label, score) in enumerate(ranked, start=1):
+            for rank, (label, score) in enumerate(ranked_classes(blend, q, mine["label"].to_list(), mine["distance"].to_numpy(), top), start=1):
                 rows.append({"query": q, "rank": rank, "label": label, "score": score})
         return pl.DataFrame(rows, schema={"query": pl.Int32, "rank": pl.Int32, "label": pl.String, "score": pl.Float64})
 
